@@ -1,0 +1,21 @@
+"""albert-jax: ALBERT (A Lite BERT) in JAX/Flax."""
+
+from albert_jax.config import PRESETS, AlbertConfig
+from albert_jax.modeling import (
+    HEADS,
+    AlbertForMaskedLM,
+    AlbertForMultipleChoice,
+    AlbertForPreTraining,
+    AlbertForQuestionAnswering,
+    AlbertForSequenceClassification,
+    AlbertForTokenClassification,
+    AlbertModel,
+    count_params,
+    init_params,
+)
+
+__all__ = [
+    "AlbertConfig", "PRESETS", "HEADS", "AlbertModel", "AlbertForPreTraining", "AlbertForMaskedLM",
+    "AlbertForSequenceClassification", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
+    "AlbertForMultipleChoice", "count_params", "init_params",
+]

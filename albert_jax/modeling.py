@@ -1,0 +1,471 @@
+"""ALBERT in flax.linen: factorized embeddings, one scanned (shared) layer body, and every transformers head.
+
+Parameter tree (mirrors transformers' module names so conversion is a table, see `convert.py`)::
+
+    albert/embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, LayerNorm/{scale,bias}
+    albert/encoder/embedding_hidden_mapping_in/{kernel,bias}
+    albert/encoder/albert_layer_groups/attention/{query,key,value,dense}/{kernel,bias}, attention/LayerNorm/...
+    albert/encoder/albert_layer_groups/{ffn,ffn_output}/{kernel,bias}, full_layer_layer_norm/{scale,bias}
+    albert/pooler/{kernel,bias}
+    predictions/{dense,LayerNorm}/..., predictions/bias      (decoder tied to word_embeddings)
+    sop_classifier/classifier, classifier, qa_outputs
+
+Every encoder parameter carries two leading axes ``[sets, inner_group_num]``: `sets` is
+`config.num_attention_sets` for the attention sub-block and `config.num_ffn_sets` for the FFN sub-block
+(1 when fully shared, `num_hidden_layers` when not shared). The encoder runs **one** layer body under
+`nn.scan` for all ``num_hidden_layers * inner_group_num`` steps; each step picks its parameter set with an
+index, so compile time does not grow with depth and a shared set receives the sum of its uses' gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from albert_jax.config import AlbertConfig
+
+Array = Any
+
+ACT2FN = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Outputs (transformers' field names)
+# ---------------------------------------------------------------------------------------------------------
+@struct.dataclass
+class AlbertModelOutput:
+    last_hidden_state: Array
+    pooler_output: Optional[Array] = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+@struct.dataclass
+class AlbertForPreTrainingOutput:
+    prediction_logits: Array
+    sop_logits: Array
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+@struct.dataclass
+class MaskedLMOutput:
+    logits: Array
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+@struct.dataclass
+class ClassifierOutput:
+    """Sequence, token and multiple-choice classification output."""
+    logits: Array
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+@struct.dataclass
+class QuestionAnsweringOutput:
+    start_logits: Array
+    end_logits: Array
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------
+def _init(config: AlbertConfig, axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+def _dense(config: AlbertConfig, features: int, axes: tuple, name: str) -> nn.Dense:
+    return nn.Dense(features, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+                    kernel_init=_init(config, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]), name=name)
+
+
+def _layer_norm(config: AlbertConfig, axis_name: str, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype),
+                        param_dtype=jnp.dtype(config.param_dtype),
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)), name=name)
+
+
+class AlbertEmbeddings(nn.Module):
+    """word + token-type + position embeddings of size E, LayerNorm, dropout: [B, T] ids -> [B, T, E]."""
+    config: AlbertConfig
+
+    def setup(self):
+        c = self.config
+        pdt = jnp.dtype(c.param_dtype)
+        self.word_embeddings = nn.Embed(c.vocab_size, c.embedding_size, dtype=jnp.dtype(c.dtype), param_dtype=pdt,
+                                        embedding_init=_init(c, ("vocab", "embed")))
+        self.position_embeddings = nn.Embed(c.max_position_embeddings, c.embedding_size, dtype=jnp.dtype(c.dtype),
+                                            param_dtype=pdt, embedding_init=_init(c, (None, "embed")))
+        self.token_type_embeddings = nn.Embed(c.type_vocab_size, c.embedding_size, dtype=jnp.dtype(c.dtype),
+                                              param_dtype=pdt, embedding_init=_init(c, (None, "embed")))
+        self.LayerNorm = _layer_norm(c, "embed", "LayerNorm")
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(position_ids))
+        return self.dropout(self.LayerNorm(x), deterministic=deterministic)
+
+    def attend(self, x):
+        """Tied MLM decoder: [..., E] -> [..., V] logits against the word embeddings."""
+        return self.word_embeddings.attend(x)
+
+
+class _StackedDense(nn.Module):
+    """Dense layer whose kernel [sets, inner, in, out] and bias [sets, inner, out] are indexed per step."""
+    config: AlbertConfig
+    features: int
+    num_sets: int
+    axes: tuple
+
+    @nn.compact
+    def __call__(self, x, index):
+        c = self.config
+        lead = (self.num_sets, c.inner_group_num)
+        kernel = self.param("kernel", _init(c, ("layers", None) + self.axes), lead + (x.shape[-1], self.features),
+                            jnp.dtype(c.param_dtype))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("layers", None, self.axes[-1])),
+                          lead + (self.features,), jnp.dtype(c.param_dtype))
+        kernel, bias = jnp.asarray(kernel)[index], jnp.asarray(bias)[index]
+        dtype = jnp.dtype(c.dtype)
+        return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+class _StackedLayerNorm(nn.Module):
+    """LayerNorm whose scale and bias [sets, inner, H] are indexed per step; statistics in float32."""
+    config: AlbertConfig
+    num_sets: int
+
+    @nn.compact
+    def __call__(self, x, index):
+        c = self.config
+        shape = (self.num_sets, c.inner_group_num, x.shape[-1])
+        axes = ("layers", None, "hidden")
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, axes), shape,
+                           jnp.dtype(c.param_dtype))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
+                          jnp.dtype(c.param_dtype))
+        scale, bias = jnp.asarray(scale)[index], jnp.asarray(bias)[index]
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + c.layer_norm_eps) * scale.astype(jnp.float32)
+        return (y + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention + output projection + residual LayerNorm (transformers' AlbertAttention)."""
+    config: AlbertConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, hidden, index, mask_bias):
+        c = self.config
+        n = c.num_attention_sets
+        heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+        batch, length = hidden.shape[:2]
+
+        def project(name):
+            out = _StackedDense(c, c.hidden_size, n, ("hidden", "heads"), name=name)(hidden, index)
+            return out.reshape(batch, length, heads, head_dim)
+
+        q, k, v = project("query"), project("key"), project("value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(head_dim) + mask_bias
+        probs = jax.nn.softmax(scores, axis=-1)
+        dropped = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(q.dtype), v).reshape(batch, length, -1)
+        out = _StackedDense(c, c.hidden_size, n, ("heads", "hidden"), name="dense")(context, index)
+        out = nn.Dropout(c.hidden_dropout_prob)(out, deterministic=self.deterministic)
+        return _StackedLayerNorm(c, n, name="LayerNorm")(hidden + out, index), probs
+
+
+class AlbertLayer(nn.Module):
+    """One scan step: attention + FFN with parameters picked from the stacked sets by `step`.
+
+    Called by `nn.scan` as ``(hidden [B,T,H], step, mask_bias) -> (hidden, (hidden or None, probs or None))``
+    where `step` holds the int32 indices (attention set, FFN set, inner layer) of this application.
+    """
+    config: AlbertConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, step, mask_bias):
+        c = self.config
+        attn_set, ffn_set, inner = step
+        # A constant index keeps the fully shared / single-inner-layer case a plain slice.
+        inner = 0 if c.inner_group_num == 1 else inner
+        attn_index = (0 if c.num_attention_sets == 1 else attn_set, inner)
+        ffn_index = (0 if c.num_ffn_sets == 1 else ffn_set, inner)
+        nf = c.num_ffn_sets
+
+        attn_out, probs = _Attention(c, self.deterministic, name="attention")(hidden, attn_index, mask_bias)
+        ffn = _StackedDense(c, c.intermediate_size, nf, ("hidden", "mlp"), name="ffn")(attn_out, ffn_index)
+        ffn = _StackedDense(c, c.hidden_size, nf, ("mlp", "hidden"), name="ffn_output")(
+            ACT2FN[c.hidden_act](ffn), ffn_index)
+        hidden = _StackedLayerNorm(c, nf, name="full_layer_layer_norm")(ffn + attn_out, ffn_index)
+        return hidden, (hidden if self.output_hidden_states else None, probs if self.output_attentions else None)
+
+
+class AlbertTransformer(nn.Module):
+    """E -> H projection, then the scanned layer applied num_hidden_layers * inner_group_num times."""
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, embeddings, mask_bias, deterministic=True, output_attentions=False,
+                 output_hidden_states=False):
+        c = self.config
+        hidden = _dense(c, c.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(embeddings)
+        layer_of_step = np.arange(c.num_hidden_layers * c.inner_group_num) // c.inner_group_num
+        steps = (jnp.asarray(layer_of_step * c.num_attention_sets // c.num_hidden_layers, jnp.int32),
+                 jnp.asarray(layer_of_step * c.num_ffn_sets // c.num_hidden_layers, jnp.int32),
+                 jnp.asarray(np.arange(len(layer_of_step)) % c.inner_group_num, jnp.int32))
+        scan = nn.scan(AlbertLayer, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+                       in_axes=(0, nn.broadcast), length=len(layer_of_step))
+        first = hidden
+        hidden, (all_hidden, all_attn) = scan(
+            c, deterministic, output_attentions, output_hidden_states,
+            name="albert_layer_groups")(hidden, steps, mask_bias)
+        if output_hidden_states:  # transformers: the projected embeddings, then every (inner) layer's output
+            all_hidden = (first,) + tuple(all_hidden)
+        return hidden, all_hidden, all_attn
+
+
+class AlbertBackbone(nn.Module):
+    """Embeddings + encoder (+ pooler): the `albert` sub-tree shared by every head."""
+    config: AlbertConfig
+    add_pooling_layer: bool = True
+
+    def setup(self):
+        self.embeddings = AlbertEmbeddings(self.config)
+        self.encoder = AlbertTransformer(self.config)
+        if self.add_pooling_layer:
+            self.pooler = _dense(self.config, self.config.hidden_size, ("hidden", "hidden_out"), "pooler")
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False) -> AlbertModelOutput:
+        c = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        hidden, all_hidden, all_attn = self.encoder(embeddings, mask_bias, deterministic, output_attentions,
+                                                    output_hidden_states)
+        pooled = jnp.tanh(self.pooler(hidden[:, 0])) if self.add_pooling_layer else None
+        return AlbertModelOutput(
+            last_hidden_state=hidden, pooler_output=pooled,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None)
+
+    def attend(self, x):
+        return self.embeddings.attend(x)
+
+
+class AlbertMLMHead(nn.Module):
+    """H -> E dense, activation, LayerNorm, then the tied decoder plus an own bias: [..., H] -> [..., V]."""
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, hidden, backbone: AlbertBackbone):
+        c = self.config
+        x = _dense(c, c.embedding_size, ("hidden", "embed"), "dense")(hidden)
+        x = _layer_norm(c, "embed", "LayerNorm")(ACT2FN[c.hidden_act](x))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (c.vocab_size,), jnp.dtype(c.param_dtype))
+        return backbone.attend(x) + bias.astype(x.dtype)
+
+
+def _gather_positions(hidden, positions):
+    """[B, T, H] hidden, [B, P] positions -> [B, P, H]."""
+    return jnp.take_along_axis(hidden, positions[..., None], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Heads. Each is `Head(config)` and `head.apply({'params': p}, input_ids, attention_mask=None,
+# token_type_ids=None, position_ids=None, deterministic=True)`; dropout needs rngs={'dropout': key}.
+# ---------------------------------------------------------------------------------------------------------
+class _Head(nn.Module):
+    config: AlbertConfig
+    add_pooling_layer = True
+
+    def setup(self):
+        self.albert = AlbertBackbone(self.config, add_pooling_layer=self.add_pooling_layer)
+        self.dropout = nn.Dropout(self.config.classifier_dropout_prob)
+        self.setup_head()
+
+    def setup_head(self):
+        pass
+
+    def backbone(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                 output_hidden_states, output_attentions) -> AlbertModelOutput:
+        return self.albert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                           output_hidden_states, output_attentions)
+
+
+class AlbertModel(_Head):
+    """The bare encoder: `last_hidden_state` [B, T, H] and `pooler_output` [B, H]."""
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False) -> AlbertModelOutput:
+        return self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                             output_hidden_states, output_attentions)
+
+
+class AlbertForPreTraining(_Head):
+    """MLM (tied decoder) + SOP heads. With `masked_lm_positions` [B, P] the MLM logits are computed at
+    those positions only ([B, P, V]) - what pretraining needs - instead of at every position ([B, T, V])."""
+
+    def setup_head(self):
+        self.predictions = AlbertMLMHead(self.config)
+        self.sop_classifier = _SOPHead(self.config)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False,
+                 masked_lm_positions=None) -> AlbertForPreTrainingOutput:
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                            output_hidden_states, output_attentions)
+        hidden = out.last_hidden_state
+        if masked_lm_positions is not None:
+            hidden = _gather_positions(hidden, masked_lm_positions)
+        return AlbertForPreTrainingOutput(
+            prediction_logits=self.predictions(hidden, self.albert),
+            sop_logits=self.sop_classifier(out.pooler_output, deterministic),
+            hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class _SOPHead(nn.Module):
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, pooled, deterministic):
+        pooled = nn.Dropout(self.config.classifier_dropout_prob)(pooled, deterministic=deterministic)
+        return _dense(self.config, self.config.num_labels, ("hidden", None), "classifier")(pooled)
+
+
+class AlbertForMaskedLM(_Head):
+    """MLM head only (no pooler), `logits` [B, T, V]."""
+    add_pooling_layer = False
+
+    def setup_head(self):
+        self.predictions = AlbertMLMHead(self.config)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False) -> MaskedLMOutput:
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                            output_hidden_states, output_attentions)
+        return MaskedLMOutput(self.predictions(out.last_hidden_state, self.albert), out.hidden_states,
+                              out.attentions)
+
+
+class AlbertForSequenceClassification(_Head):
+    """Pooled output -> dropout -> `num_labels` logits [B, num_labels] (num_labels=1: regression)."""
+
+    def setup_head(self):
+        self.classifier = _dense(self.config, self.config.num_labels, ("hidden", None), "classifier")
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False) -> ClassifierOutput:
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                            output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.pooler_output, deterministic=deterministic))
+        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+
+
+class AlbertForTokenClassification(_Head):
+    """Per-token logits [B, T, num_labels] (no pooler)."""
+    add_pooling_layer = False
+
+    def setup_head(self):
+        self.classifier = _dense(self.config, self.config.num_labels, ("hidden", None), "classifier")
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False) -> ClassifierOutput:
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                            output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.last_hidden_state, deterministic=deterministic))
+        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+
+
+class AlbertForQuestionAnswering(_Head):
+    """Span logits `start_logits`, `end_logits`, each [B, T] (no pooler)."""
+    add_pooling_layer = False
+
+    def setup_head(self):
+        self.qa_outputs = _dense(self.config, 2, ("hidden", None), "qa_outputs")
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False,
+                 output_attentions=False) -> QuestionAnsweringOutput:
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                            output_hidden_states, output_attentions)
+        logits = self.qa_outputs(out.last_hidden_state)
+        return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states, out.attentions)
+
+
+class AlbertForMultipleChoice(_Head):
+    """Inputs [B, C, T]; one score per choice from the pooled output: `logits` [B, C]."""
+
+    def setup_head(self):
+        self.classifier = _dense(self.config, 1, ("hidden", None), "classifier")
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False) -> ClassifierOutput:
+        num_choices = input_ids.shape[1]
+        flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
+        out = self.backbone(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                            deterministic, output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.pooler_output, deterministic=deterministic))
+        return ClassifierOutput(logits.reshape(-1, num_choices), out.hidden_states, out.attentions)
+
+
+HEADS = {cls.__name__: cls for cls in (
+    AlbertModel, AlbertForPreTraining, AlbertForMaskedLM, AlbertForSequenceClassification,
+    AlbertForTokenClassification, AlbertForQuestionAnswering, AlbertForMultipleChoice)}
+
+
+def _dummy_inputs(model: nn.Module, seq_len: int):
+    shape = (1, 1, seq_len) if isinstance(model, AlbertForMultipleChoice) else (1, seq_len)
+    return jnp.zeros(shape, jnp.int32)
+
+
+def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Randomly initialised parameters (plain arrays, logical-axis metadata removed) for `model`."""
+    variables = model.init(rng, _dummy_inputs(model, seq_len))
+    return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(model: nn.Module, seq_len: int = 8) -> dict:
+    """Parameter shapes/dtypes of `model` as `jax.ShapeDtypeStruct`s, boxed with their logical axes."""
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _dummy_inputs(model, seq_len)))["params"]
+
+
+def count_params(config: AlbertConfig, head: type = AlbertModel) -> int:
+    """Number of parameters of `head(config)` (default: the bare encoder with pooler), without allocating."""
+    shapes = nn.meta.unbox(abstract_params(head(config)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
