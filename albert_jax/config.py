@@ -131,7 +131,7 @@ class AlbertConfig:
                 id2label = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
             out["id2label"] = id2label
             out["label2id"] = {v: int(k) for k, v in id2label.items()}
-        out.setdefault("model_type", "albert")
+        out.setdefault("model_type", "albert")  # AutoConfig needs it
         return out
 
     @classmethod
@@ -139,10 +139,13 @@ class AlbertConfig:
         """Builds a config from an HF-style dict; unknown keys go to `extra`."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
+        # model_type "albert" is implied (and always written by to_dict)
+        extra = {k: v for k, v in data.items() if k not in names and (k, v) != ("model_type", "albert")}
         if "id2label" in extra and "num_labels" not in known:
             known["num_labels"] = len(extra["id2label"])
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
+        # transformers writes null for unset dropouts and for `dtype` (its weights' torch dtype, which it
+        # shares a name with our compute dtype): null means "the default".
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob", "dtype"):
             if name in known and known[name] is None:
                 known.pop(name)
         return cls(**known, extra=extra)

@@ -103,7 +103,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
     groups, inner = config.num_hidden_groups, config.inner_group_num
     layers: dict[str, np.ndarray] = {}
     flat: dict[str, np.ndarray] = {}
-    unexpected, mismatched = [], []
+    unexpected, mismatched, present = [], [], set()
     for raw_name, tensor in tensors.items():
         name = _normalise_hf_name(raw_name)
         if name in TIED_HF_NAMES or name.endswith(("position_ids", "token_type_ids")):
@@ -118,6 +118,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
             if path not in expected or g >= groups or k >= inner:
                 unexpected.append(raw_name)
                 continue
+            present.add(path)
             want = expected[path].shape[2:]
             value = tensor.T if transpose else tensor
             if value.shape != want:
@@ -136,6 +137,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
         if path not in expected and head not in ("classifier", "qa_outputs"):
             unexpected.append(raw_name)
             continue
+        present.add(path)
         value = np.asarray(tensor.T if transpose else tensor, np.float32)
         if path in expected and value.shape != expected[path].shape:
             want = expected[path].shape
@@ -150,7 +152,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
             mismatched.append(f"{LAYER_TEMPLATE.format(g=g, k=k)}{sub}.{hf_leaf}: missing")
         flat[path] = stack
     required = [p for p in expected if p.startswith("albert/") and not p.startswith("albert/pooler/")]
-    missing = [_hf_name_of(p) for p in required if p not in flat]
+    missing = [_hf_name_of(p) for p in required if p not in present]
     problems = []
     if missing:
         problems.append(f"missing tensors: {', '.join(sorted(missing))}")
@@ -223,7 +225,7 @@ def load_hf(path: str, allow_pickle: bool = False, strict: bool = True) -> tuple
     if not os.path.isfile(config_file):
         raise CheckpointError(f"no config.json in {path}")
     config = AlbertConfig.from_json_file(config_file)
-    if config.extra.get("model_type", "albert") != "albert":
+    if "model_type" in config.extra:
         raise CheckpointError(f"{config_file} has model_type={config.extra['model_type']!r}, expected 'albert'")
     config = config.replace(sharing="all", dtype="float32")
     return config, from_hf_state_dict(read_hf_tensors(path, allow_pickle), config, strict)

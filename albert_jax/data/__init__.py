@@ -1,0 +1,1 @@
+"""Input data: text sources (built-in corpus, text files, tfds) and ALBERT pretraining examples."""

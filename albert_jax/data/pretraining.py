@@ -1,0 +1,271 @@
+"""ALBERT pretraining examples: sentence-order pairs with n-gram masked-LM targets.
+
+Follows ``create_pretraining_data.py`` of google-research/albert (the ALBERT paper, section 4.1 and
+appendix A.1): segments are runs of consecutive sentences of one document, swapped with probability
+0.5 for sentence-order prediction (SOP), and masked with whole-word n-grams, n <= 3 with
+p(n) ∝ 1/n. Differences from that script, all deliberate:
+
+* Everything is a function of (seed, documents): each document gets its own generators, seeded from
+  (seed, pass, document index), so an example never depends on the other documents or on the
+  iteration order; masking draws from a generator of its own, so the segments do not depend on
+  the masking settings.
+* A chunk always has two or more sentences. The original pairs a single-sentence chunk with a
+  segment of a random *other* document and labels it 1 (an NSP-style negative mislabelled as
+  "swapped"); here the chunk keeps growing to two sentences, and a single sentence left at the end
+  of a document is dropped.
+* A segment's first piece always starts a word, even if truncation cut a word there (the original
+  glued such a piece to the last word before ``[SEP]``).
+* Random replacements (10% of the masked tokens) are drawn uniformly from the vocabulary without
+  the special ids (pad, unk, [CLS], [SEP], [MASK]); the original drew from the whole vocabulary.
+* Examples are streamed document by document (documents in a seeded random order per pass)
+  instead of being shuffled globally in memory.
+* Truncation picks the same side to trim as the original (the longer, ties trim B) one token at a
+  time; the front/back coin flips of one segment are drawn at once as a binomial count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+            "masked_lm_weights", "sentence_order_label")
+_ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+# Seed-sequence tags, so that the generators of different purposes never share a stream.
+_SEGMENT_STREAM, _MASK_STREAM, _ORDER_STREAM = 1, 2, 3
+
+
+def is_start_piece(piece: str) -> bool:
+    """Whether a sentencepiece piece starts a word: it starts with "▁" (a word boundary), or with a
+    character other than an ASCII letter or digit (punctuation, symbols, other scripts), as in the
+    original ``_is_start_piece``. Pieces of ASCII letters/digits continue the previous word."""
+    return not piece or piece[0] not in _ASCII_ALNUM
+
+
+def ngram_probabilities(ngram: int) -> np.ndarray:
+    """p(n) ∝ 1/n for n = 1..ngram, float64 [ngram] (for 3: 6/11, 3/11, 2/11)."""
+    inverse = 1.0 / np.arange(1, ngram + 1)
+    return inverse / inverse.sum()
+
+
+def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_length: int,
+                    max_predictions_per_seq: int, masked_lm_prob: float = 0.15,
+                    short_seq_prob: float = 0.1, ngram: int = 3, dupe_factor: int = 1,
+                    seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Yields ALBERT pretraining examples (SOP pairs with n-gram masking) from documents.
+
+    Args:
+      documents: documents, each a sequence of sentence strings.
+      tokenizer: provides ``tokenize(text) -> list[str]`` (sentencepiece pieces),
+        ``convert_tokens_to_ids``, ``cls_token_id``, ``sep_token_id``, ``mask_token_id``,
+        ``pad_token_id``, ``unk_token_id`` and ``vocab_size``.
+      max_seq_length: T, the length of every example, ``[CLS] A [SEP] B [SEP]`` plus padding.
+      max_predictions_per_seq: P, the most masked positions per example.
+      masked_lm_prob: fraction of the tokens (specials included, as in the original) to predict.
+      short_seq_prob: probability that a document (per pass) aims at a random length in
+        [2, T - 3] instead of T - 3, so that the model also sees short sequences.
+      ngram: longest masked n-gram, in words; n is drawn with p(n) ∝ 1/n.
+      dupe_factor: passes over the documents, each with different segments and masks.
+      seed: non-negative int; the output is a function of (seed, documents, arguments).
+
+    Yields:
+      Dicts of numpy arrays: ``input_ids`` [T] int32 (pad id after the last [SEP]), ``input_mask``
+      [T] int32 (1 on tokens, 0 on padding), ``segment_ids`` [T] int32 (0 for [CLS] A [SEP], 1 for
+      B [SEP], 0 on padding), ``masked_lm_positions`` [P] int32 (sorted, zero-padded),
+      ``masked_lm_ids`` [P] int32 (the original token ids there, zero-padded), ``masked_lm_weights``
+      [P] float32 (1 per real prediction), ``sentence_order_label`` [] int32 (1 = A and B swapped).
+    """
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length must be >= 5 to hold two segments, got {max_seq_length}")
+    if max_predictions_per_seq < 1 or ngram < 1 or dupe_factor < 1 or seed < 0:
+        raise ValueError("max_predictions_per_seq, ngram and dupe_factor must be >= 1 and seed >= 0")
+    if not 0.0 <= masked_lm_prob <= 1.0 or not 0.0 <= short_seq_prob <= 1.0:
+        raise ValueError("masked_lm_prob and short_seq_prob must be in [0, 1]")
+    specials = {tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id,
+                tokenizer.sep_token_id, tokenizer.mask_token_id}
+    masker = _Masker(tokenizer, max_seq_length, max_predictions_per_seq, masked_lm_prob,
+                     ngram_probabilities(ngram), np.setdiff1d(np.arange(tokenizer.vocab_size), list(specials)))
+    tokenized = _tokenize_documents(documents, tokenizer, specials - {tokenizer.unk_token_id})
+    for pass_index in range(dupe_factor):
+        order_rng = np.random.default_rng([seed, _ORDER_STREAM, pass_index, 0])
+        for doc_index in order_rng.permutation(len(tokenized)):
+            segment_rng = np.random.default_rng([seed, _SEGMENT_STREAM, pass_index, doc_index])
+            mask_rng = np.random.default_rng([seed, _MASK_STREAM, pass_index, doc_index])
+            for a, b, swapped in _segment_pairs(tokenized[doc_index], max_seq_length - 3,
+                                                short_seq_prob, segment_rng):
+                yield masker(a, b, swapped, mask_rng)
+
+
+def examples_to_arrays(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stacks example dicts into one dict of [N, ...] arrays (dtypes kept)."""
+    if not examples:
+        raise ValueError("No examples to stack")
+    return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+# A tokenized sentence: (piece ids, word-start flags), both lists of the same length.
+_Sentence = tuple[list[int], list[bool]]
+
+
+def _tokenize_documents(documents, tokenizer, dropped_ids) -> list[list[_Sentence]]:
+    """Tokenizes every distinct sentence once. Special tokens written in the text (e.g. a literal
+    "[SEP]") are dropped so that specials only appear where the example format puts them."""
+    cache: dict[str, _Sentence] = {}
+    tokenized = []
+    for document in documents:
+        sentences = []
+        for text in document:
+            if text not in cache:
+                pieces = tokenizer.tokenize(text)
+                ids = tokenizer.convert_tokens_to_ids(pieces)
+                kept = [(i, is_start_piece(p)) for p, i in zip(pieces, ids) if i not in dropped_ids]
+                cache[text] = ([i for i, _ in kept], [s for _, s in kept])
+            if cache[text][0]:
+                sentences.append(cache[text])
+        tokenized.append(sentences)
+    return tokenized
+
+
+def _segment_pairs(document: list[_Sentence], max_num_tokens: int, short_seq_prob: float,
+                   rng: np.random.Generator) -> Iterator[tuple[_Sentence, _Sentence, bool]]:
+    """Cuts a document into chunks of consecutive sentences and yields (A, B, swapped) per chunk:
+    A = the chunk's first k sentences (k uniform in [1, len - 1]), B = the rest, swapped with
+    probability 1/2, then truncated to ``max_num_tokens`` together."""
+    target_length = max_num_tokens
+    if rng.random() < short_seq_prob:
+        target_length = int(rng.integers(2, max_num_tokens, endpoint=True))
+    chunk: list[_Sentence] = []
+    length = 0
+    for i, sentence in enumerate(document):
+        chunk.append(sentence)
+        length += len(sentence[0])
+        if i < len(document) - 1 and (length < target_length or len(chunk) < 2):
+            continue
+        if len(chunk) >= 2:
+            a_end = int(rng.integers(1, len(chunk)))
+            a, b = _concat(chunk[:a_end]), _concat(chunk[a_end:])
+            swapped = bool(rng.random() < 0.5)
+            if swapped:
+                a, b = b, a
+            yield (*_truncate_pair(a, b, max_num_tokens, rng), swapped)
+        chunk, length = [], 0
+
+
+def _concat(sentences: list[_Sentence]) -> _Sentence:
+    ids, starts = [], []
+    for sentence_ids, sentence_starts in sentences:
+        ids.extend(sentence_ids)
+        starts.extend(sentence_starts)
+    return ids, starts
+
+
+def truncation_counts(len_a: int, len_b: int, max_num_tokens: int) -> tuple[int, int]:
+    """How many tokens the original's loop ("while too long: trim one token off the longer
+    segment, B on ties") removes from A and from B."""
+    excess = max(0, len_a + len_b - max_num_tokens)
+    first = min(abs(len_a - len_b), excess)  # until both have the same length
+    rest = excess - first  # then alternately, B first
+    return (first if len_a > len_b else 0) + rest // 2, (first if len_a <= len_b else 0) + rest - rest // 2
+
+
+def _truncate_pair(a: _Sentence, b: _Sentence, max_num_tokens: int,
+                   rng: np.random.Generator) -> tuple[_Sentence, _Sentence]:
+    """Trims A and B to ``max_num_tokens`` in total, each removed token off the front or the back
+    with probability 1/2. The first remaining piece of a segment always starts a word."""
+    out = []
+    for (ids, starts), count in zip((a, b), truncation_counts(len(a[0]), len(b[0]), max_num_tokens)):
+        front = int(rng.binomial(count, 0.5)) if count else 0
+        end = len(ids) - (count - front)
+        ids, starts = ids[front:end], starts[front:end]
+        starts[0] = True
+        out.append((ids, starts))
+    return out[0], out[1]
+
+
+def choose_masked_spans(word_lengths: Sequence[int], budget: int, probs: np.ndarray,
+                        rng: np.random.Generator) -> list[list[int]]:
+    """Chooses the n-grams of whole words to mask, as the original does.
+
+    Every word is tried once as an n-gram start, in random order, until ``budget`` tokens are
+    chosen: n is drawn from ``probs`` (p[n - 1]), the n-gram is clipped at the last word, shortened
+    word by word while it has more tokens than the budget left, and skipped if it still does or if
+    it overlaps a chosen n-gram.
+
+    Args:
+      word_lengths: pieces per word, [W] ints.
+      budget: most tokens to choose.
+      probs: [ngram] probabilities of n = 1..ngram.
+
+    Returns:
+      The chosen n-grams in the order they were chosen, each a list of consecutive word indices.
+    """
+    num_words = len(word_lengths)
+    offsets = np.concatenate([[0], np.cumsum(word_lengths)]).tolist()
+    starts = rng.permutation(num_words).tolist()
+    sizes = (rng.choice(len(probs), size=num_words, p=probs) + 1).tolist()
+    covered = bytearray(num_words)
+    spans, num_tokens = [], 0
+    for start, n in zip(starts, sizes):
+        if num_tokens >= budget:
+            break
+        n = min(n, num_words - start)
+        while n and offsets[start + n] - offsets[start] > budget - num_tokens:
+            n -= 1
+        if not n or any(covered[start:start + n]):
+            continue
+        covered[start:start + n] = b"\x01" * n
+        spans.append(list(range(start, start + n)))
+        num_tokens += offsets[start + n] - offsets[start]
+    return spans
+
+
+class _Masker:
+    """Builds the feature arrays of one example: ``[CLS] A [SEP] B [SEP]``, masked and padded."""
+
+    def __init__(self, tokenizer, max_seq_length, max_predictions, masked_lm_prob, ngram_probs, random_ids):
+        self.cls, self.sep, self.mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
+        self.pad = tokenizer.pad_token_id
+        self.max_seq_length, self.max_predictions = max_seq_length, max_predictions
+        self.masked_lm_prob, self.ngram_probs, self.random_ids = masked_lm_prob, ngram_probs, random_ids
+
+    def __call__(self, a: _Sentence, b: _Sentence, swapped: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        T, P = self.max_seq_length, self.max_predictions
+        ids = np.full(T, self.pad, np.int32)
+        length = len(a[0]) + len(b[0]) + 3
+        ids[:length] = [self.cls, *a[0], self.sep, *b[0], self.sep]
+        segment_ids = np.zeros(T, np.int32)
+        segment_ids[len(a[0]) + 2:length] = 1
+        # Words are numbered across both segments (an n-gram may span the middle [SEP], as in the
+        # original); [CLS]/[SEP] belong to no word and are never masked.
+        begins_a, ends_a = _word_bounds(a[1], 1)
+        begins_b, ends_b = _word_bounds(b[1], len(a[0]) + 2)
+        begins, ends = begins_a + begins_b, ends_a + ends_b
+        positions = np.zeros(0, np.int64)
+        if self.masked_lm_prob > 0:
+            budget = min(P, max(1, int(round(length * self.masked_lm_prob))))
+            spans = choose_masked_spans([e - s for s, e in zip(begins, ends)], budget, self.ngram_probs, rng)
+            positions = np.sort(np.array([p for span in spans for w in span for p in range(begins[w], ends[w])],
+                                         np.int64))
+        labels = ids[positions]
+        u = rng.random(len(positions))
+        random_ids = self.random_ids[rng.integers(len(self.random_ids), size=len(positions))]
+        ids[positions] = np.where(u < 0.8, self.mask, np.where(u < 0.9, random_ids, labels))
+        k = len(positions)
+        masked_lm_positions, masked_lm_ids = np.zeros(P, np.int32), np.zeros(P, np.int32)
+        masked_lm_positions[:k], masked_lm_ids[:k] = positions, labels
+        return {
+            "input_ids": ids,
+            "input_mask": (np.arange(T) < length).astype(np.int32),
+            "segment_ids": segment_ids,
+            "masked_lm_positions": masked_lm_positions,
+            "masked_lm_ids": masked_lm_ids,
+            "masked_lm_weights": (np.arange(P) < k).astype(np.float32),
+            "sentence_order_label": np.asarray(swapped, np.int32),
+        }
+
+
+def _word_bounds(starts: list[bool], offset: int) -> tuple[list[int], list[int]]:
+    """[begin, end) positions of the words of a segment placed at ``offset``."""
+    begins = [offset + i for i, is_start in enumerate(starts) if is_start]
+    return begins, begins[1:] + [offset + len(starts)]

@@ -1,0 +1,179 @@
+"""Model structure: parameter counts (transformers and the paper), shared gradients, compile size, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import albert_jax as aj
+from albert_jax import convert
+
+
+def hf_param_count(config: aj.AlbertConfig) -> int:
+    hf = transformers.AlbertConfig(**convert.hf_config_dict(config))
+    with torch.device("meta"):
+        return sum(p.numel() for p in transformers.AlbertModel(hf).parameters())
+
+
+@pytest.mark.parametrize("preset,paper_millions", [
+    ("albert-base-v2", 12), ("albert-large-v2", 18), ("albert-xlarge-v2", 59), ("albert-xxlarge-v2", 223),
+    ("albert-base-v1", 12), ("bert-base-equivalent", 110)])
+def test_param_count_matches_transformers_and_paper(preset, paper_millions):
+    config = aj.AlbertConfig.from_preset(preset)
+    count = aj.count_params(config)
+    assert count == hf_param_count(config)
+    assert round(count / 1e6) == paper_millions
+
+
+def block_sizes(e, h=768, i=3072, v=30000, positions=512, types=2):
+    """Parameter counts of ALBERT-base's parts, from the layer shapes (independent of the model code)."""
+    embeddings = (v + positions + types) * e + 2 * e + e * h + h  # tables, LayerNorm, E->H projection
+    attention = 4 * (h * h + h) + 2 * h                           # q, k, v, output + LayerNorm
+    ffn = (h * i + i) + (i * h + h) + 2 * h                       # two dense layers + LayerNorm
+    pooler = h * h + h
+    return embeddings, attention, ffn, pooler
+
+
+@pytest.mark.parametrize("e,shared,not_shared", [(64, 10, 88), (128, 12, 90), (256, 16, 94), (768, 32, 110)])
+def test_embedding_size_ablation_counts(e, shared, not_shared):
+    """Paper, Table 3 (ALBERT-base): all-shared and not-shared parameter counts for E in {64,128,256,768}."""
+    for sharing, millions in (("all", shared), ("none", not_shared)):
+        config = aj.AlbertConfig.from_preset("albert-base-v2", embedding_size=e, sharing=sharing)
+        embeddings, attention, ffn, pooler = block_sizes(e)
+        sets = 1 if sharing == "all" else 12
+        assert aj.count_params(config) == embeddings + sets * (attention + ffn) + pooler
+        assert round(aj.count_params(config) / 1e6) == millions
+
+
+@pytest.mark.parametrize("e,attention_shared,ffn_shared", [(768, 83, 57), (128, 64, 38)])
+def test_partial_sharing_counts(e, attention_shared, ffn_shared):
+    """Paper, Table 4: shared-attention and shared-FFN ALBERT-base. Counts follow from the block sizes;
+    the paper's rounding is matched within 1M (it does not say how the pooler/embeddings were counted)."""
+    embeddings, attention, ffn, pooler = block_sizes(e)
+    expected = {"attention": embeddings + attention + 12 * ffn + pooler,
+                "ffn": embeddings + 12 * attention + ffn + pooler}
+    for sharing, millions in (("attention", attention_shared), ("ffn", ffn_shared)):
+        count = aj.count_params(aj.AlbertConfig.from_preset("albert-base-v2", embedding_size=e, sharing=sharing))
+        assert count == expected[sharing]
+        assert abs(count / 1e6 - millions) <= 1.0
+
+
+def tiny(**overrides):
+    base = dict(vocab_size=60, embedding_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                intermediate_size=24, max_position_embeddings=16)
+    return aj.AlbertConfig(**{**base, **overrides})
+
+
+def mlm_loss(model, params, ids, mask):
+    logits = model.apply({"params": params}, ids, mask).logits
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 7])
+
+
+def test_shared_gradient_is_sum_over_layers():
+    """The shared layer's gradient equals the sum of the per-layer gradients of an unrolled copy
+    (sharing='none' with the shared weights tiled L times)."""
+    shared_config = tiny(sharing="all")
+    model = aj.AlbertForMaskedLM(shared_config)
+    params = aj.init_params(model, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, 60)
+    mask = jnp.ones_like(ids).at[1, 4:].set(0)
+    grads = jax.grad(lambda p: mlm_loss(model, p, ids, mask))(params)
+
+    unrolled = aj.AlbertForMaskedLM(tiny(sharing="none"))
+    layer_path = ("albert", "encoder", "albert_layer_groups")
+    tile = lambda x: jnp.tile(x, (3,) + (1,) * (x.ndim - 1))
+    unrolled_params = jax.tree_util.tree_map(lambda x: x, params)
+    unrolled_params["albert"]["encoder"]["albert_layer_groups"] = jax.tree_util.tree_map(
+        tile, params["albert"]["encoder"]["albert_layer_groups"])
+    unrolled_grads = jax.grad(lambda p: mlm_loss(unrolled, p, ids, mask))(unrolled_params)
+
+    shared = grads[layer_path[0]][layer_path[1]][layer_path[2]]
+    per_layer = unrolled_grads[layer_path[0]][layer_path[1]][layer_path[2]]
+    for g_shared, g_layers in zip(jax.tree_util.tree_leaves(shared), jax.tree_util.tree_leaves(per_layer)):
+        assert g_layers.shape[0] == 3 and g_shared.shape[0] == 1
+        np.testing.assert_allclose(g_shared[0], g_layers.sum(0), atol=1e-6, rtol=1e-5)
+        assert float(jnp.abs(g_layers[0] - g_layers[1]).max()) > 0  # the layers really differ
+
+
+def test_shared_gradient_matches_torch(tmp_path):
+    """Same check against PyTorch autograd of transformers' shared-layer model."""
+    config = tiny(num_hidden_groups=1)
+    model = aj.AlbertForMaskedLM(config)
+    params = aj.init_params(model, jax.random.PRNGKey(0))
+    convert.save_hf(config, params, str(tmp_path))
+    hf_model = transformers.AlbertForMaskedLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    ids = np.random.RandomState(0).randint(0, 60, (2, 6))
+    mask = np.ones_like(ids)
+    mask[1, 4:] = 0
+    logits = hf_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    torch.log_softmax(logits, -1)[..., 7].mean().backward()
+    grads = jax.grad(lambda p: mlm_loss(model, p, jnp.asarray(ids), jnp.asarray(mask)))(params)
+    ours = grads["albert"]["encoder"]["albert_layer_groups"]["ffn"]["kernel"][0, 0]
+    theirs = hf_model.albert.encoder.albert_layer_groups[0].albert_layers[0].ffn.weight.grad.numpy().T
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sharing", ["all", "none", "attention"])
+def test_compiled_size_does_not_grow_with_depth(sharing):
+    """One layer body is scanned: the lowered HLO of 24 layers is the 2-layer HLO plus a small constant."""
+    def hlo_size(layers):
+        config = tiny(num_hidden_layers=layers, sharing=sharing)
+        model = aj.AlbertForPreTraining(config)
+        params = jax.eval_shape(lambda: aj.init_params(model, jax.random.PRNGKey(0)))
+        ids = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+
+        def loss(p, x):
+            return model.apply({"params": p}, x).prediction_logits.sum()
+        return len(jax.jit(jax.grad(loss)).lower(params, ids).as_text())
+    small, large = hlo_size(2), hlo_size(24)
+    assert large <= small + 2000, (small, large)
+
+
+def test_bfloat16_compute_close_to_float32():
+    config = aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, num_hidden_layers=2)
+    model32, model16 = aj.AlbertModel(config), aj.AlbertModel(config.replace(dtype="bfloat16"))
+    params = aj.init_params(model32, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, 100)
+    out32 = model32.apply({"params": params}, ids).last_hidden_state
+    out16 = model16.apply({"params": params}, ids).last_hidden_state
+    assert out16.dtype == jnp.bfloat16 and out32.dtype == jnp.float32
+    assert float(jnp.abs(out16.astype(jnp.float32) - out32).max()) < 0.1
+
+
+def test_bfloat16_params():
+    config = aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, num_hidden_layers=2,
+                                         param_dtype="bfloat16", dtype="bfloat16")
+    params = aj.init_params(aj.AlbertForPreTraining(config), jax.random.PRNGKey(0))
+    assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {jnp.dtype("bfloat16")}
+
+
+def test_dropout_needs_rng_and_changes_outputs():
+    config = tiny(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    model = aj.AlbertForSequenceClassification(config)
+    params = aj.init_params(model, jax.random.PRNGKey(0))
+    ids = jnp.ones((2, 5), jnp.int32)
+    eval_out = model.apply({"params": params}, ids).logits
+    train = [model.apply({"params": params}, ids, deterministic=False,
+                         rngs={"dropout": jax.random.PRNGKey(s)}).logits for s in (1, 2)]
+    assert not np.allclose(train[0], train[1]) and not np.allclose(train[0], eval_out)
+    np.testing.assert_array_equal(eval_out, model.apply({"params": params}, ids).logits)
+
+
+def test_masked_positions_gather_matches_full_logits():
+    config = tiny()
+    model = aj.AlbertForPreTraining(config)
+    params = aj.init_params(model, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, 60)
+    positions = jnp.array([[1, 5], [0, 7]])
+    full = model.apply({"params": params}, ids).prediction_logits
+    gathered = model.apply({"params": params}, ids, masked_lm_positions=positions).prediction_logits
+    np.testing.assert_allclose(gathered, np.take_along_axis(np.asarray(full), positions[..., None], 1), atol=1e-6)
+
+
+def test_count_params_allocates_nothing():
+    """xxlarge has 223M parameters: counting must come from shapes alone (jax.eval_shape)."""
+    before = len(jax.live_arrays())
+    aj.count_params(aj.AlbertConfig.from_preset("albert-xxlarge-v2"))
+    assert len(jax.live_arrays()) == before
