@@ -1,0 +1,1 @@
+"""Training: optimizers, mesh + sharding, checkpoints, metric writers and the one train loop."""

@@ -1,0 +1,46 @@
+"""albert-jax entry point: `python run.py --config=experiments/configs/demo.py [--config.a.b=v] --workdir=DIR`.
+
+Joins a multi-process job when one is described (--coordinator_address/--num_processes/--process_id or
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), then runs the config's job (pretraining).
+A run in an existing work dir resumes from its last checkpoint (--noresume to start over in place).
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/configs/*.py)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "work dir: checkpoints, metrics, exports")
+_RESUME = flags.DEFINE_bool("resume", True, "resume from the work dir's last checkpoint")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete checkpoints of a different run in the work dir")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
+
+
+def parse_flags(argv):
+    """absl flag parsing, with config typos and bad values reported in one line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, ValueError, TypeError, AttributeError) as e:
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        sys.exit(f"error: {message}\nusage: python run.py --config=experiments/configs/NAME.py "
+                 "[--config.field=value ...] --workdir=DIR")
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        sys.exit("error: --config and --workdir are required")
+    from albert_jax.training import pretrain, sharding
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    logging.set_verbosity(logging.WARNING)
+    try:
+        pretrain.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
