@@ -1,19 +1,19 @@
 """ALBERT's SentencePiece tokenizer (the original google-research algorithm) and vocabulary training.
 
-Token ids follow the algorithm the released checkpoints were trained with: whitespace collapse,
-``` `` ```/`''` -> `"`, NFKD with accents stripped, lowercase, SentencePiece, then the digit-comma
-re-split ("▁3," -> "▁3", ","). Special tokens written in the text are split out first; `[MASK]`
-swallows the whitespace on its left. Batches (`__call__`), offsets, truncation with stride and
-`decode` produce what transformers' `AlbertTokenizer` produces for the same `spiece.model`, except on
-pieces ending in digit + "," (transformers 5 keeps "▁3," whole) and on models holding user-defined
-symbols (transformers 5 turns them into added tokens and splits the text around them); there we
-follow the original algorithm.
+Ids follow the algorithm the released checkpoints were trained with: whitespace collapse, the quote
+pairs `` and '' -> ", NFKD with accents stripped, lowercase, SentencePiece, then the digit-comma re-split
+("▁3," -> "▁3", ","). Special tokens written in the text are split out first; [MASK] swallows the
+whitespace on its left. Batches, offsets, truncation with stride and `decode` give what transformers'
+`AlbertTokenizer` gives for the same spiece.model, except where transformers 5 leaves the original
+algorithm: pieces ending in digit + "," (it keeps "▁3," whole) and models with user-defined symbols (it
+makes them added tokens and splits the text around them). There we keep the original.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -27,6 +27,7 @@ DEFAULT_SPECIAL_TOKENS = {
     "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
 }
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
+_CONFIG_KEYS = ("do_lower_case", "remove_space", "keep_accents", "model_max_length")
 _NO_LIMIT = 10**18  # transformers writes model_max_length=1e30 for "unlimited"
 
 
@@ -68,7 +69,8 @@ class AlbertTokenizer:
         self.all_special_tokens = [getattr(self, n) for n in DEFAULT_SPECIAL_TOKENS]
         self.all_special_ids = [self.sp.piece_to_id(t) for t in self.all_special_tokens]
         # Longest first so that a special token containing another one wins, as transformers' trie does.
-        self._special_re = re.compile("|".join(map(re.escape, sorted(self.all_special_tokens, key=len, reverse=True))))
+        by_length = sorted(self.all_special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("|".join(map(re.escape, by_length)))
 
     @classmethod
     def from_pretrained(cls, directory: str, **overrides) -> AlbertTokenizer:
@@ -82,11 +84,11 @@ class AlbertTokenizer:
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     config = json.load(f)
-                for key in ("do_lower_case", "remove_space", "keep_accents", "model_max_length", *DEFAULT_SPECIAL_TOKENS):
+                for key in (*_CONFIG_KEYS, *DEFAULT_SPECIAL_TOKENS):
                     if key in config:
                         value = config[key]
                         kwargs[key] = value["content"] if isinstance(value, dict) else value
-        if kwargs.get("model_max_length", 0) > _NO_LIMIT:
+        if (kwargs.get("model_max_length") or 0) > _NO_LIMIT:
             kwargs["model_max_length"] = None
         kwargs.update(overrides)
         return cls(os.path.join(directory, VOCAB_FILE), **kwargs)
@@ -102,9 +104,9 @@ class AlbertTokenizer:
         specials = {name: getattr(self, name) for name in DEFAULT_SPECIAL_TOKENS}
         specials.update(bos_token=self.cls_token, eos_token=self.sep_token)
         # transformers takes each special token's flags (lstrip for [MASK]) from `added_tokens_decoder`.
-        added = {str(getattr(self, n + "_id")): {"content": getattr(self, n), "lstrip": n == "mask_token", "rstrip": False,
-                                                 "normalized": False, "single_word": False, "special": True}
-                 for n in DEFAULT_SPECIAL_TOKENS}
+        added = {str(getattr(self, n + "_id")): {"content": getattr(self, n), "lstrip": n == "mask_token",
+                                                 "rstrip": False, "normalized": False, "single_word": False,
+                                                 "special": True} for n in DEFAULT_SPECIAL_TOKENS}
         config = {"tokenizer_class": "AlbertTokenizer", "do_lower_case": self.do_lower_case,
                   "remove_space": self.remove_space, "keep_accents": self.keep_accents, **specials,
                   "added_tokens_decoder": added}
@@ -118,9 +120,6 @@ class AlbertTokenizer:
     def vocab_size(self) -> int:
         """Number of pieces, special ones included."""
         return self.sp.get_piece_size()
-
-    def __len__(self) -> int:
-        return self.vocab_size
 
     # --- text -> pieces ---------------------------------------------------------------------------
 
@@ -137,8 +136,10 @@ class AlbertTokenizer:
                 spans.extend((i, i + 1) for i in range(match.start(), match.end()))
         else:
             chars, spans = list(text), [(i, i + 1) for i in range(len(text))]
-        # transformers aligns the replacing '"' with the second character of the pair.
-        chars, spans = _replace_pairs(chars, spans, {"``": '"', "''": '"'})
+        # `` and '' -> "; transformers aligns the '"' with the second character of the pair.
+        firsts = {m.start() for m in re.finditer("``|''", "".join(chars))}
+        chars = ['"' if i - 1 in firsts else c for i, c in enumerate(chars) if i not in firsts]
+        spans = [s for i, s in enumerate(spans) if i not in firsts]
         if not self.keep_accents:
             # Per-char NFKD equals whole-string NFKD once combining marks (the only reordered chars) go.
             pairs = [(d, s) for c, s in zip(chars, spans) for d in unicodedata.normalize("NFKD", c)
@@ -164,10 +165,7 @@ class AlbertTokenizer:
             while begin < end and norm[begin].isspace():
                 begin += 1
             if begin == end:
-                begin = min(begin, len(norm) - 1)
-                while begin < len(norm) - 1 and norm[begin].isspace():
-                    begin += 1
-                return spans[begin]
+                return spans[min(begin, len(norm) - 1)]
             return spans[begin][0], spans[end - 1][1]
 
         out = []
@@ -233,12 +231,9 @@ class AlbertTokenizer:
         return types if ids_b is None else types + [1] * (len(ids_b) + 1)
 
     def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
-        """Ids of `text` (and `text_pair`), with `[CLS]`/`[SEP]` unless `add_special_tokens=False`; no truncation."""
-        ids_a = [i for _, i, _ in self._tokenize(text)]
-        ids_b = None if text_pair is None else [i for _, i, _ in self._tokenize(text_pair)]
-        if not add_special_tokens:
-            return ids_a + (ids_b or [])
-        return self.build_inputs_with_special_tokens(ids_a, ids_b)
+        """Ids of `text` (and `text_pair`), with `[CLS]`/`[SEP]` unless `add_special_tokens=False`; untruncated."""
+        b = None if text_pair is None else self._tokenize(text_pair)
+        return [i for _, i, _, _ in self._assemble(self._tokenize(text), b, add_special_tokens)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`, the string transformers' `decode` gives: "▁" -> " ", none before the first token."""
@@ -272,7 +267,8 @@ class AlbertTokenizer:
         if truncation is True or (max_length is not None and padding is False and truncation is None):
             truncation = "longest_first"
         if truncation and truncation not in TRUNCATION_STRATEGIES:
-            raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, True, False or None; got {truncation!r}")
+            raise ValueError(f"truncation must be None, False, True or one of {TRUNCATION_STRATEGIES}; "
+                             f"got {truncation!r}")
         padding = "longest" if padding is True else padding
         if padding not in (False, "longest", "max_length"):
             raise ValueError(f"padding must be False, True, 'longest' or 'max_length'; got {padding!r}")
@@ -300,15 +296,16 @@ class AlbertTokenizer:
             raise ValueError(f"sequences have different lengths ({min(lengths)} to {max(lengths)} tokens); pass "
                              "padding=True, or padding='max_length' with truncation")
         pad = (None, self.pad_token_id, 0, (0, 0))
-        rows = [row + [pad] * (width - len(row)) for row in rows]
+        table = np.array([[(i, k, *span) for _, i, k, span in row + [pad] * (width - len(row))] for row in rows],
+                         np.int32).reshape(len(rows), width, 4)
         out = {
-            "input_ids": np.array([[t[1] for t in row] for row in rows], np.int32).reshape(len(rows), width),
+            "input_ids": table[..., 0],
             # Padding is masked by position: a "<pad>" written in the text is a real token.
             "attention_mask": (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int32),
-            "token_type_ids": np.array([[t[2] for t in row] for row in rows], np.int32).reshape(len(rows), width),
+            "token_type_ids": table[..., 1],
         }
         if return_offsets_mapping:
-            out["offset_mapping"] = np.array([[t[3] for t in row] for row in rows], np.int32).reshape(len(rows), width, 2)
+            out["offset_mapping"] = table[..., 2:]
         if return_overflowing_tokens:
             out["overflow_to_sample_mapping"] = np.array(samples, np.int32)
         return out
@@ -378,23 +375,8 @@ def _windows(seq, max_len, stride):
             return windows
 
 
-def _replace_pairs(chars, spans, table):
-    """str.replace of two-char keys by one char, keeping the span of each key's second char."""
-    out_chars, out_spans, i = [], [], 0
-    while i < len(chars):
-        pair = "".join(chars[i:i + 2])
-        if pair in table:
-            out_chars.append(table[pair])
-            out_spans.append(spans[i + 1])
-            i += 2
-        else:
-            out_chars.append(chars[i])
-            out_spans.append(spans[i])
-            i += 1
-    return out_chars, out_spans
-
-
-def preprocess_text(text: str, do_lower_case: bool = True, remove_space: bool = True, keep_accents: bool = False) -> str:
+def preprocess_text(text: str, do_lower_case: bool = True, remove_space: bool = True,
+                    keep_accents: bool = False) -> str:
     """The original ALBERT `preprocess_text`: the text SentencePiece sees (no offsets; see `_preprocess`)."""
     if remove_space:
         text = " ".join(text.strip().split())
@@ -409,21 +391,23 @@ ALBERT_USER_DEFINED_SYMBOLS = ("(", ")", '"', "-", ".", "\u2013", "\u00a3", "\u2
 
 
 def train_spm(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size: int, out_prefix: str, *,
-              model_type: str = "unigram", character_coverage: float = 0.9999, input_sentence_size: int = 1_000_000,
-              seed: int = 0, do_lower_case: bool = True, keep_accents: bool = False,
-              user_defined_symbols: Sequence[str] = (), num_threads: int | None = None) -> str:
+              model_type: str = "unigram", character_coverage: float = 0.9999,
+              input_sentence_size: int = 1_000_000, seed: int = 0, do_lower_case: bool = True,
+              keep_accents: bool = False, user_defined_symbols: Sequence[str] = (),
+              num_threads: int | None = None) -> str:
     """Trains an ALBERT SentencePiece vocabulary and returns the path `<out_prefix>.model`.
 
     `files_or_iterator` is a text file path, a list or tuple of them (one sentence per line; blank lines,
-    the document separators, are skipped) or any other iterable of sentences (e.g. a generator). The settings are google-research/albert's:
-    `<pad>`=0, `<unk>`=1, no bos/eos, control symbols `[CLS]`=2 `[SEP]`=3 `[MASK]`=4, a unigram model over
-    a shuffled sample of `input_sentence_size` sentences, spm's default case-preserving `nmt_nfkc` rule.
+    the document separators, are skipped) or any other iterable of sentences (e.g. a generator).
+    The settings are google-research/albert's: `<pad>`=0, `<unk>`=1, no bos/eos, control symbols
+    `[CLS]`=2 `[SEP]`=3 `[MASK]`=4, a unigram model over a random sample of `input_sentence_size`
+    sentences (0: all; drawn with `seed`), spm's default case-preserving `nmt_nfkc` normalization.
     Sentences get the tokenizer's preprocessing (`preprocess_text`: lowercase, accents stripped) before
-    training, so the vocabulary holds the pieces the tokenizer will ask for; folding case in the model
-    instead (`nmt_nfkc_cf`) would also lowercase for `do_lower_case=False` tokenizers. The released
+    training, so the vocabulary holds the pieces the tokenizer asks for; folding case in the model
+    instead (`nmt_nfkc_cf`) would lowercase for `do_lower_case=False` tokenizers too. The released
     vocabulary also had `user_defined_symbols=ALBERT_USER_DEFINED_SYMBOLS`; they are off by default because
     transformers 5 makes such symbols added tokens and splits text around them, so its ids would differ
-    from ours. The result depends only on the input and `seed`.
+    from ours. The result depends only on the sentences and `seed`.
     """
     if isinstance(files_or_iterator, (str, os.PathLike)):
         files_or_iterator = [files_or_iterator]
@@ -435,17 +419,30 @@ def train_spm(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size
         sentences = _read_lines(files_or_iterator)
     else:
         sentences = iter(files_or_iterator)
-    prepared = (preprocess_text(s, do_lower_case, True, keep_accents) for s in sentences)
+    prepared = (p for p in (preprocess_text(s, do_lower_case, True, keep_accents) for s in sentences) if p)
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    spm.set_random_generator_seed(seed)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=(s for s in prepared if s), model_prefix=out_prefix, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=character_coverage, normalization_rule_name="nmt_nfkc",
-        input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-        pad_id=0, pad_piece="<pad>", unk_id=1, unk_piece="<unk>", bos_id=-1, eos_id=-1,
-        control_symbols=["[CLS]", "[SEP]", "[MASK]"], user_defined_symbols=list(user_defined_symbols),
-        num_threads=num_threads or os.cpu_count() or 1, minloglevel=1)
+        sentence_iterator=iter(_sample(prepared, input_sentence_size, seed)), model_prefix=out_prefix,
+        vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
+        normalization_rule_name="nmt_nfkc", pad_id=0, pad_piece="<pad>", unk_id=1, unk_piece="<unk>",
+        bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        user_defined_symbols=list(user_defined_symbols), num_threads=num_threads or os.cpu_count() or 1,
+        minloglevel=1)
     return out_prefix + ".model"
+
+
+def _sample(sentences, size, seed):
+    """A uniform sample of `size` sentences (reservoir sampling); all of them if fewer or `size` is 0.
+
+    Done here rather than by spm's shuffle_input_sentence, whose sampler ignores the seed we set.
+    """
+    rng, reservoir = random.Random(seed), []
+    for index, sentence in enumerate(sentences):
+        if not size or index < size:
+            reservoir.append(sentence)
+        elif (slot := rng.randrange(index + 1)) < size:
+            reservoir[slot] = sentence
+    return reservoir
 
 
 def _read_lines(paths):
