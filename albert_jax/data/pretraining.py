@@ -1,9 +1,11 @@
 """ALBERT pretraining examples: sentence-order pairs with n-gram masked-LM targets.
 
-Follows ``create_pretraining_data.py`` of google-research/albert (the ALBERT paper, section 4.1 and
-appendix A.1): segments are runs of consecutive sentences of one document, swapped with probability
-0.5 for sentence-order prediction (SOP), and masked with whole-word n-grams, n <= 3 with
-p(n) ∝ 1/n. Differences from that script, all deliberate:
+Follows ``create_pretraining_data.py`` of google-research/albert and the ALBERT paper (Lan et al.,
+2020): segments are runs of consecutive sentences of one document, swapped with probability 0.5 for
+sentence-order prediction (SOP), and masked with whole-word n-grams, n <= 3 with p(n) ∝ 1/n. The
+features keep the original names, except ``sentence_order_label`` (the original TFRecords called it
+``next_sentence_labels``; transformers' ``AlbertForPreTraining`` calls it ``sentence_order_label``).
+Differences from that script, all deliberate:
 
 * Everything is a function of (seed, documents): each document gets its own generators, seeded from
   (seed, pass, document index), so an example never depends on the other documents or on the
@@ -25,6 +27,7 @@ p(n) ∝ 1/n. Differences from that script, all deliberate:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -53,7 +56,7 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
                     max_predictions_per_seq: int, masked_lm_prob: float = 0.15,
                     short_seq_prob: float = 0.1, ngram: int = 3, dupe_factor: int = 1,
                     seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Yields ALBERT pretraining examples (SOP pairs with n-gram masking) from documents.
+    """ALBERT pretraining examples (SOP pairs with n-gram masking) from documents.
 
     Args:
       documents: documents, each a sequence of sentence strings.
@@ -69,8 +72,9 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
       dupe_factor: passes over the documents, each with different segments and masks.
       seed: non-negative int; the output is a function of (seed, documents, arguments).
 
-    Yields:
-      Dicts of numpy arrays: ``input_ids`` [T] int32 (pad id after the last [SEP]), ``input_mask``
+    Returns:
+      An iterator (lazy; the arguments are checked at once) over dicts of numpy arrays:
+      ``input_ids`` [T] int32 (pad id after the last [SEP]), ``input_mask``
       [T] int32 (1 on tokens, 0 on padding), ``segment_ids`` [T] int32 (0 for [CLS] A [SEP], 1 for
       B [SEP], 0 on padding), ``masked_lm_positions`` [P] int32 (sorted, zero-padded),
       ``masked_lm_ids`` [P] int32 (the original token ids there, zero-padded), ``masked_lm_weights``
@@ -86,14 +90,18 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
                 tokenizer.sep_token_id, tokenizer.mask_token_id}
     masker = _Masker(tokenizer, max_seq_length, max_predictions_per_seq, masked_lm_prob,
                      ngram_probabilities(ngram), np.setdiff1d(np.arange(tokenizer.vocab_size), list(specials)))
+    return _generate(documents, tokenizer, specials, masker, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
+
+
+def _generate(documents, tokenizer, specials, masker, max_num_tokens, short_seq_prob, dupe_factor, seed):
+    """The body of ``create_examples``, a generator so that arguments are checked on the call."""
     tokenized = _tokenize_documents(documents, tokenizer, specials - {tokenizer.unk_token_id})
     for pass_index in range(dupe_factor):
         order_rng = np.random.default_rng([seed, _ORDER_STREAM, pass_index, 0])
         for doc_index in order_rng.permutation(len(tokenized)):
             segment_rng = np.random.default_rng([seed, _SEGMENT_STREAM, pass_index, doc_index])
             mask_rng = np.random.default_rng([seed, _MASK_STREAM, pass_index, doc_index])
-            for a, b, swapped in _segment_pairs(tokenized[doc_index], max_seq_length - 3,
-                                                short_seq_prob, segment_rng):
+            for a, b, swapped in _segment_pairs(tokenized[doc_index], max_num_tokens, short_seq_prob, segment_rng):
                 yield masker(a, b, swapped, mask_rng)
 
 
@@ -201,9 +209,11 @@ def choose_masked_spans(word_lengths: Sequence[int], budget: int, probs: np.ndar
       The chosen n-grams in the order they were chosen, each a list of consecutive word indices.
     """
     num_words = len(word_lengths)
-    offsets = np.concatenate([[0], np.cumsum(word_lengths)]).tolist()
+    offsets = [0, *itertools.accumulate(word_lengths)]
     starts = rng.permutation(num_words).tolist()
-    sizes = (rng.choice(len(probs), size=num_words, p=probs) + 1).tolist()
+    cdf = np.cumsum(probs)
+    cdf[-1] = 1.0  # so that rounding never draws n = ngram + 1
+    sizes = (np.searchsorted(cdf, rng.random(num_words), side="right") + 1).tolist()
     covered = bytearray(num_words)
     spans, num_tokens = [], 0
     for start, n in zip(starts, sizes):

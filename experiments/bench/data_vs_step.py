@@ -1,0 +1,59 @@
+"""Is example production a bottleneck? Examples/s of `create_examples` vs examples/s the train step
+consumes, measured in one process on the demo's settings. Writes experiments/bench/results/data_vs_step.json.
+
+    python experiments/bench/data_vs_step.py [--steps 10]
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import tempfile
+import time
+
+import jax
+
+from albert_jax.data.corpus import builtin_corpus
+from albert_jax.data.pretraining import create_examples
+from albert_jax.training import loop, pretrain
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def demo_config():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(HERE, "..", "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    config = demo_config()
+    config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = args.steps, args.steps, 0, 0
+    with tempfile.TemporaryDirectory() as workdir:
+        task, _, tokenizer = pretrain.build_task(config, workdir)
+        documents = builtin_corpus()
+        start = time.perf_counter()
+        n = sum(1 for _ in create_examples(documents, tokenizer, max_seq_length=config.data.max_seq_length,
+                                           max_predictions_per_seq=config.data.max_predictions_per_seq, seed=1))
+        examples_per_sec = n / (time.perf_counter() - start)
+        loop.train(config, workdir, task, fingerprint=pretrain.fingerprint(config))  # compile + warm-up
+        config.total_steps *= 2
+        start = time.perf_counter()
+        loop.train(config, workdir, task, fingerprint=pretrain.fingerprint(config), overwrite=True, resume=False)
+        step_seconds = (time.perf_counter() - start) / config.total_steps
+    consumed = config.batch_size / step_seconds
+    result = {"device": jax.devices()[0].device_kind, "examples": n, "examples_per_sec_created": examples_per_sec,
+              "train_step_seconds": step_seconds, "examples_per_sec_consumed": consumed,
+              "headroom": examples_per_sec / consumed}
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "data_vs_step.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Text sources: the built-in corpus, text files in the google-research/albert format, tfds."""
+
+import time
+
+import numpy as np
+import pytest
+
+from albert_jax.data import corpus
+from albert_jax.data.corpus import builtin_corpus, clean_document, split_sentences, write_corpus
+from albert_jax.data.sources import load_source, load_tfds_text, read_text_files, text_to_sentences
+
+
+def test_builtin_corpus_is_deterministic():
+    docs = builtin_corpus()
+    assert builtin_corpus() == docs  # cached
+    corpus._builtin_corpus.cache_clear()  # built again by a fresh interpreter
+    assert builtin_corpus() == docs
+
+
+def test_builtin_corpus_size_and_english(tmp_path):
+    docs = builtin_corpus()
+    sentences = [s for doc in docs for s in doc]
+    write_corpus(docs, tmp_path / "corpus.txt")
+    size = (tmp_path / "corpus.txt").stat().st_size
+    assert 0.8e6 < size < 20e6, size
+    assert len(docs) > 1500 and len(sentences) > 8000
+    assert all(len(doc) >= 2 for doc in docs)
+    assert sum(" " in s for s in sentences) > 0.99 * len(sentences)
+    assert sum(">>>" in s or "::" in s for s in sentences) < 0.001 * len(sentences)
+    assert sum(s[-1] in ".!?:\"')”" for s in sentences) > 0.99 * len(sentences)
+    words = " ".join(sentences).lower().split()
+    for common in ("the", "is", "of", "a", "to"):
+        assert words.count(common) > 0.005 * len(words), common
+    assert sum(w.isalpha() for w in words) > 0.7 * len(words)
+
+
+def test_clean_document_drops_code_and_markup():
+    doc = '''Short summary of :func:`foo` and ``bar``.
+
+    Longer text with *emphasis* and **strong** words. It has a second sentence, e.g. this one!
+
+    Example::
+
+        x = foo(1)
+        print(x)
+
+    >>> foo(2)
+    4
+
+    Parameters
+    ----------
+    .. versionadded:: 3.2
+
+    * A list item that is prose.
+    '''
+    assert clean_document(doc) == [
+        "Short summary of foo and bar.",
+        "Longer text with emphasis and strong words.",
+        "It has a second sentence, e.g. this one!",
+        "A list item that is prose.",
+    ]
+    assert split_sentences("One two three. Four five six?  Seven (etc.) eight.") == [
+        "One two three.", "Four five six?", "Seven (etc.) eight."]
+
+
+def test_text_files_round_trip_and_globs(tmp_path):
+    docs_a = [["First sentence of doc one.", "Second sentence."], ["Doc two only line."]]
+    docs_b = [["Another file.", "With two lines."]]
+    write_corpus(docs_a, tmp_path / "part1.txt")
+    write_corpus(docs_b, tmp_path / "part2.txt")
+    assert read_text_files(tmp_path / "part1.txt") == docs_a
+    assert read_text_files(str(tmp_path / "part*.txt")) == docs_a + docs_b
+    assert read_text_files([str(tmp_path / "part2.txt"), str(tmp_path / "part1.txt")]) == docs_b + docs_a
+    assert load_source(f"files:{tmp_path}/part2.txt,{tmp_path}/part1.txt") == docs_b + docs_a
+    # Several blank lines and surrounding whitespace separate documents just the same.
+    (tmp_path / "messy.txt").write_text("\n\n  a b c  \nd e\n\n\n\nf g\n")
+    assert read_text_files(tmp_path / "messy.txt") == [["a b c", "d e"], ["f g"]]
+
+
+def test_text_file_errors_name_the_path(tmp_path):
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="nope.txt"):
+        read_text_files(missing)
+    with pytest.raises(ValueError, match=r"none\*\.txt"):
+        read_text_files(str(tmp_path / "none*.txt"))
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match="empty.txt"):
+        read_text_files(tmp_path / "empty.txt")
+    with pytest.raises(ValueError, match="empty.txt"):
+        load_source(f"files:{tmp_path}/empty.txt")
+
+
+def test_load_source_specs():
+    assert load_source("builtin") == builtin_corpus()
+    assert load_source("builtin", max_documents=3) == builtin_corpus()[:3]
+    for bad in ("", "builtins", "files:", "tfds:", "hub:bert", "builtin:x"):
+        with pytest.raises(ValueError, match="spec"):
+            load_source(bad)
+
+
+def test_text_to_sentences():
+    assert text_to_sentences("Line one. Still line one!\n\nLine two\n") == [
+        "Line one.", "Still line one!", "Line two"]
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+    """A tfds text dataset built locally: 'train' has 4 examples, 'test' 2; features text/title/label."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class AlbertJaxTinyText(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "title": tfds.features.Text(), "text": tfds.features.Text(), "label": tfds.features.Scalar(np.int64)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(4), "test": self._generate_examples(2, offset=10)}
+
+        def _generate_examples(self, n, offset=0):
+            for i in range(offset, offset + n):
+                text = f"Document {i} starts here. It goes on!\nA new line {i}." if i != 2 else ""
+                yield i, {"title": f"Title {i}.", "text": text, "label": i}
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    return "albert_jax_tiny_text", data_dir
+
+
+def test_tfds_text(tiny_tfds):
+    name, data_dir = tiny_tfds
+    docs = load_tfds_text(name, data_dir=data_dir)
+    # Example 2 has no text and is skipped; the order is tfds' own (deterministic).
+    assert sorted(docs) == [[f"Document {i} starts here.", "It goes on!", f"A new line {i}."] for i in (0, 1, 3)]
+    assert load_tfds_text(name, data_dir=data_dir) == docs
+    assert len(load_tfds_text(name, data_dir=data_dir, max_documents=2)) == 2
+    titles = load_tfds_text(name, split="test", data_dir=data_dir, text_key="title")
+    assert sorted(titles) == [["Title 10."], ["Title 11."]]
+    assert load_source(f"tfds:{name}", data_dir=data_dir) == docs
+    assert sorted(load_source(f"tfds:{name}:1.0.0:test", data_dir=data_dir)) == sorted(
+        [[f"Document {i} starts here.", "It goes on!", f"A new line {i}."] for i in (10, 11)])
+    assert len(load_source(f"tfds:{name}:train[:2]", data_dir=data_dir)) <= 2
+    with pytest.raises(ValueError, match="no_such_feature"):
+        load_tfds_text(name, data_dir=data_dir, text_key="no_such_feature")
+
+
+def test_tfds_unknown_dataset_fails_fast(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="no_such_dataset_xyz.*list_builders"):
+        load_tfds_text("no_such_dataset_xyz", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="no_such_dataset_xyz"):
+        load_source("tfds:no_such_dataset_xyz:train")
+    assert time.perf_counter() - start < 10
+    assert not any(tmp_path.iterdir()), "nothing downloaded or created"

@@ -1,0 +1,239 @@
+"""Pretraining end to end: learning, determinism and exact resume, sharding, multi-process, bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from albert_jax import pretrained
+from albert_jax.training import loop, optimizers, pretrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
+
+
+def load_tiny_config():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tiny_pretrain", TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def run_py(workdir, *overrides, devices=1, env=None, check=True, timeout=300):
+    """`python run.py` on the tiny config in a subprocess with `devices` CPU devices."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={workdir}", *overrides]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_metrics(workdir, split="train"):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if r.get("split", "train") == split]
+
+
+def final_params(workdir):
+    return pretrained.from_pretrained(os.path.join(workdir, "final"))[1]
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+# -- learning --------------------------------------------------------------------------------------------
+def test_tiny_pretraining_learns(tmp_path):
+    config = load_tiny_config()
+    config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = 150, 10, 75, 0
+    config.batch_size = 16
+    config.optimizer.warmup_steps = 10
+    pretrain.run(config, str(tmp_path))
+    train = read_metrics(tmp_path)
+    assert train[0]["step"] == 10 and train[-1]["step"] == 150
+    assert train[-1]["loss"] < train[0]["loss"] - 0.8
+    assert train[-1]["mlm_accuracy"] > train[0]["mlm_accuracy"] + 0.03
+    for key in ("step", "loss", "mlm_accuracy", "sop_accuracy", "learning_rate", "tokens_per_sec"):
+        assert key in train[-1]
+    evals = read_metrics(tmp_path, "eval")
+    assert [r["step"] for r in evals] == [75, 150]
+    assert evals[-1]["mlm_accuracy"] > 10 / 600  # chance is 1/600
+    assert os.path.exists(tmp_path / "metrics.csv") and os.listdir(tmp_path / "tensorboard")
+
+
+# -- determinism and resume ------------------------------------------------------------------------------
+def test_batches_are_a_pure_function_of_seed_and_index():
+    arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
+    source = pretrain.ArrayBatches(arrays, batch_size=4, seed=3)
+    stream = [source.batch(i)["x"] for i in range(10)]
+    resumed = pretrain.ArrayBatches(arrays, batch_size=4, seed=3)
+    for i in (7, 3, 9):  # any order, fresh object: the same batch
+        np.testing.assert_array_equal(resumed.batch(i)["x"], stream[i])
+    flat = np.concatenate(stream)
+    for epoch in range(4):  # each epoch visits every example once
+        assert sorted(flat[epoch * 10:(epoch + 1) * 10]) == list(range(10))
+    assert not np.array_equal(flat[:10], flat[10:20])  # epochs are shuffled differently
+    np.testing.assert_array_equal(resumed.batch(2)["y"], stream[2] * 2)
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_is_bit_exact(tmp_path):
+    """Kill a run (SIGKILL) after its step-4 checkpoint; the restarted run ends with the same parameters,
+    bit for bit, as an uninterrupted run."""
+    reference = tmp_path / "reference"
+    run_py(reference)
+    killed = tmp_path / "killed"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={killed}",
+           "--config.total_steps=40"]  # would run far past step 4; killed once checkpoint 4 exists
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "4"
+    deadline = time.time() + 240
+    while not (marker.exists() and any(marker.iterdir())) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run never wrote its step-4 checkpoint"
+    # resume with the reference's total_steps: same run config except total_steps -> must overwrite check
+    run_json = json.loads((killed / "run_config.json").read_text())
+    run_json["total_steps"] = 8
+    (killed / "run_config.json").write_text(json.dumps(run_json))
+    run_py(killed)
+    restarted_rows = read_metrics(killed)
+    assert restarted_rows[-1]["step"] == 8
+    assert_trees_equal(final_params(killed), final_params(reference))
+    reference_rows = {r["step"]: r["loss"] for r in read_metrics(reference)}
+    assert reference_rows[8] == [r for r in restarted_rows if r["step"] == 8][-1]["loss"]
+
+
+def test_sigterm_saves_and_resumes(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={tmp_path}",
+           "--config.total_steps=100000", "--config.checkpoint_every=0"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    saved = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+    assert saved and saved[-1] >= 3
+    assert "resume" in stderr
+
+
+# -- sharding and multi-process --------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [("4", "1"), ("2", "2")], ids=["data4", "data2-fsdp2"])
+def test_sharded_training_matches_one_device(tmp_path, mesh):
+    run_py(tmp_path / "one", "--config.total_steps=3")
+    run_py(tmp_path / "many", "--config.total_steps=3", f"--config.mesh.data={mesh[0]}",
+           f"--config.mesh.fsdp={mesh[1]}", devices=4)
+    one, many = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "many")
+    np.testing.assert_allclose([r["loss"] for r in many], [r["loss"] for r in one], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(final_params(tmp_path / "one")),
+                    jax.tree_util.tree_leaves(final_params(tmp_path / "many"))):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """Two local CPU processes (jax.distributed, one device each) train with the same losses as one
+    process with two devices on the same global batch."""
+    run_py(tmp_path / "single", "--config.total_steps=3", devices=2)
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={tmp_path / 'multi'}",
+         "--config.total_steps=3", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    single, multi = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "multi")
+    assert len(multi) == len(single) == 3
+    np.testing.assert_allclose([r["loss"] for r in multi], [r["loss"] for r in single], rtol=1e-5)
+
+
+# -- bad input stops before compute ----------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,message", [
+    (["--config.data.source=files:/nonexistent/*.txt"], "/nonexistent/"),
+    (["--config.data.source=tfds:no_such_dataset_xyz"], "no_such_dataset_xyz"),
+    (["--config.modle.hidden_size=3"], "modle"),
+    (["--config.model.hidden_sise=3"], "hidden_sise"),
+    (["--config.batch_size=6", "--config.mesh.data=4"], "divisible by the 4 data-parallel devices"),
+    (["--config.data.max_seq_length=128"], "exceeds the model's max_position_embeddings (64)"),
+    (["--config.model.sharing=some"], "sharing must be one of"),
+])
+def test_bad_input_fails_fast_with_a_message(tmp_path, overrides, message):
+    start = time.time()
+    result = run_py(tmp_path, *overrides, devices=4, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+    assert time.time() - start < 120
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    result = run_py(tmp_path / "w", f"--config.data.source=files:{tmp_path}/empty.txt", check=False)
+    assert result.returncode != 0 and "empty.txt" in result.stderr
+
+
+def test_workdir_of_another_run_is_not_overwritten(tmp_path):
+    run_py(tmp_path, "--config.total_steps=2")
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    result = run_py(tmp_path, "--config.total_steps=2", "--config.seed=5", check=False)
+    assert result.returncode != 0 and "different run" in result.stderr and "seed" in result.stderr
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    run_py(tmp_path, "--config.total_steps=2", "--config.seed=5", "--overwrite")
+    assert json.loads((tmp_path / "run_config.json").read_text())["seed"] == 5
+
+
+# -- optimizer -------------------------------------------------------------------------------------------
+def test_lamb_excludes_layernorm_and_bias_from_decay_and_trust_ratio():
+    params = {"dense": {"kernel": np.ones((2, 2)), "bias": np.ones(2)}, "LayerNorm": {"scale": np.ones(2)}}
+    mask = optimizers.decay_mask(params)
+    assert mask == {"dense": {"kernel": True, "bias": False}, "LayerNorm": {"scale": False}}
+
+
+def test_schedule_warmup_then_linear_decay():
+    import ml_collections
+    config = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, total_steps=110))
+    schedule = optimizers.learning_rate_schedule(config)
+    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(60), schedule(110)],
+                               [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_gradient_accumulation_takes_the_same_optimizer_steps(tmp_path):
+    """grad_accum_steps=2 splits each batch of 8 into two micro-batches of 4: the first step sees the
+    same 8 examples with the same parameters (equal metrics), and the schedule counts optimizer steps."""
+    no_dropout = ["--config.total_steps=3", "--config.model.classifier_dropout_prob=0"]
+    run_py(tmp_path / "full", *no_dropout)
+    run_py(tmp_path / "accum", *no_dropout, "--config.optimizer.grad_accum_steps=2")
+    full, accum = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "accum")
+    assert [r["step"] for r in accum] == [r["step"] for r in full] == [1, 2, 3]
+    for key in ("loss", "mlm_accuracy", "sop_accuracy"):
+        np.testing.assert_allclose(accum[0][key], full[0][key], rtol=1e-5)
+    np.testing.assert_allclose([r["learning_rate"] for r in accum], [r["learning_rate"] for r in full])
+    np.testing.assert_allclose(accum[-1]["loss"], full[-1]["loss"], rtol=0.02)
