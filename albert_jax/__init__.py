@@ -13,9 +13,10 @@ from albert_jax.modeling import (
     count_params,
     init_params,
 )
+from albert_jax.pipelines import pipeline
 
 __all__ = [
     "AlbertConfig", "PRESETS", "HEADS", "AlbertModel", "AlbertForPreTraining", "AlbertForMaskedLM",
     "AlbertForSequenceClassification", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
-    "AlbertForMultipleChoice", "count_params", "init_params",
+    "AlbertForMultipleChoice", "count_params", "init_params", "pipeline",
 ]

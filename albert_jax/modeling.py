@@ -311,6 +311,8 @@ def _gather_positions(hidden, positions):
 # token_type_ids=None, position_ids=None, deterministic=True)`; dropout needs rngs={'dropout': key}.
 # ---------------------------------------------------------------------------------------------------------
 class _Head(nn.Module):
+    """Backbone + a head. Subclasses set up their layers in `setup_head` and map the backbone output
+    to their output in `head(out, deterministic, **kwargs)`."""
     config: AlbertConfig
     add_pooling_layer = True
 
@@ -322,41 +324,21 @@ class _Head(nn.Module):
     def setup_head(self):
         pass
 
-    def backbone(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                 output_hidden_states, output_attentions) -> AlbertModelOutput:
-        return self.albert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                           output_hidden_states, output_attentions)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False, **head_kwargs):
+        out = self.albert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                          output_hidden_states, output_attentions)
+        return self.head(out, deterministic, **head_kwargs)
+
+    def classify(self, features, deterministic):
+        return self.classifier(self.dropout(features, deterministic=deterministic))
 
 
 class AlbertModel(_Head):
     """The bare encoder: `last_hidden_state` [B, T, H] and `pooler_output` [B, H]."""
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False) -> AlbertModelOutput:
-        return self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                             output_hidden_states, output_attentions)
-
-
-class AlbertForPreTraining(_Head):
-    """MLM (tied decoder) + SOP heads. With `masked_lm_positions` [B, P] the MLM logits are computed at
-    those positions only ([B, P, V]) - what pretraining needs - instead of at every position ([B, T, V])."""
-
-    def setup_head(self):
-        self.predictions = AlbertMLMHead(self.config)
-        self.sop_classifier = _SOPHead(self.config)
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False,
-                 masked_lm_positions=None) -> AlbertForPreTrainingOutput:
-        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                            output_hidden_states, output_attentions)
-        hidden = out.last_hidden_state
-        if masked_lm_positions is not None:
-            hidden = _gather_positions(hidden, masked_lm_positions)
-        return AlbertForPreTrainingOutput(
-            prediction_logits=self.predictions(hidden, self.albert),
-            sop_logits=self.sop_classifier(out.pooler_output, deterministic),
-            hidden_states=out.hidden_states, attentions=out.attentions)
+    def head(self, out: AlbertModelOutput, deterministic) -> AlbertModelOutput:
+        return out
 
 
 class _SOPHead(nn.Module):
@@ -368,6 +350,24 @@ class _SOPHead(nn.Module):
         return _dense(self.config, self.config.num_labels, ("hidden", None), "classifier")(pooled)
 
 
+class AlbertForPreTraining(_Head):
+    """MLM (tied decoder) + SOP heads. With `masked_lm_positions` [B, P] the MLM logits are computed at
+    those positions only ([B, P, V]) - what pretraining needs - instead of at every position ([B, T, V])."""
+
+    def setup_head(self):
+        self.predictions = AlbertMLMHead(self.config)
+        self.sop_classifier = _SOPHead(self.config)
+
+    def head(self, out, deterministic, masked_lm_positions=None) -> AlbertForPreTrainingOutput:
+        hidden = out.last_hidden_state
+        if masked_lm_positions is not None:
+            hidden = _gather_positions(hidden, masked_lm_positions)
+        return AlbertForPreTrainingOutput(
+            prediction_logits=self.predictions(hidden, self.albert),
+            sop_logits=self.sop_classifier(out.pooler_output, deterministic),
+            hidden_states=out.hidden_states, attentions=out.attentions)
+
+
 class AlbertForMaskedLM(_Head):
     """MLM head only (no pooler), `logits` [B, T, V]."""
     add_pooling_layer = False
@@ -375,10 +375,7 @@ class AlbertForMaskedLM(_Head):
     def setup_head(self):
         self.predictions = AlbertMLMHead(self.config)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False) -> MaskedLMOutput:
-        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                            output_hidden_states, output_attentions)
+    def head(self, out, deterministic) -> MaskedLMOutput:
         return MaskedLMOutput(self.predictions(out.last_hidden_state, self.albert), out.hidden_states,
                               out.attentions)
 
@@ -389,12 +386,8 @@ class AlbertForSequenceClassification(_Head):
     def setup_head(self):
         self.classifier = _dense(self.config, self.config.num_labels, ("hidden", None), "classifier")
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False) -> ClassifierOutput:
-        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                            output_hidden_states, output_attentions)
-        logits = self.classifier(self.dropout(out.pooler_output, deterministic=deterministic))
-        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+    def head(self, out, deterministic) -> ClassifierOutput:
+        return ClassifierOutput(self.classify(out.pooler_output, deterministic), out.hidden_states, out.attentions)
 
 
 class AlbertForTokenClassification(_Head):
@@ -404,12 +397,9 @@ class AlbertForTokenClassification(_Head):
     def setup_head(self):
         self.classifier = _dense(self.config, self.config.num_labels, ("hidden", None), "classifier")
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False) -> ClassifierOutput:
-        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                            output_hidden_states, output_attentions)
-        logits = self.classifier(self.dropout(out.last_hidden_state, deterministic=deterministic))
-        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+    def head(self, out, deterministic) -> ClassifierOutput:
+        return ClassifierOutput(self.classify(out.last_hidden_state, deterministic), out.hidden_states,
+                                out.attentions)
 
 
 class AlbertForQuestionAnswering(_Head):
@@ -419,11 +409,7 @@ class AlbertForQuestionAnswering(_Head):
     def setup_head(self):
         self.qa_outputs = _dense(self.config, 2, ("hidden", None), "qa_outputs")
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False,
-                 output_attentions=False) -> QuestionAnsweringOutput:
-        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                            output_hidden_states, output_attentions)
+    def head(self, out, deterministic) -> QuestionAnsweringOutput:
         logits = self.qa_outputs(out.last_hidden_state)
         return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states, out.attentions)
 
@@ -435,12 +421,14 @@ class AlbertForMultipleChoice(_Head):
         self.classifier = _dense(self.config, 1, ("hidden", None), "classifier")
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False) -> ClassifierOutput:
-        num_choices = input_ids.shape[1]
+                 deterministic=True, output_hidden_states=False, output_attentions=False):
         flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
-        out = self.backbone(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                            deterministic, output_hidden_states, output_attentions)
-        logits = self.classifier(self.dropout(out.pooler_output, deterministic=deterministic))
+        return super().__call__(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                                deterministic, output_hidden_states, output_attentions,
+                                num_choices=input_ids.shape[1])
+
+    def head(self, out, deterministic, num_choices) -> ClassifierOutput:
+        logits = self.classify(out.pooler_output, deterministic)
         return ClassifierOutput(logits.reshape(-1, num_choices), out.hidden_states, out.attentions)
 
 

@@ -43,11 +43,13 @@ def _bucket(n: int, minimum: int = 1) -> int:
 class _Pipeline:
     """Tokenize -> pad to a shape bucket -> jitted model -> per-input results.
 
-    Subclasses set `head` (the module whose parameter names are used), `uses` (the parameter sub-trees
-    the task reads) and implement `_forward` (run under `head.apply`) and `_postprocess`.
+    Subclasses set `task`, `head` (the module whose parameter names are used) and `uses` (the parameter
+    sub-trees the task reads), and implement `_forward` (run as a method of `head`) and `_postprocess`.
+    The model is jitted once per pipeline; each new (batch bucket, length bucket) shape compiles once.
     """
-    head: type = modeling.AlbertForMaskedLM
-    uses: tuple[str, ...] = ("albert/embeddings/", "albert/encoder/")
+    task: str
+    head: type
+    uses: tuple[str, ...]
 
     def __init__(self, config: AlbertConfig, params: dict, tokenizer, batch_size: int = 16):
         self.config, self.tokenizer, self.batch_size = config, tokenizer, batch_size

@@ -89,6 +89,16 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def paper_config(size: str) -> ml_collections.ConfigDict:
+    """The paper's pretraining setup for ALBERT-{base,large,xlarge,xxlarge} (v2 shapes): sequences of 512,
+    batch 4096, 125k LAMB steps at lr 0.00176 with 3125 warmup steps, 20 predictions per sequence, on
+    English Wikipedia from tfds (the paper also used BookCorpus, which tfds does not ship)."""
+    c = default_config()
+    c.model = model_config(f"albert-{size}-v2")
+    c.data.source = "tfds:wikipedia/20230601.en"
+    return c
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
     """What identifies a run: a work dir with another fingerprint is not resumed into."""
     keep = ("seed", "batch_size", "model", "data", "optimizer", "total_steps")
