@@ -282,11 +282,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
 
 
 def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str) -> None:
-    """config.json + model.safetensors + tokenizer files, loadable by transformers as is."""
+    """config.json + model.safetensors + tokenizer files, loadable by transformers as is. When
+    transformers is installed, loads the export with it and reports the largest logit difference."""
     from albert_jax import convert
     convert.save_hf(albert_config, params, out_dir)
     tokenizer.save_pretrained(out_dir)
     print(f"exported a transformers model directory to {out_dir}")
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return
+    hf_model = transformers.AlbertForPreTraining.from_pretrained(out_dir).eval()
+    ids = np.asarray([tokenizer.encode("The function returns a list of the arguments.")])
+    with torch.no_grad():
+        theirs = hf_model(input_ids=torch.tensor(ids)).prediction_logits.numpy()
+    ours = modeling.AlbertForPreTraining(albert_config).apply({"params": params}, ids).prediction_logits
+    print(f"transformers.AlbertForPreTraining loads {out_dir}: max |logit difference| "
+          f"{float(np.abs(np.asarray(ours) - theirs).max()):.2e}")
 
 
 def show_fill_mask(albert_config: AlbertConfig, params, tokenizer, sentences: list[str]) -> None:
