@@ -251,7 +251,10 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Ta
     micro = config.batch_size // config.optimizer.grad_accum_steps
     train_arrays = prepare_examples(config, train_docs, tokenizer, workdir, "train", config.seed)
     eval_arrays = prepare_examples(config, eval_docs, tokenizer, workdir, "eval", config.seed + 1)
-    eval_source = ArrayBatches(eval_arrays, min(micro, len(eval_arrays["input_ids"])), config.seed)
+    if len(eval_arrays["input_ids"]) < micro:  # a tiny held-out set: repeat it to fill one batch
+        reps = -(-micro // len(eval_arrays["input_ids"]))
+        eval_arrays = {k: np.concatenate([v] * reps) for k, v in eval_arrays.items()}
+    eval_source = ArrayBatches(eval_arrays, micro, config.seed)
     n_eval = min(config.data.eval_batches, max(1, eval_source.size // eval_source.batch_size))
     model = modeling.AlbertForPreTraining(albert_config)
     seq = config.data.max_seq_length

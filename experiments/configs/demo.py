@@ -13,18 +13,19 @@ from albert_jax.training.pretrain import default_config, model_config
 def get_config():
     c = default_config()
     c.total_steps = 600
-    c.batch_size = 32
+    c.batch_size = 64
     c.log_every = 25
     c.eval_every = 200
     c.checkpoint_every = 200
     c.model = model_config("albert-tiny", vocab_size=6000, hidden_size=128, intermediate_size=512,
                            num_attention_heads=2)
-    c.data.max_seq_length = 128
-    c.data.max_predictions_per_seq = 20
-    c.data.dupe_factor = 2
+    # Docstring documents are short (a 128-token pair would be half padding): 64 tokens, 10 predictions.
+    c.data.max_seq_length = 64
+    c.data.max_predictions_per_seq = 10
+    c.data.dupe_factor = 5
     c.data.spm_sentences = 200_000
     c.data.eval_batches = 8
-    c.optimizer.learning_rate = 0.005
+    c.optimizer.learning_rate = 0.01
     c.optimizer.warmup_steps = 60
     c.export.hf_dir = "hf"
     c.export.fill_mask = ("The function returns a [MASK] of the arguments.", "Hello I'm a [MASK] model.")
