@@ -14,9 +14,10 @@ from albert_jax.modeling import (
     init_params,
 )
 from albert_jax.pipelines import pipeline
+from albert_jax.pretrained import from_pretrained, save_pretrained
 
 __all__ = [
     "AlbertConfig", "PRESETS", "HEADS", "AlbertModel", "AlbertForPreTraining", "AlbertForMaskedLM",
     "AlbertForSequenceClassification", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
-    "AlbertForMultipleChoice", "count_params", "init_params", "pipeline",
+    "AlbertForMultipleChoice", "count_params", "init_params", "pipeline", "from_pretrained", "save_pretrained",
 ]
