@@ -28,18 +28,14 @@ from albert_jax.training import loop
 # ---------------------------------------------------------------------------------------------------------
 # Config schema
 # ---------------------------------------------------------------------------------------------------------
-_FIELD_TYPES = {int: int, float: float, str: str}
-
-
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
     """`model` config: a preset name plus every AlbertConfig field as an overridable placeholder
     (None = the preset's value), e.g. `--config.model.embedding_size=64 --config.model.sharing=ffn`."""
+    defaults = AlbertConfig()
     fields = {"preset": preset}
     for f in dataclasses.fields(AlbertConfig):
-        if f.name == "extra":
-            continue
-        kind = type(getattr(AlbertConfig(), f.name))
-        fields[f.name] = placeholder(_FIELD_TYPES.get(kind, kind))
+        if f.name != "extra":
+            fields[f.name] = placeholder(type(getattr(defaults, f.name)))
     config = ml_collections.ConfigDict(fields)
     config.update(overrides)
     return config
