@@ -96,7 +96,7 @@ def validate_batch(config: ml_collections.ConfigDict, mesh) -> int:
     return micro
 
 
-def _local_rows(batch: dict, mesh) -> dict:
+def _local_rows(batch: dict) -> dict:
     """This process's contiguous share of a global batch."""
     if jax.process_count() == 1:
         return batch
@@ -111,7 +111,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, *, finger
     """Runs (or resumes) the job described by `config` in `workdir`; returns the final TrainState.
 
     Config fields used: seed, total_steps (optimizer steps), batch_size (global, per optimizer step),
-    log_every, eval_every, checkpoint_every, keep_checkpoints, mesh, optimizer.*.
+    log_every, eval_every, checkpoint_every, keep_checkpoints, mesh, sharding_rules, optimizer.*.
     """
     # -- mesh --------------------------------------------------------------------------------------------
     mesh = sharding.create_mesh(config.mesh)
@@ -132,8 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, *, finger
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     abstract_state = jax.eval_shape(init_state, init_rng)
-    state_shardings = sharding.param_shardings(abstract_state, mesh, config.get("sharding_rules")
-                                               or sharding.DEFAULT_RULES)
+    rules = config.get("sharding_rules", sharding.DEFAULT_RULES)
+    state_shardings = sharding.param_shardings(abstract_state, mesh, rules)
     abstract_state = nn.meta.unbox(abstract_state)
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
@@ -160,7 +160,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, *, finger
     if restored is not None:
         state, data_state = restored
         logging.info("resumed from micro-step %d", int(state.step))
-        assert int(state.step) == data_state["micro_step"], "checkpointed data position and step disagree"
+        if int(state.step) != data_state["micro_step"]:
+            raise RuntimeError(f"checkpoint in {workdir}: data position {data_state['micro_step']} and step "
+                               f"{int(state.step)} disagree")
     else:
         state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)(init_rng)
     start = int(state.step)
@@ -172,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, *, finger
         for micro in range(start, total_micro):
             host_batch = task.train_batches.batch(micro)
             tokens += int(np.asarray(host_batch[tokens_key]).sum()) if tokens_key in host_batch else 0
-            state, sums = p_train_step(state, sharding.global_batch(_local_rows(host_batch, mesh), mesh))
+            state, sums = p_train_step(state, sharding.global_batch(_local_rows(host_batch), mesh))
             train_rows.append(sums)
             done_micro = micro + 1
             if done_micro % accum:
@@ -204,6 +206,6 @@ def evaluate(p_eval_step, params, task: Task, mesh) -> dict:
     """Metrics of `params` over all of `task.eval_batches` (sums accumulated, then summarised)."""
     totals = None
     for batch in task.eval_batches:
-        sums = jax.device_get(p_eval_step(params, sharding.global_batch(_local_rows(batch, mesh), mesh)))
+        sums = jax.device_get(p_eval_step(params, sharding.global_batch(_local_rows(batch), mesh)))
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
     return task.summarize(totals)

@@ -23,7 +23,7 @@ from ml_collections.config_dict import placeholder
 
 from albert_jax import modeling, pretrained
 from albert_jax.config import AlbertConfig
-from albert_jax.training import loop
+from albert_jax.training import loop, sharding
 
 # ---------------------------------------------------------------------------------------------------------
 # Config schema
@@ -59,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 5000        # steps between checkpoints (and always at the end / on SIGTERM)
     c.keep_checkpoints = 3           # how many checkpoints to keep
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: all remaining devices
+    c.sharding_rules = sharding.DEFAULT_RULES  # logical parameter axis -> mesh axis
     c.model = model_config("albert-base-v2")
     c.data = ml_collections.ConfigDict(dict(
         source="builtin",            # 'builtin', 'files:<glob>[,<glob>]' or 'tfds:<name>[:<split>]'
