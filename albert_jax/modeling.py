@@ -242,7 +242,10 @@ class AlbertTransformer(nn.Module):
         steps = (jnp.asarray(layer_of_step * c.num_attention_sets // c.num_hidden_layers, jnp.int32),
                  jnp.asarray(layer_of_step * c.num_ffn_sets // c.num_hidden_layers, jnp.int32),
                  jnp.asarray(np.arange(len(layer_of_step)) % c.inner_group_num, jnp.int32))
-        scan = nn.scan(AlbertLayer, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+        body = AlbertLayer
+        if c.remat_policy != "none":
+            body = nn.remat(AlbertLayer, policy=getattr(jax.checkpoint_policies, c.remat_policy), prevent_cse=False)
+        scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                        in_axes=(0, nn.broadcast), length=len(layer_of_step))
         first = hidden
         hidden, (all_hidden, all_attn) = scan(
