@@ -170,6 +170,29 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in multi], [r["loss"] for r in single], rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_the_whole_job(tmp_path):
+    """A preempted host (SIGTERM to process 1 only): both processes save the same checkpoint and exit 0."""
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={tmp_path}",
+         "--config.total_steps=100000", "--config.checkpoint_every=0", f"--coordinator_address={address}",
+         "--num_processes=2", f"--process_id={i}"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.time() + 240
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
+            break
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    for p, err in zip(procs, errors):
+        assert p.returncode == 0, err[-3000:]
+    saved = [int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()]
+    assert len(saved) == 1 and saved[0] >= 3
+
+
 # -- bad input stops before compute ----------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,message", [
     (["--config.data.source=files:/nonexistent/*.txt"], "/nonexistent/"),

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import struct
+from jax.experimental import multihost_utils
 
 from albert_jax.training import checkpoints, optimizers, sharding
 from albert_jax.training.metrics import MetricWriter
@@ -59,7 +60,8 @@ class Task:
 
 
 class _StopRequested:
-    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint at the next step boundary and returns."""
+    """SIGTERM / SIGINT set a flag; at the next optimizer-step boundary every process saves a checkpoint
+    and returns (a preempted host in a multi-process job stops the whole job cleanly)."""
 
     def __init__(self):
         self.requested = False
@@ -76,6 +78,13 @@ class _StopRequested:
     def _handle(self, signum, frame):
         logging.warning("signal %d: saving a checkpoint and stopping", signum)
         self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop. Every process must take the same branch (the
+        checkpoint save and the next step are collective), so a multi-process job shares the flag."""
+        if jax.process_count() == 1:
+            return self.requested
+        return bool(multihost_utils.process_allgather(np.asarray(self.requested)).any())
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -191,10 +200,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, *, finger
             if task.eval_batches is not None and config.eval_every and (
                     step % config.eval_every == 0 or step == config.total_steps):
                 writer.write({"step": step, "split": "eval", **evaluate(p_eval_step, state.params, task, mesh)})
+            stopping = stop.agreed()
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps \
-                    or stop.requested:
+                    or stopping:
                 checkpointer.save(step, state, {"micro_step": done_micro}, force=True)
-            if stop.requested:
+            if stopping:
                 logging.warning("stopped at step %d; run again with the same --workdir to resume", step)
                 break
     checkpointer.close()
