@@ -122,8 +122,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
             want = expected[path].shape[2:]
             value = tensor.T if transpose else tensor
             if value.shape != want:
-                mismatched.append(f"{raw_name}: checkpoint {tuple(tensor.shape)}, model expects "
-                                  f"{tuple(want[::-1] if transpose else want)}")
+                mismatched.append(_shape_mismatch(raw_name, tensor, want, transpose))
                 continue
             stack = layers.setdefault(path, np.full((groups, inner) + want, np.nan, np.float32))
             stack[g, k] = value
@@ -140,9 +139,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
         present.add(path)
         value = np.asarray(tensor.T if transpose else tensor, np.float32)
         if path in expected and value.shape != expected[path].shape:
-            want = expected[path].shape
-            mismatched.append(f"{raw_name}: checkpoint {tuple(tensor.shape)}, model expects "
-                              f"{tuple(want[::-1] if transpose else want)}")
+            mismatched.append(_shape_mismatch(raw_name, tensor, expected[path].shape, transpose))
             continue
         flat[path] = value
     for path, stack in layers.items():
@@ -163,6 +160,11 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
     if problems:
         raise CheckpointError("checkpoint does not match the config: " + " | ".join(problems))
     return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _shape_mismatch(name: str, tensor: np.ndarray, want: tuple, transpose: bool) -> str:
+    """'<HF name>: checkpoint (a, b), model expects (c, d)', both in the checkpoint's (torch) layout."""
+    return f"{name}: checkpoint {tuple(tensor.shape)}, model expects {tuple(want[::-1] if transpose else want)}"
 
 
 def _hf_name_of(path: str) -> str:

@@ -269,7 +269,6 @@ class AlbertBackbone(nn.Module):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic=True, output_hidden_states=False, output_attentions=False) -> AlbertModelOutput:
-        c = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:

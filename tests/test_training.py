@@ -13,18 +13,14 @@ import numpy as np
 import pytest
 
 from albert_jax import pretrained
-from albert_jax.training import loop, optimizers, pretrain
+from albert_jax.training import optimizers, pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 
 
 def load_tiny_config():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tiny_pretrain", TINY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return pretrain.load_config(TINY)
 
 
 def run_py(workdir, *overrides, devices=1, env=None, check=True, timeout=300):

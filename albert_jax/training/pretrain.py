@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 from typing import Any
@@ -84,6 +85,14 @@ def default_config() -> ml_collections.ConfigDict:
         fill_mask=(),                # sentences with [MASK] to complete after training
     ))
     return c
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of an experiment config file (what `run.py --config=path` loads)."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def paper_config(size: str) -> ml_collections.ConfigDict:

@@ -5,13 +5,12 @@ consumes, measured in one process on the demo's settings. Writes experiments/ben
 """
 
 import argparse
-import importlib.util
-import json
 import os
 import tempfile
 import time
 
 import jax
+from common import write_result
 
 from albert_jax.data.corpus import builtin_corpus
 from albert_jax.data.pretraining import create_examples
@@ -20,18 +19,11 @@ from albert_jax.training import loop, pretrain
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def demo_config():
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(HERE, "..", "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    config = demo_config()
+    config = pretrain.load_config(os.path.join(HERE, "..", "configs", "demo.py"))
     config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = args.steps, args.steps, 0, 0
     with tempfile.TemporaryDirectory() as workdir:
         task, _, tokenizer = pretrain.build_task(config, workdir)
@@ -49,10 +41,7 @@ def main():
     result = {"device": jax.devices()[0].device_kind, "examples": n, "examples_per_sec_created": examples_per_sec,
               "train_step_seconds": step_seconds, "examples_per_sec_consumed": consumed,
               "headroom": examples_per_sec / consumed}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "data_vs_step.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result("data_vs_step", result)
 
 
 if __name__ == "__main__":

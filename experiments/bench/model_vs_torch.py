@@ -6,8 +6,6 @@ with the same weights and inputs, measured in one process, reported as ratios (t
 """
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import time
@@ -17,11 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from common import write_result
 
 import albert_jax as aj
 from albert_jax import convert
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -75,10 +72,7 @@ def main():
     }
     for key in ("forward_seconds", "forward_backward_seconds"):
         results[key]["speedup"] = results[key]["transformers"] / results[key]["albert_jax"]
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "model_vs_torch.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
+    write_result("model_vs_torch", results)
 
 
 if __name__ == "__main__":
