@@ -1,7 +1,7 @@
 """albert-jax entry point: `python run.py --config=experiments/configs/demo.py [--config.a.b=v] --workdir=DIR`.
 
 Joins a multi-process job when one is described (--coordinator_address/--num_processes/--process_id or
-JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), then runs the config's job (pretraining).
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), then runs the config's job (`config.job`: 'pretrain' or 'finetune').
 A run in an existing work dir resumes from its last checkpoint (--noresume to start over in place).
 """
 
@@ -13,7 +13,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/configs/*.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "work dir: checkpoints, metrics, exports")
 _RESUME = flags.DEFINE_bool("resume", True, "resume from the work dir's last checkpoint")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete checkpoints of a different run in the work dir")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete everything in the work dir first (a fresh run)")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
@@ -25,7 +25,7 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except (flags.Error, KeyError, ValueError, TypeError, AttributeError) as e:
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        sys.exit(f"error: {message}\nusage: python run.py --config=experiments/configs/NAME.py "
+        sys.exit(f"error: {message}\nusage: python run.py --config=experiments/configs/NAME.py[:arg] "
                  "[--config.field=value ...] --workdir=DIR")
 
 
@@ -33,11 +33,15 @@ def main(argv):
     del argv
     if _CONFIG.value is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
-    from albert_jax.training import pretrain, sharding
+    from albert_jax.training import finetune, pretrain, sharding
+    jobs = {"pretrain": pretrain.run, "finetune": finetune.run}
+    job = _CONFIG.value.get("job", "pretrain")
+    if job not in jobs:
+        sys.exit(f"error: config.job must be one of {sorted(jobs)}, got {job!r}")
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.set_verbosity(logging.WARNING)
     try:
-        pretrain.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value)
+        jobs[job](_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 

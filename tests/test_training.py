@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from albert_jax import pretrained
-from albert_jax.training import optimizers, pretrain
+from albert_jax.data.batches import ArrayBatches
+from albert_jax.training import configs, optimizers, pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 
 
 def load_tiny_config():
-    return pretrain.load_config(TINY)
+    return configs.load_config(TINY)
 
 
 def run_py(workdir, *overrides, devices=1, env=None, check=True, timeout=300):
@@ -70,9 +71,9 @@ def test_tiny_pretraining_learns(tmp_path):
 # -- determinism and resume ------------------------------------------------------------------------------
 def test_batches_are_a_pure_function_of_seed_and_index():
     arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
-    source = pretrain.ArrayBatches(arrays, batch_size=4, seed=3)
+    source = ArrayBatches(arrays, batch_size=4, seed=3)
     stream = [source.batch(i)["x"] for i in range(10)]
-    resumed = pretrain.ArrayBatches(arrays, batch_size=4, seed=3)
+    resumed = ArrayBatches(arrays, batch_size=4, seed=3)
     for i in (7, 3, 9):  # any order, fresh object: the same batch
         np.testing.assert_array_equal(resumed.batch(i)["x"], stream[i])
     flat = np.concatenate(stream)

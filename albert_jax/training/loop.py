@@ -1,8 +1,10 @@
 """The one train loop, shared by pretraining and fine-tuning.
 
-A `Task` supplies the model, a pure loss function, the batches and how to summarise metrics; `train`
-does the rest: mesh and shardings, optimizer, jitted steps with donation, evaluation, orbax
-checkpoints (resume, keep-last-K, save on SIGTERM/Ctrl-C) and metric writing.
+A `Task` supplies the model, a pure loss function, the batches, a prediction function and an evaluator;
+`train` does the rest: shardings, optimizer, the jitted step with donation, initialisation (resume ->
+`init_from` -> scratch), evaluation, orbax checkpoints (resume, keep-last-K, save on SIGTERM/Ctrl-C) and
+metric writing. `prepare` runs the checks that cost nothing (mesh, batch split, work dir claim) and must be
+called before a job does any expensive work.
 
 Determinism: batch `i` is a pure function of (seed, i) and the dropout key of micro-step `i` is
 `fold_in(PRNGKey(seed), i)`, so the saved micro-step is the whole data/rng position and a resumed run
@@ -12,9 +14,10 @@ computes exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import time
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import flax.linen as nn
 import jax
@@ -25,9 +28,34 @@ import optax
 from absl import logging
 from flax import struct
 from jax.experimental import multihost_utils
+from ml_collections.config_dict import placeholder
 
-from albert_jax.training import checkpoints, optimizers, sharding
+from albert_jax.training import checkpoints, initialization, optimizers, sharding
 from albert_jax.training.metrics import MetricWriter
+
+Predict = Callable[[dict], dict]  # all rows of a dict of numpy arrays -> per-row numpy outputs
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The loop's own fields, which every job config (pretraining, fine-tuning) extends."""
+    c = ml_collections.ConfigDict()
+    c.job = "pretrain"               # what run.py runs: 'pretrain' or 'finetune'
+    c.seed = 0                       # everything (init, data, dropout) derives from it
+    c.total_steps = 1000             # optimizer steps (0 with init_from: evaluate only)
+    c.batch_size = 32                # global batch per optimizer step
+    c.eval_batch_size = placeholder(int)  # rows per evaluation batch; None: the training micro-batch
+    c.log_every = 100                # steps between training-metric rows
+    c.eval_every = 1000              # steps between evaluations (0 = only at the end)
+    c.checkpoint_every = 1000        # steps between checkpoints (and always at the end / on SIGTERM)
+    c.keep_checkpoints = 3           # how many checkpoints to keep
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: all remaining devices
+    c.sharding_rules = sharding.DEFAULT_RULES  # logical parameter axis -> mesh axis
+    c.init_from = placeholder(str)   # HF dir, albert-jax dir, pretraining work dir or hub name (local cache)
+    c.init_from_skip = ()            # regexes over '/'-joined parameter paths not to load from init_from
+    c.optimizer = ml_collections.ConfigDict(dict(
+        optimizer="lamb", learning_rate=0.00176, warmup_steps=100, weight_decay=0.01,
+        b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1))
+    return c
 
 
 @struct.dataclass
@@ -47,16 +75,22 @@ class Task:
     """What a training job is made of.
 
     loss_fn(params, batch, dropout_rng, deterministic) -> (scalar loss, dict of metric *sums*)
-    summarize(dict of summed metric sums) -> dict of reported metrics (e.g. accuracy = correct / count)
+    summarize(dict of summed metric sums) -> dict of reported training metrics
     init_params(rng) -> boxed params (as `model.init(...)["params"]`, logical-axis metadata kept)
+    predict_fn(params, batch) -> dict of per-row arrays [B, ...] (jitted by the loop)
+    evaluate(predict) -> metrics, where `predict(arrays)` runs `predict_fn` over every row of a dict of
+      numpy arrays (in padded, sharded batches) and returns the per-row outputs as numpy arrays
+    finish(predict) -> None: end-of-run outputs (e.g. test-set predictions), on every process
     """
     model: nn.Module
     loss_fn: Callable
     summarize: Callable[[dict], dict]
     init_params: Callable[[jax.Array], Any]
     train_batches: BatchSource
-    eval_batches: Optional[Iterable[dict]] = None
-    tokens_key: str = "input_mask"
+    predict_fn: Optional[Callable] = None
+    evaluate: Optional[Callable[[Predict], dict]] = None
+    finish: Optional[Callable[[Predict], None]] = None
+    tokens_key: str = "attention_mask"
 
 
 class _StopRequested:
@@ -102,7 +136,30 @@ def validate_batch(config: ml_collections.ConfigDict, mesh) -> int:
     if micro % devices:
         raise ValueError(f"the micro-batch (config.batch_size {config.batch_size} / grad_accum_steps {accum} = "
                          f"{micro}) must be divisible by the {devices} data-parallel devices")
+    if eval_batch_size(config) % devices:
+        raise ValueError(f"config.eval_batch_size ({eval_batch_size(config)}) must be divisible by the "
+                         f"{devices} data-parallel devices")
     return micro
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """Rows per evaluation batch: `config.eval_batch_size`, else the training micro-batch."""
+    return config.get("eval_batch_size") or config.batch_size // int(config.optimizer.grad_accum_steps)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, overwrite: bool = False):
+    """Everything that can refuse a run cheaply, before any data or vocabulary work: the mesh, the batch
+    split, positive step counts and the work dir claim (see `checkpoints.claim_workdir`). Returns the mesh."""
+    for name in ("batch_size", "log_every"):
+        if config[name] <= 0:
+            raise ValueError(f"config.{name} must be positive, got {config[name]}")
+    if config.total_steps < 0 or (config.total_steps == 0 and not config.get("init_from")):
+        raise ValueError(f"config.total_steps must be positive (0 evaluates a checkpoint given by "
+                         f"config.init_from), got {config.total_steps}")
+    mesh = sharding.create_mesh(config.mesh)
+    validate_batch(config, mesh)
+    checkpoints.claim_workdir(workdir, fingerprint, overwrite)
+    return mesh
 
 
 def _local_rows(batch: dict) -> dict:
@@ -115,107 +172,129 @@ def _local_rows(batch: dict) -> dict:
     return {k: v[start:start + per] for k, v in batch.items()}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, task: Task, *, fingerprint: dict,
-          overwrite: bool = False, resume: bool = True) -> TrainState:
-    """Runs (or resumes) the job described by `config` in `workdir`; returns the final TrainState.
+# ---------------------------------------------------------------------------------------------------------
+# Pure steps
+# ---------------------------------------------------------------------------------------------------------
+def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, tx: optax.GradientTransformation,
+               dropout_root: jax.Array) -> tuple[TrainState, dict]:
+    """One micro-step: gradients of `loss_fn` on `batch`, the optimizer update (MultiSteps accumulates),
+    and the metric sums of the batch plus `grad_norm`."""
+    rng = jax.random.fold_in(dropout_root, state.step)
+    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, False)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    sums = dict(sums, grad_norm=optax.global_norm(grads))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
 
-    Config fields used: seed, total_steps (optimizer steps), batch_size (global, per optimizer step),
-    log_every, eval_every, checkpoint_every, keep_checkpoints, mesh, sharding_rules, optimizer.*.
+
+def make_predict(jit_predict: Callable, params, mesh, batch_size: int) -> Predict:
+    """`predict(arrays)`: every row of `arrays` through `jit_predict(params, batch)` in batches of
+    `batch_size` (the last one padded with copies of row 0, whose outputs are dropped), outputs as numpy."""
+    def predict(arrays: dict) -> dict:
+        n = len(next(iter(arrays.values())))
+        outputs = []
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, start + batch_size)
+            real = rows < n
+            batch = {k: np.asarray(v)[np.where(real, rows, 0)] for k, v in arrays.items()}
+            out = jax.device_get(jit_predict(params, sharding.global_batch(_local_rows(batch), mesh)))
+            outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
+        return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
+    return predict
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, resume: bool = True
+          ) -> TrainState:
+    """Runs (or resumes) the job described by `config` in `workdir` (claimed by `prepare`, which gave
+    `mesh`); returns the final TrainState (params sharded over `mesh`).
+
+    Config fields used: those of `base_config`.
     """
-    # -- mesh --------------------------------------------------------------------------------------------
-    mesh = sharding.create_mesh(config.mesh)
-    validate_batch(config, mesh)
     accum = int(config.optimizer.grad_accum_steps)
     total_micro = int(config.total_steps) * accum
-    checkpoints.check_workdir(workdir, fingerprint, overwrite)
 
-    # -- model, optimizer, shardings -----------------------------------------------------------------------
+    # -- optimizer and shardings -------------------------------------------------------------------------
     opt_config = ml_collections.ConfigDict(dict(config.optimizer, total_steps=config.total_steps))
-    root = jax.random.PRNGKey(config.seed)
-    init_rng, dropout_root = jax.random.split(root)
-    abstract_params = jax.eval_shape(task.init_params, init_rng)
-    tx = optimizers.create_optimizer(opt_config, nn.meta.unbox(abstract_params))
+    init_rng, dropout_root = jax.random.split(jax.random.PRNGKey(config.seed))
+    tx = optimizers.create_optimizer(opt_config, nn.meta.unbox(jax.eval_shape(task.init_params, init_rng)))
 
     def init_state(rng):
         params = task.init_params(rng)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    abstract_state = jax.eval_shape(init_state, init_rng)
-    rules = config.get("sharding_rules", sharding.DEFAULT_RULES)
-    state_shardings = sharding.param_shardings(abstract_state, mesh, rules)
-    abstract_state = nn.meta.unbox(abstract_state)
-    batch_sharding = sharding.batch_sharding(mesh)
-    replicated = sharding.replicated(mesh)
+    boxed_state = jax.eval_shape(init_state, init_rng)
+    state_shardings = sharding.param_shardings(boxed_state, mesh, config.get("sharding_rules",
+                                                                             sharding.DEFAULT_RULES))
+    abstract_state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                            nn.meta.unbox(boxed_state), state_shardings)
+    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    jit_train_step = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, dropout_root=dropout_root),
+                             in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
+                             donate_argnums=0)
+    jit_predict = jax.jit(task.predict_fn, in_shardings=(state_shardings.params, batch_sharding),
+                          out_shardings=replicated) if task.predict_fn else None
 
-    def train_step(state: TrainState, batch):
-        rng = jax.random.fold_in(dropout_root, state.step)
-        (loss, sums), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, rng, False)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        sums = dict(sums, grad_norm=optax.global_norm(grads))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
-
-    def eval_step(params, batch):
-        return task.loss_fn(params, batch, dropout_root, True)[1]
-
-    p_train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                           out_shardings=(state_shardings, replicated), donate_argnums=0)
-    p_eval_step = jax.jit(eval_step, in_shardings=(state_shardings.params, batch_sharding),
-                          out_shardings=replicated)
-
-    # -- initialise or resume ----------------------------------------------------------------------------
+    # -- initialise: resume -> init_from -> scratch --------------------------------------------------------
     checkpointer = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3))
     restored = checkpointer.restore_latest(abstract_state) if resume else None
     if restored is not None:
         state, data_state = restored
-        logging.info("resumed from micro-step %d", int(state.step))
+        logging.warning("resumed from micro-step %d", int(state.step))
         if int(state.step) != data_state["micro_step"]:
             raise RuntimeError(f"checkpoint in {workdir}: data position {data_state['micro_step']} and step "
                                f"{int(state.step)} disagree")
     else:
         state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)(init_rng)
-    start = int(state.step)
+        if config.get("init_from"):
+            params = initialization.load_into(state.params, config.init_from, tuple(config.init_from_skip))
+            opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+            state = state.replace(params=params, opt_state=opt_state)
 
+    # -- loop ----------------------------------------------------------------------------------------------
     writer = MetricWriter(workdir, config.total_steps)
-    tokens_key = task.tokens_key
+
+    def predict_with_current_params(arrays: dict) -> dict:
+        return make_predict(jit_predict, state.params, mesh, eval_batch_size(config))(arrays)
+
+    def write_eval(step: int) -> None:
+        if task.evaluate is not None:
+            writer.write({"step": step, "split": "eval", **task.evaluate(predict_with_current_params)})
+
+    if config.total_steps == 0:
+        write_eval(0)
     train_rows, tokens, t0 = [], 0, time.time()
     with mesh, _StopRequested() as stop:
-        for micro in range(start, total_micro):
+        for micro in range(int(state.step), total_micro):
             host_batch = task.train_batches.batch(micro)
-            tokens += int(np.asarray(host_batch[tokens_key]).sum()) if tokens_key in host_batch else 0
-            state, sums = p_train_step(state, sharding.global_batch(_local_rows(host_batch), mesh))
+            tokens += int(np.asarray(host_batch[task.tokens_key]).sum()) if task.tokens_key in host_batch else 0
+            state, sums = jit_train_step(state, sharding.global_batch(_local_rows(host_batch), mesh))
             train_rows.append(sums)
             done_micro = micro + 1
             if done_micro % accum:
                 continue
             step = done_micro // accum
-            if step % config.log_every == 0 or step == config.total_steps:
+            last = step == config.total_steps
+            if step % config.log_every == 0 or last:
                 rows = jax.device_get(train_rows)
-                elapsed = time.time() - t0
                 metrics = task.summarize({k: np.sum([r[k] for r in rows], 0) for k in rows[0] if k != "grad_norm"})
                 writer.write({"step": step, **metrics, "grad_norm": float(np.mean([r["grad_norm"] for r in rows])),
                               "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)),
-                              "tokens_per_sec": tokens / max(elapsed, 1e-9)})
+                              "tokens_per_sec": tokens / max(time.time() - t0, 1e-9)})
                 train_rows, tokens, t0 = [], 0, time.time()
-            if task.eval_batches is not None and config.eval_every and (
-                    step % config.eval_every == 0 or step == config.total_steps):
-                writer.write({"step": step, "split": "eval", **evaluate(p_eval_step, state.params, task, mesh)})
+            if (config.eval_every and step % config.eval_every == 0) or last:
+                write_eval(step)
             stopping = stop.agreed()
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps \
-                    or stopping:
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or stopping:
                 checkpointer.save(step, state, {"micro_step": done_micro}, force=True)
             if stopping:
                 logging.warning("stopped at step %d; run again with the same --workdir to resume", step)
                 break
     checkpointer.close()
     writer.close()
+    if task.finish is not None and int(state.step) == total_micro:
+        task.finish(predict_with_current_params)
     return state
 
-
-def evaluate(p_eval_step, params, task: Task, mesh) -> dict:
-    """Metrics of `params` over all of `task.eval_batches` (sums accumulated, then summarised)."""
-    totals = None
-    for batch in task.eval_batches:
-        sums = jax.device_get(p_eval_step(params, sharding.global_batch(_local_rows(batch), mesh)))
-        totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
-    return task.summarize(totals)

@@ -14,7 +14,7 @@ from common import write_result
 
 from albert_jax.data.corpus import builtin_corpus
 from albert_jax.data.pretraining import create_examples
-from albert_jax.training import loop, pretrain
+from albert_jax.training import configs, loop, pretrain
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,19 +23,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    config = pretrain.load_config(os.path.join(HERE, "..", "configs", "demo.py"))
+    config = configs.load_config(os.path.join(HERE, "..", "configs", "demo.py"))
     config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = args.steps, args.steps, 0, 0
     with tempfile.TemporaryDirectory() as workdir:
-        task, _, tokenizer = pretrain.build_task(config, workdir)
+        mesh = loop.prepare(config, workdir, configs.fingerprint(config, pretrain.FINGERPRINT))
+        task, tokenizer = pretrain.build_task(config, configs.build_model_config(config.model), workdir)
         documents = builtin_corpus()
         start = time.perf_counter()
         n = sum(1 for _ in create_examples(documents, tokenizer, max_seq_length=config.data.max_seq_length,
                                            max_predictions_per_seq=config.data.max_predictions_per_seq, seed=1))
         examples_per_sec = n / (time.perf_counter() - start)
-        loop.train(config, workdir, task, fingerprint=pretrain.fingerprint(config))  # compile + warm-up
+        loop.train(config, workdir, task, mesh)  # compile + warm-up
         config.total_steps *= 2
         start = time.perf_counter()
-        loop.train(config, workdir, task, fingerprint=pretrain.fingerprint(config), overwrite=True, resume=False)
+        loop.prepare(config, workdir, configs.fingerprint(config, pretrain.FINGERPRINT), overwrite=True)
+        loop.train(config, workdir, task, mesh, resume=False)
         step_seconds = (time.perf_counter() - start) / config.total_steps
     consumed = config.batch_size / step_seconds
     result = {"device": jax.devices()[0].device_kind, "examples": n, "examples_per_sec_created": examples_per_sec,

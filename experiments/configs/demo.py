@@ -7,7 +7,8 @@ H=128, 4 shared layers) -> MLM + SOP with LAMB -> HF export in runs/demo/hf -> f
 Expected: MLM accuracy well above chance (1/6000) and SOP accuracy above 0.5 on held-out documents.
 """
 
-from albert_jax.training.pretrain import default_config, model_config
+from albert_jax.training.configs import model_config
+from albert_jax.training.pretrain import default_config
 
 
 def get_config():

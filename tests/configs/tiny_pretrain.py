@@ -1,6 +1,7 @@
 """A pretraining run small enough for the test suite (seconds per run on one CPU core)."""
 
-from albert_jax.training.pretrain import default_config, model_config
+from albert_jax.training.configs import model_config
+from albert_jax.training.pretrain import default_config
 
 
 def get_config():

@@ -1,0 +1,66 @@
+"""Experiment-config helpers shared by every job: the `model` section, config files with a big_vision
+style argument (`pretrain.py:size=base,runlocal=True`), and the fingerprint that identifies a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from albert_jax.config import AlbertConfig
+
+
+def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
+    """`model` config: a preset name plus every AlbertConfig field as an overridable placeholder
+    (None = the preset's value), e.g. `--config.model.embedding_size=64 --config.model.sharing=ffn`."""
+    defaults = AlbertConfig()
+    fields = {"preset": preset}
+    for f in dataclasses.fields(AlbertConfig):
+        if f.name != "extra":
+            fields[f.name] = placeholder(type(getattr(defaults, f.name)))
+    config = ml_collections.ConfigDict(fields)
+    config.update(overrides)
+    return config
+
+
+def model_overrides(model: ml_collections.ConfigDict) -> dict:
+    """The AlbertConfig fields a `model_config` sets (those not None), without the preset."""
+    return {k: v for k, v in model.items() if k != "preset" and v is not None}
+
+
+def build_model_config(model: ml_collections.ConfigDict) -> AlbertConfig:
+    """AlbertConfig from a `model_config` ConfigDict (validated; errors name the field)."""
+    return AlbertConfig.from_preset(model.preset, **model_overrides(model))
+
+
+def parse_arg(arg: str | None, **defaults):
+    """big_vision's config argument: 'task=mnli,runlocal=True' -> ConfigDict over `defaults` (values cast
+    to the default's type; bools accept True/False/1/0). An unknown key is a ValueError listing the known."""
+    values = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"config argument {key!r} is not one of {sorted(defaults)}")
+        kind = type(defaults[key])
+        values[key] = value.lower() in ("true", "1", "yes") if kind is bool else kind(value)
+    return ml_collections.ConfigDict(values)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of an experiment config file given as `path[:arg]` (what `run.py --config` loads)."""
+    path, _, arg = spec.partition(":")
+    spec_ = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def fingerprint(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> dict:
+    """The config sections `keys` as plain JSON data: what identifies a run, so that a work dir with
+    another fingerprint is not resumed into."""
+    return json.loads(json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+                                  for k in keys if k in config}))

@@ -1,0 +1,276 @@
+"""Fine-tuning and evaluation on GLUE, SQuAD v1.1/v2.0 and RACE: the config, the tasks for the train loop,
+and `run`, mirroring `pretrain.py`.
+
+`run(config, workdir)`: claim the work dir -> model config and tokenizer from `init_from` (or the config's
+preset and `data.vocab_file`) -> features -> `loop.train` (resume -> `init_from` with a fresh head ->
+scratch; evaluation with the official metrics) -> task outputs (GLUE test-set submission files, SQuAD
+prediction files) and `final/`. `total_steps=0` with `init_from` evaluates a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections.config_dict import placeholder
+
+from albert_jax import modeling
+from albert_jax.config import AlbertConfig
+from albert_jax.data.batches import ArrayBatches
+from albert_jax.training import configs, export, initialization, loop
+
+FINGERPRINT = ("seed", "batch_size", "task", "model", "data", "optimizer", "total_steps", "init_from",
+               "init_from_skip")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field a fine-tuning config has (the loop's own fields are in `loop.base_config`)."""
+    c = loop.base_config()
+    c.job = "finetune"
+    c.task = "glue"                  # 'glue', 'squad' or 'race'
+    c.init_from = "albert/albert-base-v2"
+    c.log_every = 50
+    c.eval_every = 0
+    c.checkpoint_every = 1000
+    # Used as is without init_from; with init_from, the fields set here override the checkpoint's config.
+    c.model = configs.model_config("albert-base-v2")
+    c.optimizer = ml_collections.ConfigDict(dict(
+        optimizer="adamw", learning_rate=3e-5, warmup_steps=1000, weight_decay=0.01,
+        b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1))
+    c.data = ml_collections.ConfigDict(dict(
+        source="files",              # 'files' (the original formats, paths below) or 'tfds'
+        tfds_data_dir=placeholder(str),
+        vocab_file=placeholder(str),     # spiece.model; None: the one next to init_from's weights
+        glue_task="mnli",            # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli
+        glue_dir=placeholder(str),   # <glue_dir>/<TASK>/{train,dev,test}.tsv as the official download
+        squad_version="2.0",         # '1.1' or '2.0'
+        squad_train_file=placeholder(str),
+        squad_dev_file=placeholder(str),
+        race_dir=placeholder(str),   # <race_dir>/{train,dev,test}/{middle,high}/*.txt
+        max_seq_length=512,
+        doc_stride=128,              # SQuAD: step between window starts, in tokens
+        max_query_length=64,         # SQuAD
+        n_best_size=20,              # SQuAD
+        max_answer_length=30,        # SQuAD
+        max_qa_length=128,           # RACE: question + option tokens
+        max_train_examples=placeholder(int),  # keep only the first N (quick experiments)
+        max_eval_examples=placeholder(int),
+    ))
+    return c
+
+
+@dataclasses.dataclass
+class FinetuneData:
+    """What a downstream task gives the loop: its head, train features, an evaluator and the end-of-run
+    outputs (test-set predictions)."""
+    head: type
+    num_labels: int
+    train: Optional[dict]
+    loss: Callable        # (model output, batch) -> (per-example loss [B], per-example correct [B])
+    outputs: Callable     # model output -> dict of per-row arrays (what predict returns)
+    evaluate: Callable    # predict -> metrics
+    finish: Optional[Callable] = None  # predict -> None, after training (test-set outputs)
+
+
+def _limit(arrays_or_list, n):
+    return arrays_or_list if n is None else arrays_or_list[:n]
+
+
+def _cross_entropy(logits, labels):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.take_along_axis(logp, labels[:, None], -1)[:, 0], (logp.argmax(-1) == labels).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------------------
+def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> FinetuneData:
+    """GLUE: sequence classification (STS-B: regression), metrics of the official GLUE definitions,
+    test-set predictions in the leaderboard format in `workdir/glue_submission/`."""
+    from albert_jax.data import glue
+    from albert_jax.evaluation.glue import glue_metrics, write_submission
+    data = config.data
+    info = glue.get_task(data.glue_task)
+    glue_dir = data.glue_dir if data.source == "files" else None
+
+    def load(split, limit):
+        examples = _limit(glue.load_glue(info.name, split, glue_dir=glue_dir, tfds_data_dir=data.tfds_data_dir),
+                          limit)
+        return examples, glue.featurize(examples, tokenizer, info.name, data.max_seq_length)
+
+    train = load("train", data.max_train_examples)[1] if config.total_steps else None
+    evals = {split: load(split, data.max_eval_examples)[1] for split in info.eval_splits}
+
+    def loss(out, batch):
+        if info.labels is None:
+            prediction = out.logits[:, 0].astype(jnp.float32)
+            return (prediction - batch["label"]) ** 2, jnp.zeros_like(prediction)
+        return _cross_entropy(out.logits, batch["label"])
+
+    def predictions(predict, arrays):
+        logits = predict({k: arrays[k] for k in MODEL_INPUTS})["logits"]
+        return logits[:, 0] if info.labels is None else logits.argmax(-1)
+
+    def evaluate(predict):
+        metrics = {}
+        for n, (split, arrays) in enumerate(evals.items()):
+            suffix = "" if n == 0 else "_" + split.replace("dev_", "")
+            found = glue_metrics(info.name, predictions(predict, arrays), arrays["label"])
+            metrics.update({k + suffix: v for k, v in dict(found, num_examples=len(arrays["label"])).items()})
+        return metrics
+
+    def finish(predict):
+        for split in info.test_splits:
+            try:
+                examples, arrays = load(split, None)
+            except FileNotFoundError as e:
+                print(f"no GLUE test predictions for {split}: {e}")
+                continue
+            if jax.process_index() == 0:
+                path = write_submission(info.name, split, [e.guid for e in examples], predictions(predict, arrays),
+                                        os.path.join(workdir, "glue_submission"))
+                print(f"wrote test-set predictions to {path}")
+
+    return FinetuneData(modeling.AlbertForSequenceClassification, info.num_labels, train, loss,
+                        lambda out: {"logits": out.logits}, evaluate, finish)
+
+
+def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> FinetuneData:
+    """SQuAD v1.1/v2.0: span prediction over doc_stride windows; the official v2.0 evaluation (best null
+    threshold searched on dev); predictions.json, nbest_predictions.json (and null_odds.json) in `workdir`."""
+    from albert_jax.data import squad
+    from albert_jax.evaluation.squad import evaluate as squad_evaluate
+    data = config.data
+    version = str(data.squad_version)
+    v2 = version == "2.0"
+    files = dict(train_file=data.squad_train_file, dev_file=data.squad_dev_file) if data.source == "files" else {}
+    settings = dict(max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
+                    max_query_length=data.max_query_length)
+    train = None
+    if config.total_steps:
+        examples, _ = squad.load_squad(version, "train", tfds_data_dir=data.tfds_data_dir, **files)
+        train, _ = squad.featurize(_limit(examples, data.max_train_examples), tokenizer, is_training=True,
+                                   **settings)
+    dev_examples, dataset = squad.load_squad(version, "dev", tfds_data_dir=data.tfds_data_dir, **files)
+    dev_examples = _limit(dev_examples, data.max_eval_examples)
+    kept = {e.qas_id for e in dev_examples}
+    dataset = [{**article, "paragraphs": [{**p, "qas": [q for q in p["qas"] if q["id"] in kept]}
+                                          for p in article["paragraphs"]]} for article in dataset]
+    dev, features = squad.featurize(dev_examples, tokenizer, is_training=False, **settings)
+
+    def loss(out, batch):
+        start, start_ok = _cross_entropy(out.start_logits, batch["start_positions"])
+        end, end_ok = _cross_entropy(out.end_logits, batch["end_positions"])
+        return (start + end) / 2, start_ok * end_ok
+
+    def evaluate(predict):
+        logits = predict({k: dev[k] for k in MODEL_INPUTS})
+        answers, nbest, null_odds = squad.postprocess(
+            dev_examples, features, logits["start_logits"], logits["end_logits"], n_best_size=data.n_best_size,
+            max_answer_length=data.max_answer_length, version_2_with_negative=v2)
+        if jax.process_index() == 0:
+            squad.write_predictions(workdir, answers, nbest, null_odds)
+        return dict(squad_evaluate(dataset, answers, null_odds if v2 else None), num_examples=len(dev_examples))
+
+    return FinetuneData(modeling.AlbertForQuestionAnswering, 2, train, loss,
+                        lambda out: {"start_logits": out.start_logits, "end_logits": out.end_logits}, evaluate)
+
+
+def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> FinetuneData:
+    """RACE: 4-way multiple choice; accuracy on middle, high and all."""
+    from albert_jax.data import race
+    from albert_jax.evaluation.race import race_metrics
+    data = config.data
+    race_dir = data.race_dir if data.source == "files" else None
+
+    def load(split, limit):
+        examples = _limit(race.load_race(split, race_dir=race_dir, tfds_data_dir=data.tfds_data_dir), limit)
+        return race.featurize(examples, tokenizer, data.max_seq_length, data.max_qa_length)
+
+    train = load("train", data.max_train_examples) if config.total_steps else None
+    dev = load("dev", data.max_eval_examples)
+
+    def evaluate(predict):
+        logits = predict({k: dev[k] for k in MODEL_INPUTS})["logits"]
+        return dict(race_metrics(logits.argmax(-1), dev["label"], dev["level"]), num_examples=len(dev["label"]))
+
+    return FinetuneData(modeling.AlbertForMultipleChoice, 1, train, lambda out, batch: _cross_entropy(
+        out.logits, batch["label"]), lambda out: {"logits": out.logits}, evaluate)
+
+
+TASKS = {"glue": glue_data, "squad": squad_data, "race": race_data}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------
+def model_and_tokenizer(config: ml_collections.ConfigDict) -> tuple[AlbertConfig, object]:
+    """The model config to fine-tune (init_from's with the config's `model` fields on top; the preset
+    without init_from) and the tokenizer (`data.vocab_file`, else init_from's), checked against each other."""
+    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
+    overrides = configs.model_overrides(config.model)
+    if config.init_from:
+        albert_config = initialization.model_config(config.init_from).replace(**overrides)
+    else:
+        albert_config = AlbertConfig.from_preset(config.model.preset, **overrides)
+    if config.data.max_seq_length > albert_config.max_position_embeddings:
+        raise ValueError(f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds the model's "
+                         f"max_position_embeddings ({albert_config.max_position_embeddings})")
+    if config.data.vocab_file:
+        tokenizer = AlbertTokenizer(config.data.vocab_file)
+    elif config.init_from:
+        tokenizer = AlbertTokenizer.from_pretrained(initialization.resolve(config.init_from))
+    else:
+        raise ValueError("config.data.vocab_file is needed to fine-tune from scratch (no config.init_from)")
+    check_vocab_size(tokenizer, albert_config.vocab_size)
+    return albert_config, tokenizer
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Task, AlbertConfig, object]:
+    """(task, model config, tokenizer) for `config`: reads and featurizes the task's data."""
+    if config.task not in TASKS:
+        raise ValueError(f"config.task must be one of {sorted(TASKS)}, got {config.task!r}")
+    albert_config, tokenizer = model_and_tokenizer(config)
+    data = TASKS[config.task](config, tokenizer, workdir)
+    albert_config = albert_config.replace(num_labels=data.num_labels)
+    model = data.head(albert_config)
+
+    def loss_fn(params, batch, rng, deterministic):
+        out = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), deterministic=deterministic,
+                          rngs={"dropout": rng})
+        losses, correct = data.loss(out, batch)
+        return losses.mean(), dict(loss=losses.sum(), correct=correct.sum(),
+                                   count=jnp.asarray(losses.shape[0], jnp.float32))
+
+    seq = config.data.max_seq_length
+    dummy_shape = (1, 1, seq) if data.head is modeling.AlbertForMultipleChoice else (1, seq)
+    task = loop.Task(
+        model=model,
+        loss_fn=loss_fn,
+        summarize=lambda s: dict(loss=float(s["loss"] / s["count"]), accuracy=float(s["correct"] / s["count"])),
+        init_params=lambda rng: model.init(rng, jnp.zeros(dummy_shape, jnp.int32))["params"],
+        train_batches=None if data.train is None else ArrayBatches(
+            data.train, config.batch_size // config.optimizer.grad_accum_steps, config.seed),
+        predict_fn=lambda params, batch: data.outputs(model.apply({"params": params},
+                                                                  *(batch[k] for k in MODEL_INPUTS))),
+        evaluate=data.evaluate,
+        finish=data.finish)
+    return task, albert_config, tokenizer
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, resume: bool = True):
+    """Fine-tunes (or, with total_steps=0, evaluates) as configured; writes the task's outputs and
+    `final/`. Returns (AlbertConfig, final params as numpy)."""
+    mesh = loop.prepare(config, workdir, configs.fingerprint(config, FINGERPRINT), overwrite)
+    task, albert_config, tokenizer = build_task(config, workdir)
+    state = loop.train(config, workdir, task, mesh, resume=resume)
+    params = jax.device_get(state.params)
+    if jax.process_index() == 0:
+        export.save_final(albert_config, params, tokenizer, workdir)
+    return albert_config, params

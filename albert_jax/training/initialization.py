@@ -1,0 +1,93 @@
+"""`config.init_from`: where pretrained weights come from, and how they enter a run's sharded state.
+
+A spec is a transformers model directory, an albert-jax directory (`save_pretrained`), a pretraining
+work dir (its `final/` is used) or a hub name such as `albert/albert-base-v2`, looked up in the local
+huggingface_hub cache only (never downloaded at run time).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from albert_jax import pretrained
+from albert_jax.config import AlbertConfig
+
+
+def resolve(spec: str) -> str:
+    """The model directory that `spec` names; FileNotFoundError saying what was tried otherwise."""
+    if os.path.isdir(spec):
+        final = os.path.join(spec, "final")
+        if not os.path.isfile(os.path.join(spec, "config.json")) and os.path.isdir(final):
+            return final
+        return spec
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec) and not os.path.exists(spec):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+        try:
+            return snapshot_download(spec, local_files_only=True)
+        except LocalEntryNotFoundError:
+            pass
+    raise FileNotFoundError(f"config.init_from={spec!r} is neither a model directory (transformers or "
+                            "albert-jax), a pretraining work dir with final/, nor a model in the local "
+                            "huggingface_hub cache (download it once with `huggingface-cli download`)")
+
+
+def model_config(spec: str) -> AlbertConfig:
+    """The AlbertConfig of the model `spec` names (reads config.json only)."""
+    directory = resolve(spec)
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.init_from={spec!r}: no config.json in {directory}")
+    return AlbertConfig.from_json_file(path)
+
+
+def merge(fresh: dict, loaded: dict, skip: tuple[str, ...] = ()) -> tuple[dict, list[str], list[str]]:
+    """`fresh` with every parameter that `loaded` has (and no `skip` regex matches) taken from `loaded`.
+
+    Both are nested dicts of arrays; paths are compared '/'-joined. Returns (params, fresh paths kept,
+    loaded paths not used). A loaded array whose shape differs from the fresh one is a ValueError naming it.
+    """
+    flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
+    flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
+    patterns = [re.compile(p) for p in skip]
+    merged, kept = {}, []
+    for path, value in flat_fresh.items():
+        if path in flat_loaded and not any(p.search(path) for p in patterns):
+            if tuple(flat_loaded[path].shape) != tuple(value.shape):
+                raise ValueError(f"init_from: parameter {path} has shape {tuple(flat_loaded[path].shape)} in "
+                                 f"the checkpoint but {tuple(value.shape)} in the model (skip it with "
+                                 "config.init_from_skip)")
+            merged[path] = flat_loaded[path]
+        else:
+            merged[path] = value
+            kept.append(path)
+    unused = sorted(set(flat_loaded) - set(merged) | {p for p in flat_loaded if p in kept})
+    return traverse_util.unflatten_dict(merged, sep="/"), kept, unused
+
+
+def load_into(params: dict, spec: str, skip: tuple[str, ...] = ()) -> dict:
+    """`params` (sharded jax arrays, freshly initialised) with the weights of `spec` loaded where present.
+
+    Loaded arrays are placed on the sharding of the array they replace; parameters the checkpoint lacks (a
+    new head) or that `skip` names keep their fresh values. Both lists are reported in the log."""
+    directory = resolve(spec)
+    _, loaded = pretrained.from_pretrained(directory)
+    merged, kept, unused = merge(params, loaded, skip)
+
+    def place(fresh, value):
+        if isinstance(value, jax.Array):
+            return value
+        value = np.asarray(value, dtype=fresh.dtype)
+        return jax.make_array_from_callback(value.shape, fresh.sharding, lambda index: value[index])
+
+    merged = jax.tree_util.tree_map(place, params, merged)
+    logging.warning("init_from %s: loaded %d parameters; freshly initialised: %s; not used: %s", directory,
+                    len(traverse_util.flatten_dict(params)) - len(kept), ", ".join(kept) or "none",
+                    ", ".join(unused) or "none")
+    return merged
