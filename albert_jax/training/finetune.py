@@ -78,6 +78,18 @@ class FinetuneData:
     finish: Optional[Callable] = None  # predict -> None, after training (test-set outputs)
 
 
+def data_path(data: ml_collections.ConfigDict, field: str) -> str | None:
+    """`data.<field>` when reading the original files (`data.source='files'`), None when reading tfds."""
+    if data.source not in ("files", "tfds"):
+        raise ValueError(f"config.data.source must be 'files' or 'tfds', got {data.source!r}")
+    if data.source == "tfds":
+        return None
+    if not data[field]:
+        raise ValueError(f"config.data.{field} is needed to read the original files (or set "
+                         "config.data.source=tfds)")
+    return data[field]
+
+
 def _limit(arrays_or_list, n):
     return arrays_or_list if n is None else arrays_or_list[:n]
 
@@ -97,7 +109,7 @@ def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Fin
     from albert_jax.evaluation.glue import glue_metrics, write_submission
     data = config.data
     info = glue.get_task(data.glue_task)
-    glue_dir = data.glue_dir if data.source == "files" else None
+    glue_dir = data_path(data, "glue_dir")
 
     def load(split, limit):
         examples = _limit(glue.load_glue(info.name, split, glue_dir=glue_dir, tfds_data_dir=data.tfds_data_dir),
@@ -149,7 +161,8 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Fi
     data = config.data
     version = str(data.squad_version)
     v2 = version == "2.0"
-    files = dict(train_file=data.squad_train_file, dev_file=data.squad_dev_file) if data.source == "files" else {}
+    files = dict(train_file=data_path(data, "squad_train_file") if config.total_steps else None,
+                 dev_file=data_path(data, "squad_dev_file"))
     settings = dict(max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
                     max_query_length=data.max_query_length)
     train = None
@@ -187,7 +200,7 @@ def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Fin
     from albert_jax.data import race
     from albert_jax.evaluation.race import race_metrics
     data = config.data
-    race_dir = data.race_dir if data.source == "files" else None
+    race_dir = data_path(data, "race_dir")
 
     def load(split, limit):
         examples = _limit(race.load_race(split, race_dir=race_dir, tfds_data_dir=data.tfds_data_dir), limit)

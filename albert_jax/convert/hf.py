@@ -1,4 +1,4 @@
-"""Checkpoint conversion: Hugging Face transformers <-> albert-jax, and original TF checkpoints -> albert-jax.
+"""Hugging Face transformers <-> albert-jax: the name table, state dicts and model directories.
 
 The mapping is a table of names, not code per layer:
 
@@ -6,17 +6,13 @@ The mapping is a table of names, not code per layer:
   transpose of torch `Linear.weight`);
 * encoder parameters under ``albert/encoder/albert_layer_groups/<sub>`` are stacked ``[group, inner, ...]``
   and map to ``albert.encoder.albert_layer_groups.{g}.albert_layers.{k}.<sub>`` (LAYER_TEMPLATE).
-
-Command line: ``python -m albert_jax.convert {to-hf,from-hf,from-tf} --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from typing import Iterable
 
 import flax.linen as nn
@@ -33,8 +29,6 @@ LEAF_TO_HF = {"kernel": ("weight", True), "scale": ("weight", False), "embedding
               "bias": ("bias", False)}
 # HF tensors that are tied copies of others (never stored by transformers, ignored when present)
 TIED_HF_NAMES = ("predictions.decoder.weight", "predictions.decoder.bias")
-# optional top-level sub-trees (heads); everything under `albert/` except the pooler is required
-HEAD_TREES = ("predictions", "sop_classifier", "classifier", "qa_outputs")
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_NAME = "pytorch_model.bin"
@@ -178,6 +172,8 @@ def _hf_name_of(path: str) -> str:
 # Directories
 # ---------------------------------------------------------------------------------------------------------
 def read_safetensors(files: Iterable[str]) -> dict[str, np.ndarray]:
+    """Every tensor of the given safetensors files -> {name: float32 numpy array}; CheckpointError if a
+    file is missing or unreadable."""
     from safetensors import safe_open
     tensors = {}
     for file in files:
@@ -266,178 +262,3 @@ def save_hf(config: AlbertConfig, params: dict, out_dir: str) -> None:
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config_json, f, indent=2, sort_keys=True)
         f.write("\n")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Original TF checkpoints (google-research/albert)
-# ---------------------------------------------------------------------------------------------------------
-TF_LAYER = "bert/encoder/transformer/group_{g}/inner_group_{k}/"
-# original variable name -> (HF tensor name, transpose?); TF kernels are [in, out], torch Linear.weight
-# [out, in]; `output_weights` of the SOP head is already [out, in]. {g}/{k}: group, inner layer.
-TF_TO_HF = {
-    "bert/embeddings/word_embeddings": ("albert.embeddings.word_embeddings.weight", False),
-    "bert/embeddings/token_type_embeddings": ("albert.embeddings.token_type_embeddings.weight", False),
-    "bert/embeddings/position_embeddings": ("albert.embeddings.position_embeddings.weight", False),
-    "bert/embeddings/LayerNorm/gamma": ("albert.embeddings.LayerNorm.weight", False),
-    "bert/embeddings/LayerNorm/beta": ("albert.embeddings.LayerNorm.bias", False),
-    "bert/encoder/embedding_hidden_mapping_in/kernel": ("albert.encoder.embedding_hidden_mapping_in.weight", True),
-    "bert/encoder/embedding_hidden_mapping_in/bias": ("albert.encoder.embedding_hidden_mapping_in.bias", False),
-    **{TF_LAYER + tf_sub + "/" + tf_leaf: (LAYER_TEMPLATE + hf_sub + "." + hf_leaf, tf_leaf == "kernel")
-       for tf_sub, hf_sub in (("attention_1/self/query", "attention.query"),
-                              ("attention_1/self/key", "attention.key"),
-                              ("attention_1/self/value", "attention.value"),
-                              ("attention_1/output/dense", "attention.dense"),
-                              ("ffn_1/intermediate/dense", "ffn"),
-                              ("ffn_1/intermediate/output/dense", "ffn_output"))
-       for tf_leaf, hf_leaf in (("kernel", "weight"), ("bias", "bias"))},
-    **{TF_LAYER + tf_sub + "/" + tf_leaf: (LAYER_TEMPLATE + hf_sub + "." + hf_leaf, False)
-       for tf_sub, hf_sub in (("LayerNorm", "attention.LayerNorm"), ("LayerNorm_1", "full_layer_layer_norm"))
-       for tf_leaf, hf_leaf in (("gamma", "weight"), ("beta", "bias"))},
-    "bert/pooler/dense/kernel": ("albert.pooler.weight", True),
-    "bert/pooler/dense/bias": ("albert.pooler.bias", False),
-    "cls/predictions/transform/dense/kernel": ("predictions.dense.weight", True),
-    "cls/predictions/transform/dense/bias": ("predictions.dense.bias", False),
-    "cls/predictions/transform/LayerNorm/gamma": ("predictions.LayerNorm.weight", False),
-    "cls/predictions/transform/LayerNorm/beta": ("predictions.LayerNorm.bias", False),
-    "cls/predictions/output_bias": ("predictions.bias", False),
-    "cls/seq_relationship/output_weights": ("sop_classifier.classifier.weight", False),
-    "cls/seq_relationship/output_bias": ("sop_classifier.classifier.bias", False),
-}
-# optimizer state and step counters (AdamWeightDecay's adam_m/v, LAMB's lamb_m/v) are not model weights
-TF_SKIP_RE = re.compile(r"(^|/)global_step$|/(adam|lamb)_[^/]+$")
-# sections that are all there or all absent; the first two make the model and are required
-TF_SECTIONS = ("bert/embeddings/", "bert/encoder/", "bert/pooler/", "cls/predictions/", "cls/seq_relationship/")
-# The original `get_activation("gelu")` is the tanh approximation, transformers' "gelu_new".
-TF_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu", "tanh": "tanh"}
-
-
-def tf_config(path: str) -> AlbertConfig:
-    """A google-research `albert_config.json` -> AlbertConfig (hidden_act in the original's meaning).
-
-    Its fields have transformers' names; ones the original code never reads (`down_scale_factor`,
-    `net_structure_type`, `gap_size`, `num_memory_blocks`) are kept in `extra`.
-    """
-    config = AlbertConfig.from_json_file(path)
-    if config.hidden_act not in TF_ACTIVATIONS:
-        raise CheckpointError(f"{path}: hidden_act={config.hidden_act!r} is not an activation of the original "
-                              f"code ({sorted(TF_ACTIVATIONS)})")
-    return config.replace(hidden_act=TF_ACTIVATIONS[config.hidden_act])
-
-
-def _tf_table(config: AlbertConfig) -> dict[str, tuple[str, bool]]:
-    """TF_TO_HF with the layer names spelled out for `config`'s groups and inner layers."""
-    table = {}
-    for tf_name, (hf_name, transpose) in TF_TO_HF.items():
-        if tf_name.startswith(TF_LAYER):
-            table.update({tf_name.format(g=g, k=k): (hf_name.format(g=g, k=k), transpose)
-                          for g in range(config.num_hidden_groups) for k in range(config.inner_group_num)})
-        elif not (tf_name.startswith("bert/encoder/embedding_hidden_mapping_in/")
-                  and config.embedding_size == config.hidden_size):
-            table[tf_name] = (hf_name, transpose)
-    return table
-
-
-def tf_to_hf_state_dict(variables: dict[str, np.ndarray], config: AlbertConfig) -> dict[str, np.ndarray]:
-    """Original TF variables (name -> array) -> HF tensor dict, by the TF_TO_HF table.
-
-    Optimizer slots are skipped. Raises CheckpointError naming, by their TF names, unexpected variables
-    and the missing ones of each section present (embeddings and encoder are always required).
-    """
-    table = _tf_table(config)
-    variables = {name: value for name, value in variables.items() if not TF_SKIP_RE.search(name)}
-    out, unexpected = {}, []
-    for name, value in variables.items():
-        if name not in table:
-            unexpected.append(name)
-            continue
-        hf_name, transpose = table[name]
-        out[hf_name] = np.asarray(value.T if transpose else value, np.float32)
-    present = {s for s in TF_SECTIONS if any(n.startswith(s) for n in variables)} | set(TF_SECTIONS[:2])
-    missing = sorted(n for n in table if n not in variables and n.startswith(tuple(present)))
-    problems = []
-    if missing:
-        problems.append(f"missing variables: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected variables: {', '.join(sorted(unexpected))}")
-    if problems:
-        raise CheckpointError("TF checkpoint does not match the config: " + " | ".join(problems))
-    if config.embedding_size == config.hidden_size:
-        # The original applies no projection when E == H; transformers always has one: the identity.
-        out["albert.encoder.embedding_hidden_mapping_in.weight"] = np.eye(config.hidden_size, dtype=np.float32)
-        out["albert.encoder.embedding_hidden_mapping_in.bias"] = np.zeros(config.hidden_size, np.float32)
-    return out
-
-
-def load_tf(checkpoint: str, config_file: str) -> tuple[AlbertConfig, dict]:
-    """Reads an original ALBERT checkpoint (prefix, e.g. `model.ckpt-best`, or a directory holding a
-    `checkpoint` file) and its `albert_config.json` -> (AlbertConfig, params with the heads found)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # only here: importing convert must stay light
-    prefix = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not prefix or not tf.io.gfile.exists(prefix + ".index"):
-        raise CheckpointError(f"no TF checkpoint at {checkpoint}: expected {checkpoint}.index and "
-                              f"{checkpoint}.data-* (pass the prefix, e.g. .../model.ckpt-best)")
-    config = tf_config(config_file).replace(dtype="float32")
-    reader = tf.train.load_checkpoint(prefix)
-    variables = {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
-                 if not TF_SKIP_RE.search(name)}
-    return config, from_hf_state_dict(tf_to_hf_state_dict(variables, config), config)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m albert_jax.convert", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    to_hf = sub.add_parser("to-hf", help="albert-jax checkpoint (work dir or exported dir) -> HF directory")
-    to_hf.add_argument("--checkpoint", required=True, help="albert-jax directory written by save_pretrained")
-    to_hf.add_argument("--out", required=True, help="output directory (config.json + model.safetensors)")
-    from_hf = sub.add_parser("from-hf", help="HF directory -> albert-jax directory")
-    from_hf.add_argument("--hf-dir", required=True)
-    from_hf.add_argument("--out", required=True)
-    from_hf.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin (unsafe)")
-    from_tf = sub.add_parser("from-tf", help="original google-research/albert TF checkpoint -> albert-jax and/or HF")
-    from_tf.add_argument("--tf-checkpoint", required=True, help="checkpoint prefix, e.g. .../model.ckpt-best")
-    from_tf.add_argument("--albert-config", required=True, help="the checkpoint's albert_config.json")
-    from_tf.add_argument("--out", help="albert-jax output directory")
-    from_tf.add_argument("--hf-out", help="transformers output directory")
-    from_tf.add_argument("--spiece-model", help="the checkpoint's SentencePiece model (e.g. 30k-clean.model), "
-                                                "saved as spiece.model into the output directories")
-    args = parser.parse_args(argv)
-    if args.command == "from-tf" and not (args.out or args.hf_out):
-        parser.error("from-tf needs --out and/or --hf-out")
-    from albert_jax import pretrained
-    try:
-        if args.command == "to-hf":
-            config, params = pretrained.from_pretrained(args.checkpoint)
-            save_hf(config, params, args.out)
-        elif args.command == "from-hf":
-            config, params = load_hf(args.hf_dir, allow_pickle=args.allow_pickle)
-            pretrained.save_pretrained(config, params, args.out)
-        else:
-            _from_tf(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {', '.join(d for d in (args.out, getattr(args, 'hf_out', None)) if d)}")
-    return 0
-
-
-def _from_tf(args) -> None:
-    from albert_jax import pretrained
-    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
-    config, params = load_tf(args.tf_checkpoint, args.albert_config)
-    tokenizer = None
-    if args.spiece_model:
-        tokenizer = AlbertTokenizer(args.spiece_model)
-        check_vocab_size(tokenizer, config.vocab_size)
-    for out, save in ((args.out, pretrained.save_pretrained), (args.hf_out, save_hf)):
-        if out:
-            save(config, params, out)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(out)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

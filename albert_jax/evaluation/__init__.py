@@ -1,0 +1,1 @@
+"""Evaluation: task metrics and benchmark submission files."""
