@@ -121,3 +121,86 @@ def test_sigkill_and_restart_is_bit_exact_in_finetuning(tiny_pretrained, glue_di
     _, got = pretrained.from_pretrained(str(killed / "final"))
     for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
         np.testing.assert_array_equal(a, b)
+
+
+KEYS = ("red", "blue", "green", "black", "white", "small", "large", "open")
+
+
+def key_sentence(rng, key):
+    """Filler with 'the key is <key> .' somewhere inside; returns (text, character offset of the key)."""
+    before, after = " ".join(rng.choice(FILLER, int(rng.integers(3, 12)))), " ".join(rng.choice(FILLER, 8))
+    text = f"{before} the key is {key} . {after}"
+    return text, len(before) + len(" the key is ")
+
+
+@pytest.fixture(scope="module")
+def race_dir(tmp_path_factory):
+    """RACE layout (middle and high): each article names a key, which is the right option; the wrong options
+    come from another set of words, so a tiny model can learn the task in a few dozen steps."""
+    root = tmp_path_factory.mktemp("race")
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 60), ("dev", 20)):
+        for level in ("middle", "high"):
+            (root / split / level).mkdir(parents=True)
+            for i in range(n):
+                keys = [str(rng.choice(KEYS[:4]))] + [str(k) for k in rng.choice(KEYS[4:], 3, replace=False)]
+                answers, questions, options = [], [], []
+                article, _ = key_sentence(rng, keys[0])
+                for _ in range(2):
+                    order = rng.permutation(4)
+                    options.append([keys[j] for j in order])
+                    answers.append("ABCD"[int(np.argmax(order == 0))])
+                    questions.append("what is the key ?")
+                record = dict(answers=answers, options=options, questions=questions, article=article, id=f"{i}.txt")
+                (root / split / level / f"{i}.txt").write_text(json.dumps(record))
+    return root
+
+
+def test_race_learns(tiny_pretrained, race_dir, tmp_path):
+    run_py("race.py:runlocal=True", tmp_path, f"--config.init_from={tiny_pretrained / 'final'}",
+           f"--config.data.race_dir={race_dir}", "--config.total_steps=80", "--config.eval_every=0")
+    final = read_metrics(tmp_path)[-1]
+    assert final["num_examples"] == 80 and final["num_middle"] == final["num_high"] == 40
+    assert final["accuracy"] == pytest.approx((final["accuracy_middle"] + final["accuracy_high"]) / 2)
+    assert final["accuracy"] >= 0.9, final  # chance: 0.25
+
+
+def squad_file(path, rng, n, version_2):
+    """SQuAD JSON: 'what is the key?' over long contexts (several windows); v2.0 adds unanswerable ones."""
+    articles = []
+    for i in range(n):
+        key = str(rng.choice(KEYS))
+        prefix = " ".join(rng.choice(FILLER, 10)) + " "
+        context, start = key_sentence(rng, key)
+        context, start = prefix + context, len(prefix) + start
+        assert context[start:start + len(key)] == key
+        impossible = version_2 and i % 4 == 0
+        qa = dict(id=f"q{i}", question="what is the key ?", answers=[] if impossible else [
+            dict(text=key, answer_start=start)])
+        if version_2:
+            qa["is_impossible"] = impossible
+            if impossible:
+                context = context.replace(" the key is ", " the lock is ")
+        articles.append(dict(title=f"t{i}", paragraphs=[dict(context=context, qas=[qa])]))
+    path.write_text(json.dumps(dict(version="2.0" if version_2 else "1.1", data=articles)))
+
+
+@pytest.mark.parametrize("version,steps", [("1.1", 100), ("2.0", 200)])
+def test_squad_learns(tiny_pretrained, tmp_path, version, steps):
+    rng = np.random.default_rng(2)
+    v2 = version == "2.0"
+    squad_file(tmp_path / "train.json", rng, 400, v2)
+    squad_file(tmp_path / "dev.json", rng, 60, v2)
+    workdir = tmp_path / "run"
+    run_py(f"squad.py:version={version},runlocal=True", workdir, f"--config.init_from={tiny_pretrained / 'final'}",
+           f"--config.data.squad_train_file={tmp_path / 'train.json'}",
+           f"--config.data.squad_dev_file={tmp_path / 'dev.json'}", f"--config.total_steps={steps}")
+    final = read_metrics(workdir)[-1]
+    assert final["num_examples"] == 60 and final["total"] == 60
+    assert final["f1"] >= 80 and final["exact"] >= 70, final
+    predictions = json.loads((workdir / "predictions.json").read_text())
+    assert len(predictions) == 60 and set(json.loads((workdir / "nbest_predictions.json").read_text())) == set(
+        predictions)
+    if v2:
+        assert set(json.loads((workdir / "null_odds.json").read_text())) == set(predictions)
+        assert final["NoAns_total"] == 15 and "best_f1_thresh" in final
