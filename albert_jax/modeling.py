@@ -1,6 +1,6 @@
 """ALBERT in flax.linen: factorized embeddings, one scanned (shared) layer body, and every transformers head.
 
-Parameter tree (mirrors transformers' module names so conversion is a table, see `convert.py`)::
+Parameter tree (mirrors transformers' module names so conversion is a table, see `convert/hf.py`)::
 
     albert/embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, LayerNorm/{scale,bias}
     albert/encoder/embedding_hidden_mapping_in/{kernel,bias}
