@@ -3,39 +3,27 @@ synthetic but learnable tasks in the original GLUE / SQuAD / RACE formats, eval-
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
+import helpers
 from albert_jax import pretrained
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "experiments", "configs")
+CONFIGS = os.path.join(helpers.ROOT, "experiments", "configs")
 FILLER = ("the function returns a list of values from each module and its name is used for this object "
           "when we call it with an argument or with none").split()
 
 pytestmark = pytest.mark.integration
 
 
-def run_py(config, workdir, *overrides, check=True, timeout=400):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={os.path.join(CONFIGS, config)}",
-           f"--workdir={workdir}", *overrides]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def run_py(config, workdir, *overrides):
+    return helpers.run_py(os.path.join(CONFIGS, config), workdir, *overrides)
 
 
-def read_metrics(workdir, split="eval"):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [r for r in rows if r.get("split", "train") == split]
+def read_metrics(workdir):
+    return helpers.read_metrics(workdir, "eval")
 
 
 def sentence(rng, marker):
@@ -103,19 +91,8 @@ def test_sigkill_and_restart_is_bit_exact_in_finetuning(tiny_pretrained, glue_di
                                "--config.eval_every=0")
     run_py("glue.py:task=sst2,runlocal=True", tmp_path / "reference", *overrides)
     killed = tmp_path / "killed"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={CONFIGS}/glue.py:task=sst2,runlocal=True",
-           f"--workdir={killed}", *overrides]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        ckpt = killed / "checkpoints"
-        if ckpt.exists() and any(p.name.isdigit() and int(p.name) >= 10 for p in ckpt.iterdir()):
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    helpers.kill_after_checkpoint(os.path.join(CONFIGS, "glue.py:task=sst2,runlocal=True"), killed, *overrides,
+                                  min_step=10)
     run_py("glue.py:task=sst2,runlocal=True", killed, *overrides)
     _, want = pretrained.from_pretrained(str(tmp_path / "reference" / "final"))
     _, got = pretrained.from_pretrained(str(killed / "final"))

@@ -5,18 +5,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
+import helpers
+from helpers import ROOT, device_env, read_metrics, run_command
 from albert_jax import pretrained
 from albert_jax.data.batches import ArrayBatches
 from albert_jax.training import configs, optimizers, pretrain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 
 
@@ -24,20 +24,9 @@ def load_tiny_config():
     return configs.load_config(TINY)
 
 
-def run_py(workdir, *overrides, devices=1, env=None, check=True, timeout=300):
+def run_py(workdir, *overrides, devices=1, check=True, timeout=300):
     """`python run.py` on the tiny config in a subprocess with `devices` CPU devices."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={workdir}", *overrides]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def read_metrics(workdir, split="train"):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [r for r in rows if r.get("split", "train") == split]
+    return helpers.run_py(TINY, workdir, *overrides, devices=devices, check=check, timeout=timeout)
 
 
 def final_params(workdir):
@@ -91,19 +80,7 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path):
     reference = tmp_path / "reference"
     run_py(reference, steps)
     killed = tmp_path / "killed"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={killed}", steps]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = killed / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoints.exists() and any(p.name.isdigit() and int(p.name) >= 4 for p in checkpoints.iterdir()):
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    killed_at = helpers.kill_after_checkpoint(TINY, killed, steps, min_step=4)
     assert 4 <= killed_at < 200
     run_py(killed, steps)
     assert read_metrics(killed)[-1]["step"] == 200
@@ -111,10 +88,8 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path):
 
 
 def test_sigterm_saves_and_resumes(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={tmp_path}",
-           "--config.total_steps=100000", "--config.checkpoint_every=0"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = run_command(TINY, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every=0")
+    proc = subprocess.Popen(cmd, env=device_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
@@ -154,11 +129,10 @@ def test_two_processes_match_one_process(tmp_path):
     process with two devices on the same global batch."""
     run_py(tmp_path / "single", "--config.total_steps=3", devices=2)
     address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     procs = [subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={tmp_path / 'multi'}",
-         "--config.total_steps=3", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        run_command(TINY, tmp_path / "multi", "--config.total_steps=3", f"--coordinator_address={address}",
+                    "--num_processes=2", f"--process_id={i}"),
+        env=device_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
@@ -171,12 +145,10 @@ def test_two_processes_match_one_process(tmp_path):
 def test_sigterm_to_one_process_stops_the_whole_job(tmp_path):
     """A preempted host (SIGTERM to process 1 only): both processes save the same checkpoint and exit 0."""
     address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     procs = [subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "run.py"), f"--config={TINY}", f"--workdir={tmp_path}",
-         "--config.total_steps=100000", "--config.checkpoint_every=0", f"--coordinator_address={address}",
-         "--num_processes=2", f"--process_id={i}"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        run_command(TINY, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every=0",
+                    f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"),
+        env=device_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
     deadline = time.time() + 240
     while time.time() < deadline and all(p.poll() is None for p in procs):
         if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
