@@ -19,16 +19,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: num
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
 
 
-def parse_flags(argv):
-    """absl flag parsing, with config typos and bad values reported in one line instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, KeyError, ValueError, TypeError, AttributeError) as e:
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        sys.exit(f"error: {message}\nusage: python run.py --config=experiments/configs/NAME.py[:arg] "
-                 "[--config.field=value ...] --workdir=DIR")
-
-
 def main(argv):
     del argv
     if _CONFIG.value is None or _WORKDIR.value is None:
@@ -47,4 +37,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    from albert_jax.training.configs import parse_flags
+    app.run(main, flags_parser=lambda argv: parse_flags(
+        argv, "python run.py --config=experiments/configs/NAME.py[:arg] [--config.field=value ...] --workdir=DIR"))

@@ -35,12 +35,10 @@ def read_metrics(workdir, split="train"):
     return [r for r in rows if r.get("split", "train") == split]
 
 
-def kill_after_checkpoint(config, workdir, *overrides, min_step):
-    """Starts `run.py` and SIGKILLs it as soon as a checkpoint of step >= `min_step` exists; returns the
-    newest checkpoint step at that moment."""
-    proc = subprocess.Popen(run_command(config, workdir, *overrides), env=device_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = os.path.join(workdir, "checkpoints")
+def kill_after_checkpoint(command, checkpoints, min_step):
+    """Starts `command` and SIGKILLs it as soon as the directory `checkpoints` holds a checkpoint of step
+    >= `min_step`; returns the newest checkpoint step at that moment."""
+    proc = subprocess.Popen(command, env=device_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if os.path.isdir(checkpoints) and any(p.isdigit() and int(p) >= min_step for p in os.listdir(checkpoints)):

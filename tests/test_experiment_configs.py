@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from albert_jax.training import configs, finetune, pretrain
+from albert_jax.training import configs, finetune, pretrain, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
-SPECS = ["demo.py"] + [f"pretrain.py:size={s}{r}" for s in ("base", "large", "xlarge", "xxlarge")
+SPECS = ["demo.py"] + [f"ablation_{a}.py:scale={s}" for a in ("embedding", "sharing") for s in ("demo", "paper")] + [f"pretrain.py:size={s}{r}" for s in ("base", "large", "xlarge", "xxlarge")
                        for r in ("", ",runlocal=True")] + [
     f"glue.py:task={t}{r}" for t in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
     for r in ("", ",runlocal=True")] + ["squad.py:version=1.1", "squad.py:version=2.0,runlocal=True",
@@ -34,9 +34,22 @@ def test_config_builds(spec):
     assert load(spec).to_dict() == config.to_dict()  # get_config is deterministic
     if config.job == "pretrain":
         pretrain.validate(config, model)
+        for name in sweep.cells(config) if "cells" in config else ():
+            cell = sweep.cell_config(config, name)
+            pretrain.validate(cell, configs.build_model_config(cell.model))
     else:
         assert config.job == "finetune" and config.task in finetune.TASKS and config.init_from
         assert config.optimizer.optimizer == "adamw"
+
+
+def test_ablation_grids_are_the_papers_tables_3_and_4():
+    embedding = sweep.load_sweep(os.path.join(CONFIGS, "ablation_embedding.py:scale=paper"))
+    assert {(c["model"]["embedding_size"], c["model"]["sharing"]) for c in sweep.cells(embedding).values()} == {
+        (e, s) for e in (64, 128, 256, 768) for s in ("all", "none")}
+    sharing = sweep.load_sweep(os.path.join(CONFIGS, "ablation_sharing.py:scale=paper"))
+    assert {(c["model"]["embedding_size"], c["model"]["sharing"]) for c in sweep.cells(sharing).values()} == {
+        (e, s) for e in (768, 128) for s in ("all", "attention", "ffn", "none")}
+    assert configs.build_model_config(sweep.cell_config(sharing, "E768-none").model).hidden_size == 768
 
 
 def test_paper_settings():

@@ -91,8 +91,8 @@ def test_sigkill_and_restart_is_bit_exact_in_finetuning(tiny_pretrained, glue_di
                                "--config.eval_every=0")
     run_py("glue.py:task=sst2,runlocal=True", tmp_path / "reference", *overrides)
     killed = tmp_path / "killed"
-    helpers.kill_after_checkpoint(os.path.join(CONFIGS, "glue.py:task=sst2,runlocal=True"), killed, *overrides,
-                                  min_step=10)
+    command = helpers.run_command(os.path.join(CONFIGS, "glue.py:task=sst2,runlocal=True"), killed, *overrides)
+    helpers.kill_after_checkpoint(command, killed / "checkpoints", min_step=10)
     run_py("glue.py:task=sst2,runlocal=True", killed, *overrides)
     _, want = pretrained.from_pretrained(str(tmp_path / "reference" / "final"))
     _, got = pretrained.from_pretrained(str(killed / "final"))

@@ -80,7 +80,7 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path):
     reference = tmp_path / "reference"
     run_py(reference, steps)
     killed = tmp_path / "killed"
-    killed_at = helpers.kill_after_checkpoint(TINY, killed, steps, min_step=4)
+    killed_at = helpers.kill_after_checkpoint(run_command(TINY, killed, steps), killed / "checkpoints", min_step=4)
     assert 4 <= killed_at < 200
     run_py(killed, steps)
     assert read_metrics(killed)[-1]["step"] == 200

@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -57,6 +58,17 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_flags(argv: list[str], usage: str):
+    """absl flag parsing for the command-line entry points, with config typos and bad values reported
+    in one line (and `usage`) instead of a traceback."""
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, ValueError, TypeError, AttributeError) as e:
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        sys.exit(f"error: {message}\nusage: {usage}")
 
 
 def fingerprint(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> dict:

@@ -1,0 +1,47 @@
+"""Runs an ablation sweep and writes its tables and plots.
+
+    python experiments/ablate.py --config=experiments/configs/ablation_sharing.py:scale=demo --workdir=runs/sharing \
+        [--config.total_steps=50] [--shard=0/2] [--cells=E768-all,E128-all]
+
+Each cell pretrains into <workdir>/<cell> (and fine-tunes into <workdir>/<cell>/finetune when the sweep
+config names a fine-tuning config); a re-run skips finished cells and resumes interrupted ones. The
+results (results.csv, results.md, accuracy_vs_params.png, loss_curves.png in <workdir>) are assembled
+from every finished cell, so n machines running --shard=i/n fill one table.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config file (experiments/configs/ablation_*.py)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's work dir: one sub-directory per cell, the results")
+_SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run every n-th cell starting at the i-th")
+_CELLS = flags.DEFINE_list("cells", [], "run only these cells (comma-separated names)")
+
+
+def main(argv):
+    del argv
+    from albert_jax.training import sweep
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        sys.exit("error: --config and --workdir are required")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        index, count = (int(x) for x in _SHARD.value.split("/"))
+    except ValueError:
+        sys.exit(f"error: --shard must be i/n, got {_SHARD.value!r}")
+    try:
+        sweep.run_sweep(_CONFIG.value, _WORKDIR.value, shard=(index, count), only=_CELLS.value)
+        paths = sweep.write_results(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    with open(paths["markdown"]) as f:
+        print(f.read())
+    print("\n".join(f"wrote {path}" for path in paths.values()))
+
+
+if __name__ == "__main__":
+    from albert_jax.training.configs import parse_flags
+    app.run(main, flags_parser=lambda argv: parse_flags(
+        argv, "python experiments/ablate.py --config=experiments/configs/ablation_X.py[:scale=demo] "
+              "--workdir=DIR [--config.field=value ...] [--shard=i/n] [--cells=a,b]"))
