@@ -35,6 +35,12 @@ class PipelineError(ValueError):
     """Bad pipeline input or a model that cannot serve the task (names the problem)."""
 
 
+def _check_positive_int(name: str, value) -> None:
+    """PipelineError unless `value` is an int >= 1 (a bool is not taken for one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PipelineError(f"{name} must be a positive int, got {value!r}")
+
+
 def _bucket(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= max(n, minimum)."""
     return max(minimum, 1 << max(n - 1, 0).bit_length())
@@ -52,6 +58,7 @@ class _Pipeline:
     uses: tuple[str, ...]
 
     def __init__(self, config: AlbertConfig, params: dict, tokenizer, batch_size: int = 16):
+        _check_positive_int("batch_size", batch_size)
         self.config, self.tokenizer, self.batch_size = config, tokenizer, batch_size
         self.model = self.head(config)
         self.params = jax.device_put(self._select(params))
@@ -125,7 +132,7 @@ class _Pipeline:
 
 
 class FillMaskPipeline(_Pipeline):
-    """`__call__(text or list of texts, top_k=5, targets=None)`.
+    """`__call__(text or list of texts, top_k=5, targets=None)`; `top_k` a positive int.
 
     Per text: a list of `top_k` dicts {'score', 'token', 'token_str', 'sequence'}, best first; a text with
     several [MASK] gives one such list per mask (each filled alone, the others kept in 'sequence').
@@ -144,6 +151,7 @@ class FillMaskPipeline(_Pipeline):
         return jax.nn.softmax(module.predictions(hidden, module.albert).astype(jnp.float32), axis=-1)
 
     def __call__(self, inputs, top_k: int = 5, targets=None):
+        _check_positive_int("top_k", top_k)
         results = super().__call__(inputs, top_k=top_k, target_ids=self._target_ids(targets))
         return results[0] if isinstance(inputs, list) and len(inputs) == 1 else results
 
@@ -256,9 +264,9 @@ def pipeline(task: str, model, tokenizer=None, batch_size: int = 16) -> _Pipelin
     `model`: a directory (albert-jax or transformers; its spiece.model is the tokenizer unless `tokenizer`
     is given) or a `(AlbertConfig, params)` pair. `tokenizer`: an `AlbertTokenizer`, a directory holding
     spiece.model, or a `.model` file. `batch_size`: inputs per model call.
-    Raises PipelineError (a ValueError) for an unknown task, a model without the task's head or a
-    tokenizer whose vocabulary size differs from the model's `vocab_size`; FileNotFoundError without
-    a spiece.model.
+    Raises PipelineError (a ValueError) for an unknown task, a `batch_size` that is not a positive int,
+    a model without the task's head or a tokenizer whose vocabulary size differs from the model's
+    `vocab_size`; FileNotFoundError without a spiece.model.
     """
     from albert_jax import pretrained
     from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size

@@ -1,13 +1,13 @@
 """ALBERT's SentencePiece tokenizer (the original google-research algorithm) and vocabulary training.
 
-Ids follow the algorithm the released checkpoints were trained with: whitespace collapse, the quote
-pairs `` and '' -> ", NFKD with accents stripped, lowercase, SentencePiece, then the digit-comma re-split
-("▁3," -> "▁3", ","). Special tokens written in the text are split out first; [MASK] swallows the
-whitespace on its left. Batches, offsets, truncation with stride and `decode` give what transformers'
-`AlbertTokenizer` gives for the same spiece.model, except where transformers 5 leaves the original
-algorithm: pieces ending in digit + "," (it keeps "▁3," whole) and models with user-defined symbols (it
-makes them added tokens and splits the text around them). There we keep the original.
-"""
+Ids follow google-research/albert's `tokenization.py`, which the released checkpoints were trained with:
+whitespace collapse, NFKD with accents stripped, lowercase, SentencePiece, then the digit-comma re-split
+("▁3," -> "▁3", ","). From transformers' `AlbertTokenizer` instead: the quote pairs `` and '' -> " before
+NFKD, and special tokens written in the text split out first, [MASK] swallowing the whitespace on its left.
+Batches, offsets, truncation with stride and `decode` give what transformers' `AlbertTokenizer` gives for
+the same spiece.model, except where transformers 5 leaves the original algorithm: pieces ending in digit +
+"," (it keeps "▁3," whole) and user-defined symbols (it makes them added tokens and splits the text around
+them). There we keep the original."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class AlbertTokenizer:
     # --- text -> pieces ---------------------------------------------------------------------------
 
     def _preprocess(self, text: str) -> tuple[str, list[tuple[int, int]]]:
-        """The original `preprocess_text`, returning also each output char's span in `text`."""
+        """`preprocess_text`, returning also each output char's span in `text`."""
         if self.remove_space:
             # " ".join(text.strip().split()); a separator gets the span of its run's last whitespace char.
             chars, spans = [], []
@@ -377,7 +377,7 @@ def _windows(seq, max_len, stride):
 
 def preprocess_text(text: str, do_lower_case: bool = True, remove_space: bool = True,
                     keep_accents: bool = False) -> str:
-    """The original ALBERT `preprocess_text`: the text SentencePiece sees (no offsets; see `_preprocess`)."""
+    """The text SentencePiece sees: ALBERT's `preprocess_text` plus transformers' `` and '' -> " (`_preprocess`)."""
     if remove_space:
         text = " ".join(text.strip().split())
     text = text.replace("``", '"').replace("''", '"')
@@ -407,7 +407,8 @@ def train_spm(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size
     instead (`nmt_nfkc_cf`) would lowercase for `do_lower_case=False` tokenizers too. The released
     vocabulary also had `user_defined_symbols=ALBERT_USER_DEFINED_SYMBOLS`; they are off by default because
     transformers 5 makes such symbols added tokens and splits text around them, so its ids would differ
-    from ours. The result depends only on the sentences and `seed`.
+    from ours. The result depends only on the sentences and `seed`. ValueError if the text has fewer
+    distinct pieces than `vocab_size`.
     """
     if isinstance(files_or_iterator, (str, os.PathLike)):
         files_or_iterator = [files_or_iterator]
@@ -421,13 +422,19 @@ def train_spm(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size
         sentences = iter(files_or_iterator)
     prepared = (p for p in (preprocess_text(s, do_lower_case, True, keep_accents) for s in sentences) if p)
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_sample(prepared, input_sentence_size, seed)), model_prefix=out_prefix,
-        vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
-        normalization_rule_name="nmt_nfkc", pad_id=0, pad_piece="<pad>", unk_id=1, unk_piece="<unk>",
-        bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"],
-        user_defined_symbols=list(user_defined_symbols), num_threads=num_threads or os.cpu_count() or 1,
-        minloglevel=1)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(_sample(prepared, input_sentence_size, seed)), model_prefix=out_prefix,
+            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
+            normalization_rule_name="nmt_nfkc", pad_id=0, pad_piece="<pad>", unk_id=1, unk_piece="<unk>",
+            bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+            user_defined_symbols=list(user_defined_symbols), num_threads=num_threads or os.cpu_count() or 1,
+            minloglevel=1)
+    except RuntimeError as err:
+        if not (too_high := re.search(r"Vocabulary size too high.*", str(err))):
+            raise
+        raise ValueError(f"the corpus is too small for a vocabulary of {vocab_size} pieces ({too_high.group()}); "
+                         "lower vocab_size (model.vocab_size in a config) or use a bigger corpus") from None
     return out_prefix + ".model"
 
 

@@ -1,5 +1,6 @@
 """Text sources: the built-in corpus, text files in the google-research/albert format, tfds."""
 
+import sys
 import time
 
 import numpy as np
@@ -88,6 +89,27 @@ def test_text_file_errors_name_the_path(tmp_path):
         read_text_files(tmp_path / "empty.txt")
     with pytest.raises(ValueError, match="empty.txt"):
         load_source(f"files:{tmp_path}/empty.txt")
+
+
+def test_invalid_utf8_names_file_line_and_column(tmp_path):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    # Line 3 (a blank line counts, "\r\n" is one line break) holds 0xff after the 5 characters "Abcdé" (6 bytes).
+    (corpus_dir / "a.txt").write_bytes(b"One line.\r\n\nAbcd\xc3\xa9\xff tail.\n")
+    with pytest.raises(ValueError, match=r"corpus/a\.txt line 3: not valid UTF-8 \(byte 0xff at column 6\)$"):
+        read_text_files(str(corpus_dir / "*.txt"))
+    (corpus_dir / "a.txt").write_bytes(b"fine\n\nb\xc3(c\n")  # a truncated two-byte sequence
+    with pytest.raises(ValueError, match=r"a\.txt line 3: not valid UTF-8 \(byte 0xc3 at column 2\)"):
+        load_source(f"files:{corpus_dir}/a.txt")
+
+
+def test_tfds_without_tensorflow_datasets_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes `import tensorflow_datasets` fail
+    with pytest.raises(ImportError, match='need tensorflow-datasets .*; install them with: pip install "albert-jax'
+                                          r'\[tfds\]"') as error:
+        load_source("tfds:imdb_reviews")
+    assert "tensorflow_datasets" in str(error.value)
+    assert error.value.__cause__ is None and error.value.__suppress_context__  # no ModuleNotFoundError traceback
 
 
 def test_load_source_specs():

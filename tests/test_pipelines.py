@@ -131,6 +131,18 @@ def test_text_without_mask(hf_dir):
         aj.pipeline("fill-mask", model=hf_dir)(["a [MASK]", "No mask here"])
 
 
+def test_top_k_and_batch_size_must_be_positive_ints(hf_dir):
+    unmasker = aj.pipeline("fill-mask", model=hf_dir)
+    for top_k in (-1, 0, 2.0, True, "3", None):
+        with pytest.raises(PipelineError, match=rf"top_k must be a positive int, got {top_k!r}$"):
+            unmasker("a [MASK]", top_k=top_k)
+    assert len(unmasker("a [MASK]", top_k=np.int64(1))) == 1
+    for batch_size in (0, -2, 1.5, False):
+        with pytest.raises(PipelineError, match=rf"batch_size must be a positive int, got {batch_size!r}$"):
+            aj.pipeline("fill-mask", model=hf_dir, batch_size=batch_size)
+    assert len(aj.pipeline("fill-mask", model=hf_dir, batch_size=1)(["a [MASK]", "b [MASK]"])) == 2
+
+
 def test_vocabulary_size_mismatch(hf_dir, tmp_path):
     other = train_spm(iter(DOCS[:30_000].splitlines()), 200, str(tmp_path / "other"))
     with pytest.raises(PipelineError, match="tokenizer vocabulary has 200 pieces but the model config has "

@@ -44,7 +44,8 @@ DIGIT_COMMA = ["1,000.5", "3,50 €", "10,000 people", "call f(expression1, expr
 
 
 def _original_preprocess(text):
-    """google-research/albert `preprocess_text` with do_lower_case, remove_space and accents stripped."""
+    """google-research/albert `preprocess_text` (remove_space, accents stripped, lower) plus transformers'
+    `` and '' -> " rewrite, which the original does not have (checked against transformers on TEXTS)."""
     text = " ".join(text.strip().split()).replace("``", '"').replace("''", '"')
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
 
@@ -199,9 +200,10 @@ def test_digit_comma_follows_the_original_algorithm(saved):
             assert piece.lstrip("▁") == text[start:end] or (piece == "▁" and end == start + 1), (text, piece)
 
 
-def test_preprocessing_is_the_original(saved):
+def test_preprocessing_is_the_original_plus_the_quote_rewrite(saved):
     for text in TEXTS + DIGIT_COMMA + PARAGRAPHS:
         assert preprocess_text(text) == saved[0]._preprocess(text)[0] == _original_preprocess(text)
+    assert preprocess_text("``Quoted''  Text") == '"quoted" text'
 
 
 def test_user_defined_symbols_follow_the_original_algorithm(tmp_path):
@@ -258,6 +260,14 @@ def test_train_spm_seed_picks_the_sample(tmp_path):
     def sampled(seed, name):
         return _vocab(train_spm(iter(CORPUS), 300, str(tmp_path / name), input_sentence_size=500, seed=seed))
     assert sampled(0, "a") == sampled(0, "b") != sampled(1, "c")
+
+
+def test_train_spm_on_a_corpus_too_small_for_the_vocabulary(tmp_path):
+    sentences = ["a small corpus of few words.", "another line here."]
+    with pytest.raises(ValueError, match=r"corpus is too small for a vocabulary of 600 pieces .*set it to a value "
+                                         r"<= \d+\.\); lower vocab_size \(model\.vocab_size in a config\)") as error:
+        train_spm(iter(sentences), 600, str(tmp_path / "small"))
+    assert error.value.__cause__ is None and error.value.__suppress_context__  # no RuntimeError traceback
 
 
 def test_from_pretrained_round_trip(saved, tmp_path):

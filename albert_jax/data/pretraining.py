@@ -34,16 +34,23 @@ import numpy as np
 
 FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
             "masked_lm_weights", "sentence_order_label")
-_ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+# The original's `special_pieces`: string.punctuation without "'", "<", "=" and ">" (its literal has
+# '"' where string.punctuation has "'"). It also adds "€" and "£" as UTF-8 bytes, which never equal a
+# str, so they are left out here.
+_START_PUNCTUATION = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
+_CONTINUATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz") | _START_PUNCTUATION
 # Seed-sequence tags, so that the generators of different purposes never share a stream.
 _SEGMENT_STREAM, _MASK_STREAM, _ORDER_STREAM = 1, 2, 3
 
 
 def is_start_piece(piece: str) -> bool:
-    """Whether a sentencepiece piece starts a word: it starts with "▁" (a word boundary), or with a
-    character other than an ASCII letter or digit (punctuation, symbols, other scripts), as in the
-    original ``_is_start_piece``. Pieces of ASCII letters/digits continue the previous word."""
-    return not piece or piece[0] not in _ASCII_ALNUM
+    """Whether a sentencepiece piece starts a word, by the original ``_is_start_piece_sp``: it starts
+    with "▁" or "<", or it is a single ASCII punctuation character other than ' < = >, or it holds a
+    character that, lowercased, is neither an ASCII letter nor such punctuation (a digit, "'", "=", a
+    letter of another script, ...). So "▁the", "5", "x2", "'s", "." and "é" start a word, while "ing",
+    "..", "s." and "[MASK]" continue the previous one."""
+    return (piece.startswith(("▁", "<")) or piece in _START_PUNCTUATION
+            or not all(c.lower() in _CONTINUATION_CHARS for c in piece))
 
 
 def ngram_probabilities(ngram: int) -> np.ndarray:
@@ -79,6 +86,9 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
       B [SEP], 0 on padding), ``masked_lm_positions`` [P] int32 (sorted, zero-padded),
       ``masked_lm_ids`` [P] int32 (the original token ids there, zero-padded), ``masked_lm_weights``
       [P] float32 (1 per real prediction), ``sentence_order_label`` [] int32 (1 = A and B swapped).
+
+    Raises:
+      ValueError: bad arguments (on the call), or no document with two sentences (on iteration).
     """
     if max_seq_length < 5:
         raise ValueError(f"max_seq_length must be >= 5 to hold two segments, got {max_seq_length}")
@@ -96,6 +106,13 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
 def _generate(documents, tokenizer, specials, masker, max_num_tokens, short_seq_prob, dupe_factor, seed):
     """The body of ``create_examples``, a generator so that arguments are checked on the call."""
     tokenized = _tokenize_documents(documents, tokenizer, specials - {tokenizer.unk_token_id})
+    if not any(len(document) >= 2 for document in tokenized):
+        # Every document with two sentences gives at least one pair per pass, so this is the only case.
+        raise ValueError(
+            f"No pretraining example can be made from these {len(documents)} documents: an example pairs "
+            "two segments of one document for sentence-order prediction, so a document needs at least two "
+            "(non-empty) sentences, and none has. Text files need one sentence per line and a blank line "
+            "only between documents.")
     for pass_index in range(dupe_factor):
         order_rng = np.random.default_rng([seed, _ORDER_STREAM, pass_index, 0])
         for doc_index in order_rng.permutation(len(tokenized)):

@@ -19,6 +19,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 # "name", "name:1.2.0", "name:train", "name:1.2.0:train[:10%]": a version is the only ':'-part
 # made of three dot-separated numbers (or '*'), everything after the next ':' is the split.
 _TFDS_SPEC = re.compile(r"^(?P<name>[^:\[]+(?::(?:\d+|\*)(?:\.(?:\d+|\*)){2})?)(?::(?P<split>.+))?$")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, read with errors="surrogateescape"
 _PREFERRED_TEXT_KEYS = ("text", "content", "document", "article", "body", "sentence")
 
 
@@ -33,7 +34,8 @@ def read_text_files(patterns: str | Sequence[str]) -> list[list[str]]:
       Documents (lists of non-empty, stripped lines); blank lines separate documents.
 
     Raises:
-      ValueError: a pattern matches no file (the pattern is named), or a file holds no text.
+      ValueError: a pattern matches no file (the pattern is named), a file holds no text, or a line is
+        not valid UTF-8 (the file, line and column are named).
     """
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
@@ -52,9 +54,15 @@ def read_text_files(patterns: str | Sequence[str]) -> list[list[str]]:
 
 
 def _read_text_file(path: str) -> list[list[str]]:
+    """Documents of one file; ValueError naming the line and column of a byte that is not UTF-8."""
     documents, current = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    # surrogateescape turns each undecodable byte into one lone surrogate, so that the line, which
+    # a strict decoder's chunk offsets do not give, can be named.
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, line in enumerate(f, 1):
+            if bad := _ESCAPED_BYTE.search(line):
+                raise ValueError(f"{path} line {number}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} "
+                                 f"at column {bad.start() + 1})")
             line = line.strip()
             if line:
                 current.append(line)
@@ -91,12 +99,14 @@ def load_tfds_text(name: str, split: str = "train", text_key: str | None = None,
 
     Raises:
       ValueError: unknown dataset (raised before any download), no usable text feature, or no text.
+      ImportError: tensorflow-datasets or tensorflow is missing (the message names the pip extra).
     """
-    try:
-        import tensorflow as tf
+    try:  # tensorflow_datasets first: without it, fail before the slow tensorflow import
         import tensorflow_datasets as tfds
+        import tensorflow as tf
     except ImportError as e:
-        raise ImportError("load_tfds_text needs tensorflow-datasets: pip install 'albert-jax[tfds]'") from e
+        raise ImportError(f"tfds sources need tensorflow-datasets and tensorflow ({e}); install them with: "
+                          'pip install "albert-jax[tfds]"') from None
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
