@@ -21,11 +21,10 @@ PARAMS_NAME = "albert_jax.safetensors"
 
 def save_pretrained(config: AlbertConfig, params: dict, out_dir: str) -> None:
     """Writes `config.json` + `albert_jax.safetensors` (float32 host copies of `params`) into `out_dir`."""
-    from safetensors.numpy import save_file
     os.makedirs(out_dir, exist_ok=True)
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()},
-              os.path.join(out_dir, PARAMS_NAME))
+    convert.save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()},
+                             os.path.join(out_dir, PARAMS_NAME))
     config.to_json_file(os.path.join(out_dir, "config.json"))
 
 

@@ -6,6 +6,8 @@ command line, and the result must compute what the transformers model computes.
 """
 
 import json
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -227,3 +229,50 @@ def test_unknown_activation(tmp_path):
 def _write(path, data):
     path.write_text(json.dumps(data))
     return str(path)
+
+
+# -- layer -> group assignment ------------------------------------------------------------------------------
+def test_group_check_matches_both_formulas_for_every_layer():
+    """google-research/albert: `int(layer_idx / num_hidden_layers * num_hidden_groups)` (float);
+    transformers / albert-jax: `layer * G // L`. The check names the first layer where they differ."""
+    refused = []
+    for layers in range(1, 65):
+        for groups in range(1, layers + 1):
+            differing = [i for i in range(layers) if int(i / layers * groups) != i * groups // layers]
+            assert convert.tf_group_mismatch(layers, groups) == (differing[0] if differing else None)
+            refused += [(layers, groups)] if differing else []
+    assert (44, 22) in refused and (12, 1) not in refused and len(refused) == 18
+
+
+def test_layouts_the_model_cannot_express_are_refused(tmp_path):
+    base = original_config(hf_model(0, **CONFIGS["groups2-inner2"]))
+    for layers in (12, 24):  # albert-{base,xxlarge} and albert-{large,xlarge}
+        config = convert.tf_config(_write(tmp_path / "released.json", {**base, "num_hidden_layers": layers,
+                                                                         "num_hidden_groups": 1}))
+        assert (config.num_hidden_layers, config.num_hidden_groups) == (layers, 1)
+    config_file = _write(tmp_path / "albert_config.json", {**base, "num_hidden_layers": 44, "num_hidden_groups": 22})
+    message = ("num_hidden_layers=44 with num_hidden_groups=22 cannot be imported: the original code puts layer 30 "
+               "in group int(30 / 44 * 22) = 14")
+    with pytest.raises(convert.CheckpointError, match=r"transformers and albert-jax .* cannot represent") as err:
+        convert.tf_config(config_file)
+    assert message in str(err.value)
+    assert convert.main(["from-tf", "--tf-checkpoint", str(tmp_path / "unused"), "--albert-config", config_file,
+                         "--out", str(tmp_path / "out")]) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_or_missing_checkpoint_is_a_one_line_error(tmp_path):
+    """Through `python -m albert_jax.convert`, so that TF's own start-up output on stderr counts too."""
+    model = hf_model(0, **CONFIGS["groups2-inner2"])
+    prefix = write_tf1_checkpoint(original_variables(model), str(tmp_path / "tf" / "model.ckpt"))
+    data = tmp_path / "tf" / "model.ckpt.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:1000])
+    config_file = _write(tmp_path / "albert_config.json", original_config(model))
+    for checkpoint, error in ((prefix, f"error: {prefix} is not a readable TF checkpoint"),
+                              (str(tmp_path / "nope"), "error: no TF checkpoint at")):
+        result = subprocess.run([sys.executable, "-m", "albert_jax.convert", "from-tf", "--tf-checkpoint", checkpoint,
+                                 "--albert-config", config_file, "--hf-out", str(tmp_path / "hf")],
+                                capture_output=True, text=True, timeout=300)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith(error), result.stderr
+    assert not (tmp_path / "hf").exists()

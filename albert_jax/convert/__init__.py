@@ -1,6 +1,6 @@
 """Checkpoint conversion: HF transformers <-> albert-jax (`hf`), original TF checkpoints -> albert-jax (`tf`).
 
-Command line: ``python -m albert_jax.convert {to-hf,from-hf,from-tf} --help`` (`__main__`).
+Command line: ``python -m albert_jax.convert {to-hf,from-hf,from-tf} --help`` (`cli`).
 """
 
 from albert_jax.convert.hf import (
@@ -19,6 +19,7 @@ from albert_jax.convert.hf import (
     read_hf_tensors,
     read_safetensors,
     save_hf,
+    save_safetensors,
     to_hf_state_dict,
 )
 from albert_jax.convert.tf import (
@@ -29,21 +30,24 @@ from albert_jax.convert.tf import (
     TF_TO_HF,
     load_tf,
     tf_config,
+    tf_group_mismatch,
     tf_to_hf_state_dict,
 )
 
 __all__ = [
     "CheckpointError", "to_hf_state_dict", "from_hf_state_dict", "read_safetensors", "read_hf_tensors", "load_hf",
-    "hf_config_dict", "save_hf", "tf_config", "tf_to_hf_state_dict", "load_tf", "main",
+    "hf_config_dict", "save_hf", "save_safetensors", "tf_config", "tf_group_mismatch", "tf_to_hf_state_dict",
+    "load_tf", "main",
     "LAYER_PREFIX", "LAYER_RE", "LAYER_TEMPLATE", "LEAF_TO_HF", "TIED_HF_NAMES", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME",
     "PICKLE_NAME", "TF_LAYER", "TF_TO_HF", "TF_SKIP_RE", "TF_SECTIONS", "TF_ACTIVATIONS",
 ]
 
 
 def __getattr__(name: str):
-    # `main` lives in __main__, which imports `pretrained` (itself an importer of this package): loading it
-    # on first use keeps the import graph acyclic and `python -m albert_jax.convert` free of a double import.
+    # `main` lives in `cli`, which imports `pretrained` (itself an importer of this package): loading it on
+    # first use keeps the import graph acyclic. It must not come from `__main__`: once that is imported as a
+    # module, `python -m albert_jax.convert` runs it a second time (runpy's RuntimeWarning).
     if name == "main":
-        from albert_jax.convert.__main__ import main
+        from albert_jax.convert.cli import main
         return main
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

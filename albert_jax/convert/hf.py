@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from typing import Iterable
 
 import flax.linen as nn
@@ -218,7 +219,7 @@ def read_hf_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
 def load_hf(path: str, allow_pickle: bool = False, strict: bool = True) -> tuple[AlbertConfig, dict]:
     """Reads a transformers ALBERT directory -> (AlbertConfig, params with every head found in it)."""
     if not os.path.isdir(path):
-        raise CheckpointError(f"{path} is not a directory (expected a transformers model directory)")
+        raise CheckpointError(f"{path} is not a directory (expected a model directory: config.json + weights)")
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         raise CheckpointError(f"no config.json in {path}")
@@ -251,14 +252,35 @@ def hf_config_dict(config: AlbertConfig, params: dict | None = None) -> dict:
     return out
 
 
+def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.numpy.save_file(tensors, path, metadata)`, leaving `path` with the permissions `open()`
+    would give it: the replaced file's, or 0o666 less the umask for a new one.
+
+    safetensors >= 0.8 writes a temporary file, always created 0600, and renames it onto `path`
+    (safetensors/safetensors#782), which would make the weights the only file of a model directory that
+    other users cannot read.
+    """
+    from safetensors.numpy import save_file
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    save_file(tensors, path, metadata=metadata)
+    os.chmod(path, mode)
+
+
 def save_hf(config: AlbertConfig, params: dict, out_dir: str) -> None:
     """Writes `config.json` + `model.safetensors` that transformers' Albert* classes load with no
-    missing or unexpected keys. Raises ValueError for sharing modes transformers cannot express."""
-    from safetensors.numpy import save_file
+    missing or unexpected keys. Raises ValueError for sharing modes transformers cannot express and
+    CheckpointError (naming the tensors) for params that do not match `config`; nothing is written then."""
     config_json = hf_config_dict(config, params)
-    os.makedirs(out_dir, exist_ok=True)
     tensors = to_hf_state_dict(params)
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+    # the checks `load_hf` makes on reading, against the config transformers will read
+    from_hf_state_dict(tensors, AlbertConfig.from_dict(config_json))
+    os.makedirs(out_dir, exist_ok=True)
+    save_safetensors(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config_json, f, indent=2, sort_keys=True)
         f.write("\n")

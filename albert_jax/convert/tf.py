@@ -1,7 +1,8 @@
 """Original google-research/albert TF checkpoints -> HF tensor names -> albert-jax params.
 
 The TF variable names map onto transformers' names by a table (TF_TO_HF); the rest of the way is
-`hf.from_hf_state_dict`, so both imports share one set of checks.
+`hf.from_hf_state_dict`, so both imports share one set of checks. Layouts whose layer -> group assignment
+differs from transformers' (`tf_group_mismatch`) are refused: no transformers or albert-jax model computes them.
 """
 
 from __future__ import annotations
@@ -64,7 +65,28 @@ def tf_config(path: str) -> AlbertConfig:
     if config.hidden_act not in TF_ACTIVATIONS:
         raise CheckpointError(f"{path}: hidden_act={config.hidden_act!r} is not an activation of the original "
                               f"code ({sorted(TF_ACTIVATIONS)})")
+    layers, groups = config.num_hidden_layers, config.num_hidden_groups
+    layer = tf_group_mismatch(layers, groups)
+    if layer is not None:
+        raise CheckpointError(
+            f"{path}: num_hidden_layers={layers} with num_hidden_groups={groups} cannot be imported: the original "
+            f"code puts layer {layer} in group int({layer} / {layers} * {groups}) = {int(layer / layers * groups)} "
+            f"(float rounding), transformers and albert-jax put it in group {layer} * {groups} // {layers} = "
+            f"{layer * groups // layers} and cannot represent the original assignment")
     return config.replace(hidden_act=TF_ACTIVATIONS[config.hidden_act])
+
+
+def tf_group_mismatch(num_hidden_layers: int, num_hidden_groups: int) -> int | None:
+    """The first layer that the original code assigns to another group than transformers and albert-jax, or
+    None when every layer's group agrees.
+
+    The original (`modeling.transformer_model`) computes `int(layer / num_hidden_layers * num_hidden_groups)` in
+    floating point, transformers and albert-jax `layer * num_hidden_groups // num_hidden_layers` exactly; the
+    float product can fall just below an integer (layer 30 of 44 with 22 groups: 14.999... -> group 14, not 15).
+    """
+    return next((layer for layer in range(num_hidden_layers)
+                 if int(layer / num_hidden_layers * num_hidden_groups)
+                 != layer * num_hidden_groups // num_hidden_layers), None)
 
 
 def _tf_table(config: AlbertConfig) -> dict[str, tuple[str, bool]]:
@@ -114,14 +136,24 @@ def tf_to_hf_state_dict(variables: dict[str, np.ndarray], config: AlbertConfig) 
 def load_tf(checkpoint: str, config_file: str) -> tuple[AlbertConfig, dict]:
     """Reads an original ALBERT checkpoint (prefix, e.g. `model.ckpt-best`, or a directory holding a
     `checkpoint` file) and its `albert_config.json` -> (AlbertConfig, params with the heads found)."""
+    config = tf_config(config_file).replace(dtype="float32")
+    # TF's start-up notices (C++ logs, oneDNN) would bury the converter's own messages; reading a
+    # checkpoint runs no TF op, so oneDNN's kernels are not needed.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # only here: importing convert must stay light
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    try:
+        import tensorflow as tf  # only here: importing convert must stay light
+    except ImportError:
+        raise ImportError("reading TF checkpoints needs tensorflow: pip install tensorflow-cpu "
+                          "(or albert-jax[tfds])") from None
     prefix = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     if not prefix or not tf.io.gfile.exists(prefix + ".index"):
         raise CheckpointError(f"no TF checkpoint at {checkpoint}: expected {checkpoint}.index and "
                               f"{checkpoint}.data-* (pass the prefix, e.g. .../model.ckpt-best)")
-    config = tf_config(config_file).replace(dtype="float32")
-    reader = tf.train.load_checkpoint(prefix)
-    variables = {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
-                 if not TF_SKIP_RE.search(name)}
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        variables = {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
+                     if not TF_SKIP_RE.search(name)}
+    except (tf.errors.OpError, IndexError) as e:  # corrupt or missing files; IndexError: a truncated .data-*
+        raise CheckpointError(f"{prefix} is not a readable TF checkpoint: {e}") from None
     return config, from_hf_state_dict(tf_to_hf_state_dict(variables, config), config)
