@@ -1,11 +1,14 @@
 """albert-jax entry point: `python run.py --config=experiments/configs/demo.py [--config.a.b=v] --workdir=DIR`.
 
 Joins a multi-process job when one is described (--coordinator_address/--num_processes/--process_id or
-JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), then runs the config's job (`config.job`: 'pretrain' or 'finetune').
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), then runs the config's job (`config.job`:
+'pretrain' or 'finetune').
 A run in an existing work dir resumes from its last checkpoint (--noresume to start over in place).
 """
 
+import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,23 +20,38 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete everything in the wor
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 60, "multi-process: seconds after which a silent "
+                                  "process counts as dead and the whole job ends")
 
 
 def main(argv):
     del argv
-    if _CONFIG.value is None or _WORKDIR.value is None:
+    import jax
+
+    from albert_jax.training import checkpoints, configs, finetune, loop, pretrain, sharding
+    config = configs.config_from_flag(_CONFIG)
+    if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
-    from albert_jax.training import finetune, pretrain, sharding
     jobs = {"pretrain": pretrain.run, "finetune": finetune.run}
-    job = _CONFIG.value.get("job", "pretrain")
+    job = config.get("job", "pretrain")
     if job not in jobs:
         sys.exit(f"error: config.job must be one of {sorted(jobs)}, got {job!r}")
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    heartbeat_timeout=_HEARTBEAT.value)
     logging.set_verbosity(logging.WARNING)
+    expected = (ValueError, OSError, ImportError, loop.NonFiniteError, checkpoints.CheckpointError)
     try:
-        jobs[job](_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        jobs[job](config, _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value)
+    except BaseException as e:  # noqa: BLE001 - every failure ends the job: see below
+        message = f"error: {e}" if isinstance(e, expected) else traceback.format_exc()
+        if sharding.is_multiprocess():
+            # The other processes wait in a collective: leaving through jax.distributed.shutdown would
+            # wait for them forever. Exit now; the coordination service's heartbeat then ends them.
+            print(f"process {jax.process_index()}: {message}", file=sys.stderr, flush=True)
+            os._exit(1)
+        if isinstance(e, expected):
+            sys.exit(message)
+        raise
 
 
 if __name__ == "__main__":

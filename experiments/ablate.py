@@ -22,8 +22,9 @@ _CELLS = flags.DEFINE_list("cells", [], "run only these cells (comma-separated n
 
 def main(argv):
     del argv
-    from albert_jax.training import sweep
-    if _CONFIG.value is None or _WORKDIR.value is None:
+    from albert_jax.training import configs, sweep
+    config = configs.config_from_flag(_CONFIG)
+    if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
     logging.set_verbosity(logging.WARNING)
     try:
@@ -31,8 +32,8 @@ def main(argv):
     except ValueError:
         sys.exit(f"error: --shard must be i/n, got {_SHARD.value!r}")
     try:
-        sweep.run_sweep(_CONFIG.value, _WORKDIR.value, shard=(index, count), only=_CELLS.value)
-        paths = sweep.write_results(_CONFIG.value, _WORKDIR.value)
+        sweep.run_sweep(config, _WORKDIR.value, shard=(index, count), only=_CELLS.value)
+        paths = sweep.write_results(config, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     with open(paths["markdown"]) as f:

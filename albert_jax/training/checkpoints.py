@@ -12,8 +12,10 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 
 RUN_CONFIG_NAME = "run_config.json"
@@ -61,29 +63,85 @@ def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
         raise WorkdirError(error)
 
 
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was expected."""
+
+
+@jax.jit
+def checksum(tree) -> jax.Array:
+    """Wrapping uint32 sum of the bits of every array in `tree`: exact, so the same on any mesh and in
+    any reduction order; a flipped byte changes it."""
+    def bits(x):
+        x = jnp.asarray(x)
+        words = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+        if x.dtype == jnp.bool_:
+            x = x.astype(jnp.uint8)
+        return jnp.sum(jax.lax.bitcast_convert_type(x, words).astype(jnp.uint32), dtype=jnp.uint32)
+    return sum((bits(x) for x in jax.tree_util.tree_leaves(tree)), jnp.uint32(0))
+
+
+def _all_finite(tree) -> bool:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(leaves))
+
+
 class Checkpointer:
-    """`save(step, state, data_state)` / `restore_latest(abstract_state)` over an orbax CheckpointManager."""
+    """`save(step, state, data_state)` / `restore_latest(abstract_state)` over an orbax CheckpointManager.
+
+    Each save records a checksum of the state beside the data state; a restore checks it and that every
+    float is finite, and a checkpoint that fails (or cannot be read) is moved aside to `corrupt-<step>`
+    with a warning naming it, and the previous one is used."""
 
     def __init__(self, workdir: str, keep: int = 3):
-        self.manager = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(self.directory,
+                                             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
-    def save(self, step: int, state, data_state: dict, force: bool = False) -> None:
+    def save(self, step: int, state, data_state: dict) -> None:
+        """Saves `state` (a pytree of jax arrays) and `data_state` (JSON) as checkpoint `step`."""
+        data_state = dict(data_state, checksum=int(checksum(state)))
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def restore_latest(self, abstract_state):
-        """(state, data_state) of the newest checkpoint, or None. `abstract_state` carries the shardings."""
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return restored["state"], restored["data"]
+        """(state, data_state) of the newest good checkpoint, or None when there is none at all.
+        `abstract_state` carries the shardings; CheckpointError when every checkpoint is bad."""
+        set_aside = []
+        while (step := self.manager.latest_step()) is not None:
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                state, data = restored["state"], restored["data"]
+                problem = None
+                if "checksum" in data and int(checksum(state)) != data["checksum"]:
+                    problem = "its contents do not match the checksum written when it was saved"
+                elif not _all_finite(state):
+                    problem = "it holds non-finite values"
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is handled the same way
+                problem = f"it cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            if problem is None:
+                return state, data
+            self._set_aside(step, problem)
+            set_aside.append(step)
+        if set_aside:
+            raise CheckpointError(f"no usable checkpoint in {self.directory} (steps {set_aside} were moved to "
+                                  "corrupt-<step>); run with --overwrite to start over")
+        return None
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        path = os.path.join(self.directory, str(step))
+        aside = os.path.join(self.directory, f"corrupt-{step}")
+        logging.warning("checkpoint step %d (%s) is unusable: %s; moved to %s, trying the previous one",
+                        step, path, problem, aside)
+        if jax.process_index() == 0:
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint_aside_{step}")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

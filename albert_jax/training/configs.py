@@ -71,6 +71,18 @@ def parse_flags(argv: list[str], usage: str):
         sys.exit(f"error: {message}\nusage: {usage}")
 
 
+def config_from_flag(holder) -> ml_collections.ConfigDict:
+    """The value of a `config_flags.DEFINE_config_file` flag; a config file that cannot be loaded (which
+    ml_collections reports only when the value is first read) exits with its reason in one line."""
+    value = holder.value
+    try:
+        if value is not None:
+            value.keys()  # a failed load surfaces here, on first use
+        return value
+    except OSError as e:
+        sys.exit(f"error: --config: {str(e).strip().splitlines()[-1].strip()}")
+
+
 def fingerprint(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> dict:
     """The config sections `keys` as plain JSON data: what identifies a run, so that a work dir with
     another fingerprint is not resumed into."""

@@ -16,7 +16,6 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from ml_collections.config_dict import placeholder
 
 from albert_jax import modeling

@@ -47,7 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 100                # steps between training-metric rows
     c.eval_every = 1000              # steps between evaluations (0 = only at the end)
     c.checkpoint_every = 1000        # steps between checkpoints (and always at the end / on SIGTERM)
-    c.keep_checkpoints = 3           # how many checkpoints to keep
+    c.keep_checkpoints = 3           # how many checkpoints to keep (at least 1)
+    c.nonfinite = "stop"             # a NaN/inf loss or gradient: 'stop' (error, last finite checkpoint kept)
+                                     # or 'skip' (that update is dropped and counted in `skipped_steps`)
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: all remaining devices
     c.sharding_rules = sharding.DEFAULT_RULES  # logical parameter axis -> mesh axis
     c.init_from = placeholder(str)   # HF dir, albert-jax dir, pretraining work dir or hub name (local cache)
@@ -150,9 +152,11 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
 def prepare(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, overwrite: bool = False):
     """Everything that can refuse a run cheaply, before any data or vocabulary work: the mesh, the batch
     split, positive step counts and the work dir claim (see `checkpoints.claim_workdir`). Returns the mesh."""
-    for name in ("batch_size", "log_every"):
+    for name in ("batch_size", "log_every", "keep_checkpoints"):
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}")
+    if config.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
     if config.total_steps < 0 or (config.total_steps == 0 and not config.get("init_from")):
         raise ValueError(f"config.total_steps must be positive (0 evaluates a checkpoint given by "
                          f"config.init_from), got {config.total_steps}")
@@ -178,12 +182,21 @@ def _local_rows(batch: dict) -> dict:
 def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, tx: optax.GradientTransformation,
                dropout_root: jax.Array) -> tuple[TrainState, dict]:
     """One micro-step: gradients of `loss_fn` on `batch`, the optimizer update (MultiSteps accumulates),
-    and the metric sums of the batch plus `grad_norm`."""
+    and the metric sums of the batch plus `grad_norm` and `nonfinite`.
+
+    A non-finite loss or gradient changes nothing but the data position: parameters and optimizer state
+    stay those of the last finite step, its sums are zeroed and `nonfinite` is 1, so the host can stop or
+    count it at its next synchronisation without a check of its own per step."""
     rng = jax.random.fold_in(dropout_root, state.step)
-    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, False)
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, False)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    sums = dict(sums, grad_norm=optax.global_norm(grads))
+    params, opt_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
+                                               (optax.apply_updates(state.params, updates), opt_state),
+                                               (state.params, state.opt_state))
+    sums = {k: jnp.where(finite, v, 0) for k, v in dict(sums, grad_norm=grad_norm).items()}
+    sums["nonfinite"] = 1 - finite.astype(jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
 
 
@@ -238,7 +251,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
                           out_shardings=replicated) if task.predict_fn else None
 
     # -- initialise: resume -> init_from -> scratch --------------------------------------------------------
-    checkpointer = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3))
+    checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
     restored = checkpointer.restore_latest(abstract_state) if resume else None
     if restored is not None:
         state, data_state = restored
@@ -247,14 +260,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
             raise RuntimeError(f"checkpoint in {workdir}: data position {data_state['micro_step']} and step "
                                f"{int(state.step)} disagree")
     else:
-        state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)(init_rng)
+        state, data_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)(init_rng), {}
         if config.get("init_from"):
             params = initialization.load_into(state.params, config.init_from, tuple(config.init_from_skip))
             opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
             state = state.replace(params=params, opt_state=opt_state)
 
     # -- loop ----------------------------------------------------------------------------------------------
-    writer = MetricWriter(workdir, config.total_steps)
+    # Metric rows after the start step (written before an interruption) are dropped, and the sums of the
+    # micro-steps between the last log row and the checkpoint come back with it: a resumed run's metrics
+    # read row for row as an uninterrupted run's.
+    writer = MetricWriter(workdir, config.total_steps, start_step=int(state.step) // accum)
+    pending = [(micro, sums) for micro, sums in data_state.get("pending", [])]
 
     def predict_with_current_params(arrays: dict) -> dict:
         return make_predict(jit_predict, state.params, mesh, eval_batch_size(config))(arrays)
@@ -265,36 +282,73 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
 
     if config.total_steps == 0:
         write_eval(0)
-    train_rows, tokens, t0 = [], 0, time.time()
-    with mesh, _StopRequested() as stop:
-        for micro in range(int(state.step), total_micro):
-            host_batch = task.train_batches.batch(micro)
-            tokens += int(np.asarray(host_batch[task.tokens_key]).sum()) if task.tokens_key in host_batch else 0
-            state, sums = jit_train_step(state, sharding.global_batch(_local_rows(host_batch), mesh))
-            train_rows.append(sums)
-            done_micro = micro + 1
-            if done_micro % accum:
-                continue
-            step = done_micro // accum
-            last = step == config.total_steps
-            if step % config.log_every == 0 or last:
-                rows = jax.device_get(train_rows)
-                metrics = task.summarize({k: np.sum([r[k] for r in rows], 0) for k in rows[0] if k != "grad_norm"})
-                writer.write({"step": step, **metrics, "grad_norm": float(np.mean([r["grad_norm"] for r in rows])),
-                              "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)),
-                              "tokens_per_sec": tokens / max(time.time() - t0, 1e-9)})
-                train_rows, tokens, t0 = [], 0, time.time()
-            if (config.eval_every and step % config.eval_every == 0) or last:
-                write_eval(step)
-            stopping = stop.agreed()
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or stopping:
-                checkpointer.save(step, state, {"micro_step": done_micro}, force=True)
-            if stopping:
-                logging.warning("stopped at step %d; run again with the same --workdir to resume", step)
-                break
-    checkpointer.close()
-    writer.close()
+    tokens, t0 = 0, time.time()
+    try:
+        with mesh, _StopRequested() as stop:
+            for micro in range(int(state.step), total_micro):
+                host_batch = task.train_batches.batch(micro)
+                tokens += int(np.asarray(host_batch.get(task.tokens_key, 0)).sum())
+                state, sums = jit_train_step(state, sharding.global_batch(_local_rows(host_batch), mesh))
+                pending.append((micro, sums))
+                done_micro = micro + 1
+                if done_micro % accum:
+                    continue
+                step = done_micro // accum
+                last = step == config.total_steps
+                stopping = stop.agreed()
+                log = step % config.log_every == 0 or last
+                save = (config.checkpoint_every and step % config.checkpoint_every == 0) or last or stopping
+                if log or save:
+                    pending = _to_host(pending)
+                    _check_finite(config, pending, accum, checkpointer)
+                if log:
+                    writer.write({"step": step, **_summarize(task, pending),
+                                  "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)),
+                                  "tokens_per_sec": tokens / max(time.time() - t0, 1e-9)})
+                    pending, tokens, t0 = [], 0, time.time()
+                if (config.eval_every and step % config.eval_every == 0) or last:
+                    write_eval(step)
+                if save:
+                    # a copy: orbax writes the JSON in the background while the loop appends to `pending`
+                    checkpointer.save(step, state, {"micro_step": done_micro, "pending": list(pending)})
+                if stopping:
+                    logging.warning("stopped at step %d; run again with the same --workdir to resume", step)
+                    break
+    finally:  # an error too waits for checkpoint writes in flight, or they die with the interpreter
+        checkpointer.close()
+        writer.close()
     if task.finish is not None and int(state.step) == total_micro:
         task.finish(predict_with_current_params)
     return state
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient with `config.nonfinite='stop'`."""
+
+
+def _to_host(pending: list) -> list:
+    """(micro-step, sums) pairs with the sums as Python floats (JSON-ready for the checkpoint)."""
+    return [(micro, {k: float(v) for k, v in sums.items()}) for micro, sums in jax.device_get(pending)]
+
+
+def _check_finite(config: ml_collections.ConfigDict, pending: list, accum: int, checkpointer) -> None:
+    """With `config.nonfinite='stop'`, raises NonFiniteError at the first non-finite micro-step."""
+    bad = [micro for micro, sums in pending if sums["nonfinite"]]
+    if bad and config.nonfinite == "stop":
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {bad[0] // accum + 1} (no update was applied); the last "
+            f"checkpoint, step {checkpointer.latest_step()}, is finite. Lower optimizer.learning_rate, or set "
+            "config.nonfinite=skip to drop such updates and go on")
+
+
+def _summarize(task: Task, pending: list) -> dict:
+    """The task's training metrics over the finite micro-steps of `pending`, mean `grad_norm` and
+    `skipped_steps` (micro-steps whose update was dropped as non-finite)."""
+    rows = [sums for _, sums in pending]
+    skipped = int(sum(r["nonfinite"] for r in rows))
+    kept = len(rows) - skipped
+    # float64 sums of float32 values: the same whether the values came from the device or a checkpoint.
+    totals = {k: float(np.sum(np.asarray([r[k] for r in rows], np.float64))) for k in rows[0]}
+    metrics = task.summarize({k: v for k, v in totals.items() if k not in ("grad_norm", "nonfinite")}) if kept else {}
+    return {**metrics, "grad_norm": totals["grad_norm"] / max(kept, 1), "skipped_steps": skipped}
 

@@ -1,6 +1,8 @@
 """Metric writers: console progress, `metrics.jsonl` (+ `metrics.csv`) and TensorBoard in the work dir.
 
 Only process 0 writes. Each row is a dict with `step` and scalar metrics; eval rows carry `"split": "eval"`.
+Non-finite values are written as JSON `null` (metrics.jsonl stays strict JSON). A writer that starts at
+step S drops the rows after S that an interrupted run left, so a resumed run's files read as one run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 class MetricWriter:
     """Writes one row per logged step to every sink. `total_steps` drives the progress/ETA display."""
 
-    def __init__(self, workdir: str, total_steps: int, stream=sys.stdout):
+    def __init__(self, workdir: str, total_steps: int, stream=sys.stdout, start_step: int = 0):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.stream = stream
@@ -27,18 +29,23 @@ class MetricWriter:
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self.csv_path = os.path.join(workdir, "metrics.csv")
+        _truncate(jsonl_path, start_step, lambda line: json.loads(line)["step"], keep_first=False)
+        _truncate(self.csv_path, start_step, lambda line: int(line.split(",", 1)[0]), keep_first=True)
+        self.jsonl = open(jsonl_path, "a")
         self.csv_fields = None
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # purge_step: TensorBoard drops the events at and after it that an interrupted run had written.
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
     def write(self, row: dict) -> None:
         """Logs `row` (`step` plus floats) to the console, metrics.jsonl, metrics.csv and TensorBoard."""
         if not self.enabled:
             return
         row = {k: (float(v) if not isinstance(v, (str, int)) else v) for k, v in row.items()}
-        self.jsonl.write(json.dumps(row) + "\n")
+        strict = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        self.jsonl.write(json.dumps(strict, allow_nan=False) + "\n")
         self.jsonl.flush()
         self._write_csv(row)
         prefix = row.get("split", "train")
@@ -76,3 +83,18 @@ class MetricWriter:
         if self.enabled:
             self.jsonl.close()
             self.tb.close()
+
+
+def _truncate(path: str, last_step: int, step_of, keep_first: bool) -> None:
+    """Rewrites `path` (atomically) without the lines whose step is after `last_step`; `keep_first`
+    keeps a header line."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    head, body = (lines[:1], lines[1:]) if keep_first else ([], lines)
+    kept = head + [line for line in body if line.strip() and step_of(line) <= last_step]
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)

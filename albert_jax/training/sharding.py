@@ -29,10 +29,11 @@ DEFAULT_RULES = (
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, heartbeat_timeout: int = 60) -> None:
     """Joins a multi-process job when one is described (flags, or JAX_COORDINATOR_ADDRESS /
     JAX_NUM_PROCESSES / JAX_PROCESS_ID, or a cluster jax auto-detects such as SLURM/TPU pods).
-    On CPU the cross-process collectives use gloo."""
+    On CPU the cross-process collectives use gloo. A process silent for `heartbeat_timeout` seconds
+    (one that died) ends the whole job."""
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -42,7 +43,12 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout)
+
+
+def is_multiprocess() -> bool:
+    """Whether this process belongs to a job of several (without starting a backend if it does not)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def create_mesh(shape: dict) -> Mesh:
