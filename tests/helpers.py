@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,3 +49,10 @@ def kill_after_checkpoint(command, checkpoints, min_step):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     return max(int(p) for p in os.listdir(checkpoints) if p.isdigit())
+
+
+def free_port():
+    """A free TCP port on the loopback interface (for a local multi-process job's coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

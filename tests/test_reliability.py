@@ -4,7 +4,6 @@ multi-process job."""
 
 import json
 import os
-import socket
 import subprocess
 import time
 
@@ -144,17 +143,11 @@ def test_errors_are_one_line(tmp_path):
         assert "Traceback" not in result.stderr
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_failing_process_ends_the_whole_job(tmp_path):
     """Process 1 gets an override process 0 does not (its batch cannot split): it fails at once, and
     process 0, waiting for it in a collective, ends within the heartbeat timeout. Both exit non-zero."""
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{helpers.free_port()}"
     common = ("--config.total_steps=3", f"--coordinator_address={address}", "--num_processes=2",
               "--heartbeat_timeout=10")
     start = time.time()
