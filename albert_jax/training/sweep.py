@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import json
 import os
 import time
@@ -186,12 +187,9 @@ def write_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         writer.writerows(rows)
     with open(paths["markdown"], "w") as f:
         f.write(markdown_table(rows, columns))
-    try:
-        import matplotlib
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         print("[sweep] matplotlib is not installed (pip install 'albert-jax[notebooks]'): no plots")
         return paths
-    matplotlib.use("Agg")
     paths.update(_plot(rows, workdir))
     return paths
 
@@ -212,10 +210,12 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _plot(rows: list[dict], workdir: str) -> dict[str, str]:
-    import matplotlib.pyplot as plt
+    # Figures without pyplot: no global backend switch in the caller's process (a notebook keeps its own).
+    from matplotlib.figure import Figure
     paths = {"accuracy_vs_params": os.path.join(workdir, "accuracy_vs_params.png"),
              "loss_curves": os.path.join(workdir, "loss_curves.png")}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("mlm_accuracy", "sop_accuracy")):
         for r in rows:
             ax.scatter(r["parameters"] / 1e6, r[key])
@@ -223,7 +223,8 @@ def _plot(rows: list[dict], workdir: str) -> dict[str, str]:
         ax.set(xlabel="parameters (M)", ylabel=f"held-out {key.replace('_', ' ')}")
     fig.tight_layout()
     fig.savefig(paths["accuracy_vs_params"], dpi=100)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for r in rows:
         steps, losses = zip(*r["loss_curve"]) if r["loss_curve"] else ((), ())
         ax.plot(steps, losses, label=r["cell"])
@@ -231,5 +232,4 @@ def _plot(rows: list[dict], workdir: str) -> dict[str, str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(paths["loss_curves"], dpi=100)
-    plt.close("all")
     return paths
