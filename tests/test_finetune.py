@@ -18,8 +18,13 @@ FILLER = ("the function returns a list of values from each module and its name i
 pytestmark = pytest.mark.integration
 
 
+# The runlocal configs' learning rate (1e-3) suits the README demo's model; the shared tiny model (H=32,
+# 8 pretraining steps) needs a larger one to learn in a few dozen steps.
+TINY_LR = "--config.optimizer.learning_rate=1e-2"
+
+
 def run_py(config, workdir, *overrides):
-    return helpers.run_py(os.path.join(CONFIGS, config), workdir, *overrides)
+    return helpers.run_py(os.path.join(CONFIGS, config), workdir, TINY_LR, *overrides)
 
 
 def read_metrics(workdir):
@@ -91,7 +96,8 @@ def test_sigkill_and_restart_is_bit_exact_in_finetuning(tiny_pretrained, glue_di
                                "--config.eval_every=0")
     run_py("glue.py:task=sst2,runlocal=True", tmp_path / "reference", *overrides)
     killed = tmp_path / "killed"
-    command = helpers.run_command(os.path.join(CONFIGS, "glue.py:task=sst2,runlocal=True"), killed, *overrides)
+    command = helpers.run_command(os.path.join(CONFIGS, "glue.py:task=sst2,runlocal=True"), killed, TINY_LR,
+                                  *overrides)
     helpers.kill_after_checkpoint(command, killed / "checkpoints", min_step=10)
     run_py("glue.py:task=sst2,runlocal=True", killed, *overrides)
     _, want = pretrained.from_pretrained(str(tmp_path / "reference" / "final"))

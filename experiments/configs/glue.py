@@ -42,7 +42,7 @@ def get_config(arg=None):
     if arg.runlocal:
         c.init_from = "runs/demo"
         c.total_steps, c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 60, 16, 10, 30, 30
-        c.optimizer.warmup_steps, c.optimizer.learning_rate = 6, 1e-2
+        c.optimizer.warmup_steps, c.optimizer.learning_rate = 6, 1e-3
         c.data.max_seq_length = 64
         c.data.max_train_examples, c.data.max_eval_examples = 2000, 500
     return c

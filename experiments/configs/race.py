@@ -24,7 +24,7 @@ def get_config(arg=None):
     if arg.runlocal:
         c.init_from = "runs/demo"
         c.total_steps, c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 40, 8, 10, 40, 40
-        c.optimizer.warmup_steps, c.optimizer.learning_rate = 4, 1e-2
+        c.optimizer.warmup_steps, c.optimizer.learning_rate = 4, 1e-3
         c.data.max_seq_length, c.data.max_qa_length = 64, 24
         c.data.max_train_examples, c.data.max_eval_examples = 500, 200
     return c

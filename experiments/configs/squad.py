@@ -35,7 +35,7 @@ def get_config(arg=None):
     if arg.runlocal:
         c.init_from = "runs/demo"
         c.total_steps, c.batch_size, c.log_every, c.checkpoint_every = 60, 16, 10, 30
-        c.optimizer.warmup_steps, c.optimizer.learning_rate = 6, 1e-2
+        c.optimizer.warmup_steps, c.optimizer.learning_rate = 6, 1e-3
         c.data.max_seq_length, c.data.doc_stride, c.data.max_query_length = 64, 24, 16
         c.data.max_train_examples, c.data.max_eval_examples = 2000, 300
     return c
