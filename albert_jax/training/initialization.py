@@ -67,8 +67,8 @@ def merge(fresh: dict, loaded: dict, skip: tuple[str, ...] = ()) -> tuple[dict, 
         else:
             merged[path] = value
             kept.append(path)
-    unused = sorted(set(flat_loaded) - set(merged) | {p for p in flat_loaded if p in kept})
-    return traverse_util.unflatten_dict(merged, sep="/"), kept, unused
+    taken = set(flat_fresh) - set(kept)
+    return traverse_util.unflatten_dict(merged, sep="/"), kept, sorted(set(flat_loaded) - taken)
 
 
 def load_into(params: dict, spec: str, skip: tuple[str, ...] = ()) -> dict:

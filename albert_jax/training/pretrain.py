@@ -121,13 +121,19 @@ def summarize_pretraining(sums: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------
-def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, workdir: str):
-    """(task, tokenizer) for `config`: reads the corpus, prepares the vocabulary and the examples."""
+def split_corpus(config: ml_collections.ConfigDict):
+    """(train, eval) documents of `config.data.source`: the held-out split every run of this config sees."""
     from albert_jax.data import prepare
     from albert_jax.data.sources import load_source
     documents = load_source(config.data.source, data_dir=config.data.tfds_data_dir,
                             max_documents=config.data.max_documents)
-    train_docs, eval_docs = prepare.split_documents(documents, config.data.eval_fraction, config.seed)
+    return prepare.split_documents(documents, config.data.eval_fraction, config.seed)
+
+
+def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, workdir: str):
+    """(task, tokenizer) for `config`: reads the corpus, prepares the vocabulary and the examples."""
+    from albert_jax.data import prepare
+    train_docs, eval_docs = split_corpus(config)
     tokenizer = prepare.prepare_tokenizer(config.data, train_docs, workdir, albert_config.vocab_size, config.seed)
     micro = config.batch_size // config.optimizer.grad_accum_steps
     train_arrays = prepare.prepare_examples(config.data, train_docs, tokenizer, workdir, "train", config.seed)

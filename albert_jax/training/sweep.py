@@ -125,15 +125,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, shard: tuple[i
 def _shared_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Trains (once) the sweep's SentencePiece model on the training documents of the first cell."""
     from albert_jax.data import prepare
-    from albert_jax.data.sources import load_source
     path = os.path.join(workdir, "vocab", "spiece.model")
     if not os.path.exists(path):
-        data = config.data
-        documents = load_source(data.source, data_dir=data.tfds_data_dir, max_documents=data.max_documents)
-        train_docs, _ = prepare.split_documents(documents, data.eval_fraction, config.seed)
-        vocab_size = configs.build_model_config(cell_config(config, next(iter(cells(config)))).model).vocab_size
+        first = cell_config(config, next(iter(cells(config))))
+        train_docs, _ = pretrain.split_corpus(first)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        prepare.prepare_tokenizer(data, train_docs, os.path.dirname(path), vocab_size, config.seed)
+        prepare.prepare_tokenizer(first.data, train_docs, os.path.dirname(path),
+                                  configs.build_model_config(first.model).vocab_size, first.seed)
     return path
 
 
