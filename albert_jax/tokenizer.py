@@ -152,9 +152,13 @@ class AlbertTokenizer:
             chars = list(lowered)
         return "".join(chars), spans
 
-    def _encode_text(self, text: str) -> list[tuple[str, int, tuple[int, int]]]:
-        """(piece, id, (start, end) in `text`) for text holding no special token."""
-        norm, spans = self._preprocess(text)
+    def _encode_text(self, text: str, with_spans: bool = True) -> list[tuple[str, int, tuple[int, int] | None]]:
+        """(piece, id, (start, end) in `text`, or None without `with_spans`) for text holding no special
+        token. Character spans cost most of the time; pretraining does not need them."""
+        if with_spans:
+            norm, spans = self._preprocess(text)
+        else:
+            norm = preprocess_text(text, self.do_lower_case, self.remove_space, self.keep_accents)
         if not norm:
             return []
         encoded = self.sp.encode(norm, return_type="offset_mapping")
@@ -162,6 +166,8 @@ class AlbertTokenizer:
         def span_of(begin, end):
             # Whitespace became "▁"; like transformers, a piece's span starts at its first real char,
             # and a piece with none (a lone "▁") takes the span of the char that follows it.
+            if not with_spans:
+                return None
             while begin < end and norm[begin].isspace():
                 begin += 1
             if begin == end:
@@ -189,22 +195,33 @@ class AlbertTokenizer:
         out.append((",", self.sp.piece_to_id(","), span_of(end - 1, end)))
         return out
 
-    def _tokenize(self, text: str) -> list[tuple[str, int, tuple[int, int]]]:
+    def _tokenize(self, text: str, with_spans: bool = True) -> list[tuple[str, int, tuple[int, int] | None]]:
         """Splits out special tokens ([MASK] taking the whitespace on its left), encodes the rest."""
         out, pos = [], 0
+
+        def encode(part, offset):
+            return [(piece, piece_id, span and (span[0] + offset, span[1] + offset))
+                    for piece, piece_id, span in self._encode_text(part, with_spans)]
+
         for match in self._special_re.finditer(text):
             start = match.start()
             if match.group() == self.mask_token:
                 start = pos + len(text[pos:start].rstrip())
-            out.extend((p, i, (s + pos, e + pos)) for p, i, (s, e) in self._encode_text(text[pos:start]))
+            out.extend(encode(text[pos:start], pos))
             out.append((match.group(), self.sp.piece_to_id(match.group()), (start, match.end())))
             pos = match.end()
-        out.extend((p, i, (s + pos, e + pos)) for p, i, (s, e) in self._encode_text(text[pos:]))
+        out.extend(encode(text[pos:], pos))
         return out
 
     def tokenize(self, text: str) -> list[str]:
         """Pieces of `text`; unknown characters keep their surface form, as in the original."""
-        return [piece for piece, _, _ in self._tokenize(text)]
+        return [piece for piece, _, _ in self._tokenize(text, with_spans=False)]
+
+    def pieces_and_ids(self, text: str) -> tuple[list[str], list[int]]:
+        """(pieces, ids) of `text`, as `tokenize` + `convert_tokens_to_ids` but in one pass (pieces the
+        vocabulary lacks keep their surface form and get `unk_token_id`)."""
+        tokens = self._tokenize(text, with_spans=False)
+        return [piece for piece, _, _ in tokens], [piece_id for _, piece_id, _ in tokens]
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         """Piece(s) -> id(s); pieces outside the vocabulary give `unk_token_id`."""

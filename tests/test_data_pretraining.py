@@ -5,20 +5,26 @@ Most tests use a synthetic whitespace tokenizer whose every piece is unique, so 
 an example tells which document, sentence and position it came from.
 """
 
+import json
 import string
 
+import ml_collections
 import numpy as np
 import pydoc_data.topics
 import pytest
 
+from albert_jax.data import prepare, records
 from albert_jax.data.corpus import builtin_corpus
+from albert_jax.data.loader import PretrainingData
 from albert_jax.data.pretraining import (
     FEATURES,
     choose_masked_spans,
     create_examples,
+    create_pairs,
     examples_to_arrays,
     is_start_piece,
     ngram_probabilities,
+    special_ids,
     truncation_counts,
 )
 
@@ -41,6 +47,10 @@ class PieceTokenizer:
 
     def convert_tokens_to_ids(self, tokens):
         return [self.vocab.get(t, UNK) for t in tokens]
+
+    def pieces_and_ids(self, text):
+        pieces = self.tokenize(text)
+        return pieces, self.convert_tokens_to_ids(pieces)
 
     def convert_ids_to_tokens(self, ids):
         return [self.pieces[i] for i in ids]
@@ -97,10 +107,60 @@ def corpus():
     return synthetic_corpus(1000, ((4, 25), (3, 30)))
 
 
+def dynamic_data(directory, docs, tok, max_seq_length, max_predictions, seed):
+    """A prepared directory of the unmasked pairs of `docs` (dynamic masking) and its loader data."""
+    dtype = records.record_dtype(tok.vocab_size, max_seq_length)
+    (directory / "examples").mkdir(parents=True)
+    pairs = create_pairs(docs, tok, max_seq_length=max_seq_length, seed=1)
+    count = prepare._write_records(str(directory / "examples" / "train-00000.array_record"),
+                                   (records.encode_pair(a, b, swapped, dtype) for a, b, swapped in pairs))
+    manifest = dict(masking="dynamic", record_dtype=dtype.str, max_seq_length=max_seq_length, settings={},
+                    special_ids=special_ids(tok), vocab_size=tok.vocab_size,
+                    shards=[dict(name="train-00000", split="train", examples=count)])
+    (directory / prepare.MANIFEST).write_text(json.dumps(manifest))
+    data = ml_collections.ConfigDict(dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions,
+                                          masked_lm_prob=0.15, ngram=3))
+    return PretrainingData(str(directory), "train", data, seed)
+
+
+def epoch(data, index):
+    """Epoch `index` of dynamically masked examples, in stored order."""
+    stream = data.examples(shuffle=False)
+    return [stream[index * data.size + i] for i in range(data.size)]
+
+
 @pytest.fixture(scope="module")
-def sample(corpus):
+def dynamic(corpus, tmp_path_factory):
     docs, tok = corpus
-    return list(create_examples(docs, tok, max_seq_length=128, max_predictions_per_seq=20, seed=1))
+    return dynamic_data(tmp_path_factory.mktemp("dynamic"), docs, tok, 128, 20, seed=3)
+
+
+# The masking tests hold for examples masked once when prepared (static, create_examples) and for every
+# epoch of dynamic masking (pairs stored unmasked, masks drawn by the loader).
+@pytest.fixture(scope="module", params=["static", "dynamic epoch 0", "dynamic epoch 1"])
+def sample(corpus, request):
+    docs, tok = corpus
+    if request.param == "static":
+        return list(create_examples(docs, tok, max_seq_length=128, max_predictions_per_seq=20, seed=1))
+    return epoch(request.getfixturevalue("dynamic"), int(request.param[-1]))
+
+
+def test_dynamic_masking_draws_new_masks_every_epoch_deterministically(corpus, dynamic, tmp_path):
+    first, second = epoch(dynamic, 0), epoch(dynamic, 1)
+    assert len(first) > 2000
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(restore(a), restore(b))  # the same pair, other masks
+    different = np.mean([not np.array_equal(a["masked_lm_positions"], b["masked_lm_positions"])
+                         for a, b in zip(first, second)])
+    assert different > 0.9
+    docs, tok = corpus
+    again = dynamic_data(tmp_path / "again", docs, tok, 128, 20, seed=3)
+    other_seed = dynamic_data(tmp_path / "other", docs, tok, 128, 20, seed=4)
+    for a, b in zip(first[:200], epoch(again, 0)[:200]):
+        for key in FEATURES:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert np.mean([not np.array_equal(a["input_ids"], b["input_ids"])
+                    for a, b in zip(first[:200], epoch(other_seed, 0)[:200])]) > 0.9
 
 
 def test_format_shapes_dtypes(sample):

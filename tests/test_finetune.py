@@ -168,7 +168,7 @@ def squad_file(path, rng, n, version_2):
     path.write_text(json.dumps(dict(version="2.0" if version_2 else "1.1", data=articles)))
 
 
-@pytest.mark.parametrize("version,steps", [("1.1", 100), ("2.0", 200)])
+@pytest.mark.parametrize("version,steps", [("1.1", 150), ("2.0", 200)])
 def test_squad_learns(tiny_pretrained, tmp_path, version, steps):
     rng = np.random.default_rng(2)
     v2 = version == "2.0"

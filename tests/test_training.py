@@ -69,19 +69,24 @@ def test_batches_are_a_pure_function_of_seed_and_index():
         assert sorted(flat[epoch * 10:(epoch + 1) * 10]) == list(range(10))
     assert not np.array_equal(flat[:10], flat[10:20])  # epochs are shuffled differently
     np.testing.assert_array_equal(resumed.batch(2)["y"], stream[2] * 2)
+    iterator = resumed.iterate(7)  # what the loop reads from a resume at micro-step 7
+    for i in (7, 8, 9):
+        np.testing.assert_array_equal(next(iterator)["x"], stream[i])
 
 
 @pytest.mark.slow
 def test_sigkill_and_restart_is_bit_exact(tmp_path):
     """Kill a run (SIGKILL) once it has written a checkpoint; the restarted run ends with the same
-    parameters, bit for bit, as an uninterrupted run of the same config."""
-    steps = "--config.total_steps=60"
+    parameters, bit for bit, as an uninterrupted run of the same config. Masks are drawn by the loader
+    (dynamic masking), in two worker processes for the killed run and in the main process for the reference."""
+    steps = ("--config.total_steps=60", "--config.data.masking=dynamic")
     reference = tmp_path / "reference"
-    run_py(reference, steps)
+    run_py(reference, *steps)
     killed = tmp_path / "killed"
-    killed_at = helpers.kill_after_checkpoint(run_command(TINY, killed, steps), killed / "checkpoints", min_step=4)
+    workers = (*steps, "--config.data.loader_workers=2")
+    killed_at = helpers.kill_after_checkpoint(run_command(TINY, killed, *workers), killed / "checkpoints", min_step=4)
     assert 4 <= killed_at < 60
-    run_py(killed, steps)
+    run_py(killed, *workers)
     assert read_metrics(killed)[-1]["step"] == 60
     assert_trees_equal(final_params(killed), final_params(reference))
 

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import jax
 import numpy as np
+
+
+def local_rows(batch: dict) -> dict:
+    """This process's contiguous share of a global batch (the whole batch in a one-process job)."""
+    if jax.process_count() == 1:
+        return batch
+    n = next(iter(batch.values())).shape[0]
+    per = n // jax.process_count()
+    start = jax.process_index() * per
+    return {k: v[start:start + per] for k, v in batch.items()}
 
 
 class ArrayBatches:
@@ -30,3 +43,10 @@ class ArrayBatches:
         rows = np.concatenate([self._permutation(int(e))[positions[positions // self.size == e] % self.size]
                                for e in np.unique(positions // self.size)])
         return {k: v[rows] for k, v in self.arrays.items()}
+
+    def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """This process's rows of batches start, start + 1, ... (`loop.BatchSource`)."""
+        index = start
+        while True:
+            yield local_rows(self.batch(index))
+            index += 1

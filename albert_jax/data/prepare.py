@@ -1,64 +1,460 @@
-"""Pretraining data in the work dir: the vocabulary (trained once unless given), the train/eval document
-split, and the examples (cached under a hash of what made them)."""
+"""The prepare stage of pretraining data, streamed so that memory does not grow with the corpus:
+
+    python -m albert_jax.data.prepare --config=experiments/configs/pretrain.py:size=base --out=DIR [--overwrite]
+
+source (streamed) -> held-out split -> document shards of `data.docs_per_shard` documents -> a SentencePiece
+vocabulary trained on a bounded sample of sentences (`data.spm_sentences`, reservoir-sampled while
+streaming) -> examples made in parallel worker processes (`data.prepare_workers`), one ArrayRecord file per
+shard -> `manifest.json`. `run.py` prepares into `config.data.prepared_dir` (default `<workdir>/data`)
+when it finds no manifest there.
+
+Shard k of a split holds `create_examples(documents of shard k, seed=shard_seed(seed, split, k))` (static
+masking: masks fixed here, `dupe_factor` passes) or the unmasked pairs of `create_pairs` (dynamic masking:
+the loader draws masks per epoch). A `tfrecord:<glob>` source (files of google-research/albert's
+`create_pretraining_data.py`) is converted file by file instead, its records kept as they are.
+
+Resumable: every shard is written to a temporary name and renamed, so an interrupted run redoes only the
+missing shards; a finished directory is reused when its settings hash matches, and a directory made with
+other settings is refused unless `overwrite`.
+
+A prepared directory holds `settings.json` (written first), `spiece.model`, `documents/` (deleted when
+done), `examples/{train,eval}-NNNNN.array_record` and `manifest.json` (written last).
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
+import math
+import multiprocessing
 import os
+import random
+import shutil
+import sys
+import time
 
-import jax
 import ml_collections
 import numpy as np
-from absl import logging
-from jax.experimental import multihost_utils
+
+MANIFEST = "manifest.json"
+SETTINGS = "settings.json"
+FORMAT = 1
+SPLITS = ("train", "eval")
+_EVAL_OFFSET_STREAM = 7
 
 
-def split_documents(documents, eval_fraction: float, seed: int):
-    """(train, eval) documents: a seeded random `eval_fraction` of them is held out (at least one)."""
-    if len(documents) < 2:
-        raise ValueError(f"the corpus has {len(documents)} document(s); at least 2 are needed (train + eval)")
-    order = np.random.default_rng([seed, 7]).permutation(len(documents))
-    n_eval = min(max(1, int(round(len(documents) * eval_fraction))), len(documents) - 1)
-    held = set(order[:n_eval].tolist())
-    return ([d for i, d in enumerate(documents) if i not in held], [d for i, d in enumerate(documents) if i in held])
+def settings(config: ml_collections.ConfigDict, vocab_size: int) -> dict:
+    """What the prepared data is a function of (hashed into the manifest). With dynamic masking the masking
+    settings are the loader's, so they are left out: changing them needs no new preparation."""
+    d = config.data
+    vocabulary = ({"file_sha256": _sha256(d.vocab_file)} if d.vocab_file
+                  else {"vocab_size": vocab_size, "spm_sentences": d.spm_sentences})
+    out = dict(format=FORMAT, source=d.source, max_documents=d.max_documents, eval_fraction=d.eval_fraction,
+               docs_per_shard=d.docs_per_shard, seed=config.seed, vocabulary=vocabulary, masking=d.masking,
+               max_seq_length=d.max_seq_length, short_seq_prob=d.short_seq_prob, dupe_factor=d.dupe_factor)
+    if d.masking == "static":
+        out.update(max_predictions_per_seq=d.max_predictions_per_seq, masked_lm_prob=d.masked_lm_prob, ngram=d.ngram)
+    return out
 
 
-def prepare_tokenizer(data: ml_collections.ConfigDict, documents, workdir: str, vocab_size: int, seed: int):
-    """The run's tokenizer: `data.vocab_file`, or a SentencePiece model trained once into the work dir
-    (by process 0; the others wait for it)."""
-    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size, train_spm
-    path = data.vocab_file
-    if path is None:
-        path = os.path.join(workdir, "spiece.model")
-        if jax.process_index() == 0 and not os.path.exists(path):
-            logging.info("training a %d-piece SentencePiece vocabulary into %s", vocab_size, path)
-            sentences = [s for doc in documents for s in doc]
-            train_spm(iter(sentences), vocab_size, path[:-len(".model")],
-                      input_sentence_size=data.spm_sentences, seed=seed)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("spiece.model")
-    tokenizer = AlbertTokenizer(path)
+def settings_hash(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepared_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Where a run's prepared data lives: `config.data.prepared_dir`, else `<workdir>/data`."""
+    return config.data.prepared_dir or os.path.join(workdir, "data")
+
+
+def read_manifest(directory: str) -> dict:
+    """The manifest of a finished preparation; ValueError when `directory` holds none."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        raise ValueError(f"{directory} holds no prepared data (no {MANIFEST}); run "
+                         "python -m albert_jax.data.prepare --config=... --out=DIR")
+    with open(path) as f:
+        return json.load(f)
+
+
+def prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, *, overwrite: bool = False) -> dict:
+    """Prepares (or finishes preparing, or reuses) the pretraining data of `config` in `out`; returns the
+    manifest. ValueError when `out` was prepared with other settings and not `overwrite`."""
+    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
+    values = settings(config, vocab_size)
+    digest = settings_hash(values)
+    _claim(out, values, digest, overwrite)
+    manifest_path = os.path.join(out, MANIFEST)
+    if os.path.exists(manifest_path):
+        return read_manifest(out)
+    data = config.data
+    os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+    if data.source.startswith("tfrecord:"):
+        if data.masking != "static" or not data.vocab_file:
+            raise ValueError("config.data.source tfrecord:... holds masked examples: it needs "
+                             "config.data.masking='static' and config.data.vocab_file (the files' spiece.model)")
+        vocab = _copy_vocab(data.vocab_file, out)
+        jobs = _tfrecord_jobs(config, out)
+    else:
+        shards = _document_shards(config, out)
+        vocab = (_copy_vocab(data.vocab_file, out) if data.vocab_file
+                 else os.path.join(out, "spiece.model"))
+        if not os.path.exists(vocab):
+            _train_vocabulary(out, vocab_size, data.spm_sentences, config.seed)
+        jobs = _document_jobs(config, out, shards, vocab)
+    tokenizer = AlbertTokenizer(vocab)
     check_vocab_size(tokenizer, vocab_size)
-    return tokenizer
+    counts = _run_jobs(jobs, data.prepare_workers)
+    shards = [dict(name=name, split=name.split("-")[0], examples=counts[name]) for name in sorted(counts)]
+    for split in SPLITS:
+        if not sum(s["examples"] for s in shards if s["split"] == split):
+            raise ValueError(
+                f"No {split} pretraining example can be made from {data.source}: an example pairs two segments of "
+                "one document for sentence-order prediction, so a document needs at least two (non-empty) "
+                "sentences. Text files need one sentence per line and a blank line only between documents"
+                + ("; a small corpus may need a larger config.data.eval_fraction" if split == "eval" else ""))
+    from albert_jax.data.pretraining import special_ids
+    from albert_jax.data.records import record_dtype
+    manifest = dict(settings_hash=digest, settings=values, vocab_file="spiece.model", vocab_size=tokenizer.vocab_size,
+                    special_ids=special_ids(tokenizer), masking=data.masking, max_seq_length=data.max_seq_length,
+                    record_dtype=record_dtype(tokenizer.vocab_size, data.max_seq_length).str, shards=shards,
+                    examples={split: sum(s["examples"] for s in shards if s["split"] == split) for split in SPLITS})
+    _write_json(manifest_path, manifest)
+    shutil.rmtree(os.path.join(out, "documents"), ignore_errors=True)
+    _progress(f"done: {manifest['examples']['train']} train and {manifest['examples']['eval']} eval examples "
+              f"in {len(shards)} shards in {out}")
+    return manifest
 
 
-def prepare_examples(data: ml_collections.ConfigDict, documents, tokenizer, workdir: str, name: str,
-                     seed: int) -> dict[str, np.ndarray]:
-    """Pretraining examples as [N, ...] arrays, cached in the work dir under a hash of what made them."""
-    from albert_jax.data.pretraining import create_examples, examples_to_arrays
-    settings = dict(max_seq_length=data.max_seq_length, max_predictions_per_seq=data.max_predictions_per_seq,
-                    masked_lm_prob=data.masked_lm_prob, short_seq_prob=data.short_seq_prob, ngram=data.ngram,
-                    dupe_factor=data.dupe_factor, seed=seed)
-    digest = hashlib.sha256(json.dumps([settings, len(documents), documents[:3], documents[-3:],
-                                        tokenizer.vocab_size], sort_keys=True).encode()).hexdigest()[:16]
-    cache = os.path.join(workdir, f"examples_{name}_{digest}.npz")
-    if os.path.exists(cache):
-        with np.load(cache) as f:
-            return dict(f)
-    arrays = examples_to_arrays(list(create_examples(documents, tokenizer, **settings)))
+def ensure_prepared(config: ml_collections.ConfigDict, workdir: str, vocab_size: int) -> str:
+    """The prepared data of a run (prepared by process 0 if missing; the other processes wait for it)."""
+    import jax
+    from jax.experimental import multihost_utils
+    out = prepared_dir(config, workdir)
     if jax.process_index() == 0:
-        np.savez(cache + ".tmp.npz", **arrays)
-        os.replace(cache + ".tmp.npz", cache)
-    logging.info("%s: %d examples", name, len(arrays["input_ids"]))
-    return arrays
+        prepare(config, out, vocab_size)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("prepared data")
+    return out
+
+
+def is_eval(index: int, eval_fraction: float, offset: float) -> bool:
+    """Whether document (or record) `index` is held out: a systematic sample, one in every 1/eval_fraction
+    with a seeded `offset` in [0, 1), so a stream is split without knowing its length."""
+    return math.floor((index + 1) * eval_fraction + offset) > math.floor(index * eval_fraction + offset)
+
+
+def eval_offset(seed: int, stream: int = 0) -> float:
+    return float(np.random.default_rng([seed, _EVAL_OFFSET_STREAM, stream]).random())
+
+
+def shard_seed(seed: int, split: str, shard: int) -> int:
+    """The example seed of one shard: a function of (seed, split, shard) only."""
+    return int(np.random.SeedSequence([seed, SPLITS.index(split), shard]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------------------
+def _claim(out: str, values: dict, digest: str, overwrite: bool) -> None:
+    path = os.path.join(out, SETTINGS)
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous.get("hash") != digest:
+            if not overwrite:
+                changed = sorted(k for k in set(values) | set(previous["settings"])
+                                 if values.get(k) != previous["settings"].get(k))
+                raise ValueError(f"{out} holds pretraining data prepared with other settings (changed: "
+                                 f"{', '.join(changed)}); use --overwrite to prepare it anew, or another directory")
+            shutil.rmtree(out)
+    elif os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ValueError(f"{out} is not empty and holds no prepared data; use another directory or --overwrite")
+    elif overwrite and os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    if not os.path.exists(path):
+        _write_json(path, dict(hash=digest, settings=values))
+
+
+def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, int]:
+    """Streams the source once into document shards (documents/<split>-NNNNN.txt, the original text format)
+    and a reservoir sample of training sentences for the vocabulary; returns shard name -> documents.
+    Redone from the start if interrupted (only the example stage resumes shard by shard)."""
+    from albert_jax.data.sources import iter_source
+    directory = os.path.join(out, "documents")
+    index_path = os.path.join(directory, "index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            return json.load(f)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    data = config.data
+    sample = _Reservoir(0 if data.vocab_file else data.spm_sentences, config.seed)
+    buffers: dict[str, list] = {split: [] for split in SPLITS}
+    shards: dict[str, int] = {}
+    offset, start, count = eval_offset(config.seed), time.time(), 0
+
+    def flush(split):
+        name = f"{split}-{sum(n.startswith(split) for n in shards):05d}"
+        with open(os.path.join(directory, name + ".txt"), "w", encoding="utf-8") as f:
+            f.write("\n\n".join("\n".join(document) for document in buffers[split]) + "\n")
+        shards[name] = len(buffers[split])
+        buffers[split] = []
+
+    for count, document in enumerate(iter_source(data.source, data_dir=data.tfds_data_dir,
+                                                 max_documents=data.max_documents), 1):
+        split = "eval" if is_eval(count - 1, data.eval_fraction, offset) else "train"
+        if len(buffers[split]) == data.docs_per_shard:  # flushed lazily: the last document stays in memory
+            flush(split)
+        buffers[split].append(document)
+        if split == "train":
+            sample.add(document)
+        if count % 100_000 == 0:
+            _progress(f"read {count} documents ({count / (time.time() - start):.0f}/s)")
+    if count < 2:
+        raise ValueError(f"the corpus has {count} document(s); at least 2 are needed (train + eval)")
+    if not shards.get("eval-00000") and not buffers["eval"] and data.eval_fraction > 0:
+        buffers["eval"].append(buffers["train"].pop())  # a small corpus still holds one document out
+    if not buffers["train"] and not any(n.startswith("train") for n in shards):
+        raise ValueError(f"config.data.eval_fraction={data.eval_fraction} leaves no training document")
+    for split in SPLITS:
+        if buffers[split]:
+            flush(split)
+    if not data.vocab_file:
+        sample.save(os.path.join(out, "spm_sample.txt"))
+    _write_json(index_path, shards)
+    _progress(f"read {count} documents into {len(shards)} shards")
+    return shards
+
+
+def _train_vocabulary(out: str, vocab_size: int, spm_sentences: int, seed: int) -> None:
+    from albert_jax.tokenizer import train_spm
+    sample_path = os.path.join(out, "spm_sample.txt")
+    _progress(f"training a {vocab_size}-piece SentencePiece vocabulary")
+    with open(sample_path, encoding="utf-8") as f:
+        train_spm((line.rstrip("\n") for line in f), vocab_size, os.path.join(out, "spiece.tmp"),
+                  input_sentence_size=spm_sentences, seed=seed)
+    os.replace(os.path.join(out, "spiece.tmp.model"), os.path.join(out, "spiece.model"))
+    for leftover in ("spiece.tmp.vocab", "spm_sample.txt"):
+        if os.path.exists(os.path.join(out, leftover)):
+            os.remove(os.path.join(out, leftover))
+
+
+def _copy_vocab(vocab_file: str, out: str) -> str:
+    path = os.path.join(out, "spiece.model")
+    if not os.path.exists(path):
+        shutil.copyfile(vocab_file, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+class _Reservoir:
+    """A uniform sample of at most `size` sentences of a stream (algorithm R), seeded."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.items, self.seen, self.rng = size, [], 0, random.Random(seed)
+
+    def add(self, document: list[str]) -> None:
+        if not self.size:
+            return
+        for sentence in document:
+            self.seen += 1
+            if len(self.items) < self.size:
+                self.items.append(sentence)
+            elif (j := self.rng.randrange(self.seen)) < self.size:
+                self.items[j] = sentence
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(s + "\n" for s in self.items)
+
+
+def _document_jobs(config: ml_collections.ConfigDict, out: str, shards: dict[str, int], vocab: str) -> list:
+    data = config.data
+    args = dict(max_seq_length=data.max_seq_length, short_seq_prob=data.short_seq_prob, dupe_factor=data.dupe_factor)
+    if data.masking == "static":
+        args.update(max_predictions_per_seq=data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob,
+                    ngram=data.ngram)
+    elif data.masking != "dynamic":
+        raise ValueError(f"config.data.masking must be 'static' or 'dynamic', got {data.masking!r}")
+    jobs = []
+    for name in shards:
+        split, number = name.split("-")
+        jobs.append((_make_document_shard, dict(
+            documents=os.path.join(out, "documents", name + ".txt"), out=_shard_path(out, name), vocab=vocab,
+            masking=data.masking, args=dict(args, seed=shard_seed(config.seed, split, int(number))))))
+    return jobs
+
+
+def _tfrecord_jobs(config: ml_collections.ConfigDict, out: str) -> list:
+    from albert_jax.data.tfrecord import expand_tfrecord_patterns
+    data = config.data
+    files = expand_tfrecord_patterns(data.source.partition(":")[2])
+    return [(_convert_tfrecord, dict(path=path, out={split: _shard_path(out, f"{split}-{i:05d}") for split in SPLITS},
+                                     vocab=os.path.join(out, "spiece.model"), eval_fraction=data.eval_fraction,
+                                     offset=eval_offset(config.seed, i), max_seq_length=data.max_seq_length,
+                                     max_predictions=data.max_predictions_per_seq))
+            for i, path in enumerate(files)]
+
+
+def _shard_path(out: str, name: str) -> str:
+    return os.path.join(out, "examples", name + ".array_record")
+
+
+def _run_jobs(jobs: list, workers: int) -> dict[str, int]:
+    """Runs the shard jobs not done yet (in `workers` processes when more than one is left); returns shard
+    name -> examples for every shard."""
+    counts, todo = {}, []
+    for job in jobs:
+        done = _done_counts(job[1])
+        if done is None:
+            todo.append(job)
+        else:
+            counts.update(done)
+    if len(jobs) > len(todo):
+        _progress(f"{len(jobs) - len(todo)} of {len(jobs)} shards already prepared")
+    start, made = time.time(), 0
+
+    def finished(result):
+        nonlocal made
+        counts.update(result)
+        made += sum(result.values())
+        _progress(f"shard {len(counts)} / {len(jobs)}: {made} examples ({made / (time.time() - start):.0f}/s)")
+
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        for fn, kwargs in todo:
+            finished(fn(**kwargs))
+    else:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(fn, **kwargs) for fn, kwargs in todo]):
+                finished(future.result())
+    return counts
+
+
+def _done_counts(kwargs: dict) -> dict[str, int] | None:
+    """Shard name -> examples of a job's outputs when they all exist, else None."""
+    outputs = kwargs["out"] if isinstance(kwargs["out"], dict) else {"": kwargs["out"]}
+    if not all(os.path.exists(p) for p in outputs.values()):
+        return None
+    from array_record.python.array_record_module import ArrayRecordReader
+    counts = {}
+    for path in outputs.values():
+        reader = ArrayRecordReader(path)
+        counts[os.path.basename(path).split(".")[0]] = reader.num_records()
+        reader.close()
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Worker jobs (module-level: they run in spawned processes)
+# ---------------------------------------------------------------------------------------------------------
+def _make_document_shard(documents: str, out: str, vocab: str, masking: str, args: dict) -> dict[str, int]:
+    from albert_jax.data import pretraining, records
+    from albert_jax.data.sources import read_text_files
+    from albert_jax.tokenizer import AlbertTokenizer
+    tokenizer = AlbertTokenizer(vocab)
+    dtype = records.record_dtype(tokenizer.vocab_size, args["max_seq_length"])
+    docs = read_text_files(documents)
+    if masking == "static":
+        encoded = (records.encode_example(e, dtype) for e in pretraining.create_examples(docs, tokenizer, **args))
+    else:
+        encoded = (records.encode_pair(a, b, swapped, dtype)
+                   for a, b, swapped in pretraining.create_pairs(docs, tokenizer, **args))
+    name = os.path.basename(out).split(".")[0]
+    return {name: _write_records(out, _skip_empty(encoded))}
+
+
+def _skip_empty(encoded):
+    """No record for a shard whose documents hold no two-sentence document (another shard may)."""
+    from albert_jax.data.pretraining import NoExamplesError
+    try:
+        yield from encoded
+    except NoExamplesError:
+        return
+
+
+def _convert_tfrecord(path: str, out: dict[str, str], vocab: str, eval_fraction: float, offset: float,
+                      max_seq_length: int, max_predictions: int) -> dict[str, int]:
+    from albert_jax.data import records
+    from albert_jax.data.tfrecord import read_original_tfrecords
+    from albert_jax.tokenizer import AlbertTokenizer
+    dtype = records.record_dtype(AlbertTokenizer(vocab).vocab_size, max_seq_length)
+    examples = read_original_tfrecords([path], max_seq_length, max_predictions)
+    writers = {split: _RecordWriter(out[split]) for split in SPLITS}
+    for i, example in enumerate(examples):
+        writers["eval" if is_eval(i, eval_fraction, offset) else "train"].write(records.encode_example(example, dtype))
+    return {os.path.basename(out[split]).split(".")[0]: writers[split].close() for split in SPLITS}
+
+
+def _write_records(path: str, encoded) -> int:
+    writer = _RecordWriter(path)
+    for record in encoded:
+        writer.write(record)
+    return writer.close()
+
+
+class _RecordWriter:
+    """An ArrayRecord file written under a temporary name and renamed when closed (so a file that exists
+    is complete)."""
+
+    def __init__(self, path: str):
+        from array_record.python.array_record_module import ArrayRecordWriter
+        self.path, self.count = path, 0
+        self.writer = ArrayRecordWriter(path + ".tmp", "group_size:1")
+
+    def write(self, record: bytes) -> None:
+        self.writer.write(record)
+        self.count += 1
+
+    def close(self) -> int:
+        self.writer.close()
+        os.replace(self.path + ".tmp", self.path)
+        return self.count
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _progress(message: str) -> None:
+    print(f"[prepare] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> None:
+    """The CLI: --config (an experiment config, as for run.py) --out DIR [--overwrite]."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from albert_jax.training import configs
+    holder = config_flags.DEFINE_config_file("config", None, "pretraining config (experiments/configs/*.py)")
+    out = flags.DEFINE_string("out", None, "directory of the prepared data")
+    overwrite = flags.DEFINE_bool("overwrite", False, "prepare anew even if the directory holds other data")
+
+    def run(_):
+        config = configs.config_from_flag(holder)
+        if config is None or out.value is None:
+            sys.exit("error: --config and --out are required")
+        try:
+            prepare(config, out.value, configs.build_model_config(config.model).vocab_size, overwrite=overwrite.value)
+        except (ValueError, OSError, ImportError) as e:
+            sys.exit(f"error: {e}")
+
+    app.run(run, argv=argv, flags_parser=lambda args: configs.parse_flags(
+        args, "python -m albert_jax.data.prepare --config=experiments/configs/NAME.py[:arg] [--config.data.x=v] "
+              "--out=DIR [--overwrite]"))
+
+
+if __name__ == "__main__":
+    main()

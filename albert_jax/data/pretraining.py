@@ -43,6 +43,10 @@ _CONTINUATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz") | _START_PUNCTUATI
 _SEGMENT_STREAM, _MASK_STREAM, _ORDER_STREAM = 1, 2, 3
 
 
+class NoExamplesError(ValueError):
+    """No document holds two sentences, so no sentence-order pair can be made."""
+
+
 def is_start_piece(piece: str) -> bool:
     """Whether a sentencepiece piece starts a word, by the original ``_is_start_piece_sp``: it starts
     with "▁" or "<", or it is a single ASCII punctuation character other than ' < = >, or it holds a
@@ -67,8 +71,8 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
 
     Args:
       documents: documents, each a sequence of sentence strings.
-      tokenizer: provides ``tokenize(text) -> list[str]`` (sentencepiece pieces),
-        ``convert_tokens_to_ids``, ``cls_token_id``, ``sep_token_id``, ``mask_token_id``,
+      tokenizer: provides ``pieces_and_ids(text) -> (pieces, ids)`` (sentencepiece pieces and their ids),
+        ``cls_token_id``, ``sep_token_id``, ``mask_token_id``,
         ``pad_token_id``, ``unk_token_id`` and ``vocab_size``.
       max_seq_length: T, the length of every example, ``[CLS] A [SEP] B [SEP]`` plus padding.
       max_predictions_per_seq: P, the most masked positions per example.
@@ -96,19 +100,30 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
         raise ValueError("max_predictions_per_seq, ngram and dupe_factor must be >= 1 and seed >= 0")
     if not 0.0 <= masked_lm_prob <= 1.0 or not 0.0 <= short_seq_prob <= 1.0:
         raise ValueError("masked_lm_prob and short_seq_prob must be in [0, 1]")
-    specials = {tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id,
-                tokenizer.sep_token_id, tokenizer.mask_token_id}
-    masker = _Masker(tokenizer, max_seq_length, max_predictions_per_seq, masked_lm_prob,
-                     ngram_probabilities(ngram), np.setdiff1d(np.arange(tokenizer.vocab_size), list(specials)))
-    return _generate(documents, tokenizer, specials, masker, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
+    masker = Masker.for_tokenizer(tokenizer, max_seq_length, max_predictions_per_seq, masked_lm_prob, ngram)
+    pairs = _pair_stream(documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
+    return (masker(a, b, swapped, mask_rng) for a, b, swapped, mask_rng in pairs)
 
 
-def _generate(documents, tokenizer, specials, masker, max_num_tokens, short_seq_prob, dupe_factor, seed):
-    """The body of ``create_examples``, a generator so that arguments are checked on the call."""
-    tokenized = _tokenize_documents(documents, tokenizer, specials - {tokenizer.unk_token_id})
+def create_pairs(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_length: int, short_seq_prob: float = 0.1,
+                 dupe_factor: int = 1, seed: int = 0) -> Iterator[tuple[Segment, Segment, bool]]:
+    """The unmasked sentence-order pairs `create_examples` masks, in the same order: (A, B, swapped), A and B
+    as (piece ids, word-start flags), together at most ``max_seq_length - 3`` pieces. Dynamic masking
+    stores these and masks them per epoch with `Masker`. Arguments as for `create_examples`."""
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length must be >= 5 to hold two segments, got {max_seq_length}")
+    pairs = _pair_stream(documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
+    return ((a, b, swapped) for a, b, swapped, _ in pairs)
+
+
+def _pair_stream(documents, tokenizer, max_num_tokens, short_seq_prob, dupe_factor, seed):
+    """(A, B, swapped, the document's masking generator) per pair; a generator, so that the arguments are
+    checked on the call of `create_examples` and the documents read on iteration."""
+    specials = {tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id}
+    tokenized = _tokenize_documents(documents, tokenizer, specials)
     if not any(len(document) >= 2 for document in tokenized):
         # Every document with two sentences gives at least one pair per pass, so this is the only case.
-        raise ValueError(
+        raise NoExamplesError(
             f"No pretraining example can be made from these {len(documents)} documents: an example pairs "
             "two segments of one document for sentence-order prediction, so a document needs at least two "
             "(non-empty) sentences, and none has. Text files need one sentence per line and a blank line "
@@ -119,7 +134,7 @@ def _generate(documents, tokenizer, specials, masker, max_num_tokens, short_seq_
             segment_rng = np.random.default_rng([seed, _SEGMENT_STREAM, pass_index, doc_index])
             mask_rng = np.random.default_rng([seed, _MASK_STREAM, pass_index, doc_index])
             for a, b, swapped in _segment_pairs(tokenized[doc_index], max_num_tokens, short_seq_prob, segment_rng):
-                yield masker(a, b, swapped, mask_rng)
+                yield a, b, swapped, mask_rng
 
 
 def examples_to_arrays(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -129,21 +144,20 @@ def examples_to_arrays(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, n
     return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
 
 
-# A tokenized sentence: (piece ids, word-start flags), both lists of the same length.
-_Sentence = tuple[list[int], list[bool]]
+# A tokenized sentence or segment: (piece ids, word-start flags), both lists of the same length.
+Segment = tuple[list[int], list[bool]]
 
 
-def _tokenize_documents(documents, tokenizer, dropped_ids) -> list[list[_Sentence]]:
+def _tokenize_documents(documents, tokenizer, dropped_ids) -> list[list[Segment]]:
     """Tokenizes every distinct sentence once. Special tokens written in the text (e.g. a literal
     "[SEP]") are dropped so that specials only appear where the example format puts them."""
-    cache: dict[str, _Sentence] = {}
+    cache: dict[str, Segment] = {}
     tokenized = []
     for document in documents:
         sentences = []
         for text in document:
             if text not in cache:
-                pieces = tokenizer.tokenize(text)
-                ids = tokenizer.convert_tokens_to_ids(pieces)
+                pieces, ids = tokenizer.pieces_and_ids(text)
                 kept = [(i, is_start_piece(p)) for p, i in zip(pieces, ids) if i not in dropped_ids]
                 cache[text] = ([i for i, _ in kept], [s for _, s in kept])
             if cache[text][0]:
@@ -152,15 +166,15 @@ def _tokenize_documents(documents, tokenizer, dropped_ids) -> list[list[_Sentenc
     return tokenized
 
 
-def _segment_pairs(document: list[_Sentence], max_num_tokens: int, short_seq_prob: float,
-                   rng: np.random.Generator) -> Iterator[tuple[_Sentence, _Sentence, bool]]:
+def _segment_pairs(document: list[Segment], max_num_tokens: int, short_seq_prob: float,
+                   rng: np.random.Generator) -> Iterator[tuple[Segment, Segment, bool]]:
     """Cuts a document into chunks of consecutive sentences and yields (A, B, swapped) per chunk:
     A = the chunk's first k sentences (k uniform in [1, len - 1]), B = the rest, swapped with
     probability 1/2, then truncated to ``max_num_tokens`` together."""
     target_length = max_num_tokens
     if rng.random() < short_seq_prob:
         target_length = int(rng.integers(2, max_num_tokens, endpoint=True))
-    chunk: list[_Sentence] = []
+    chunk: list[Segment] = []
     length = 0
     for i, sentence in enumerate(document):
         chunk.append(sentence)
@@ -177,7 +191,7 @@ def _segment_pairs(document: list[_Sentence], max_num_tokens: int, short_seq_pro
         chunk, length = [], 0
 
 
-def _concat(sentences: list[_Sentence]) -> _Sentence:
+def _concat(sentences: list[Segment]) -> Segment:
     ids, starts = [], []
     for sentence_ids, sentence_starts in sentences:
         ids.extend(sentence_ids)
@@ -194,8 +208,8 @@ def truncation_counts(len_a: int, len_b: int, max_num_tokens: int) -> tuple[int,
     return (first if len_a > len_b else 0) + rest // 2, (first if len_a <= len_b else 0) + rest - rest // 2
 
 
-def _truncate_pair(a: _Sentence, b: _Sentence, max_num_tokens: int,
-                   rng: np.random.Generator) -> tuple[_Sentence, _Sentence]:
+def _truncate_pair(a: Segment, b: Segment, max_num_tokens: int,
+                   rng: np.random.Generator) -> tuple[Segment, Segment]:
     """Trims A and B to ``max_num_tokens`` in total, each removed token off the front or the back
     with probability 1/2. The first remaining piece of a segment always starts a word."""
     out = []
@@ -247,16 +261,26 @@ def choose_masked_spans(word_lengths: Sequence[int], budget: int, probs: np.ndar
     return spans
 
 
-class _Masker:
-    """Builds the feature arrays of one example: ``[CLS] A [SEP] B [SEP]``, masked and padded."""
+class Masker:
+    """Builds the feature arrays of one example, ``[CLS] A [SEP] B [SEP]``, masked (whole-word n-grams, the
+    original's 80/10/10 rule) and padded; `create_examples` and the dynamic-masking loader share it."""
 
-    def __init__(self, tokenizer, max_seq_length, max_predictions, masked_lm_prob, ngram_probs, random_ids):
-        self.cls, self.sep, self.mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
-        self.pad = tokenizer.pad_token_id
+    def __init__(self, specials: dict[str, int], vocab_size: int, max_seq_length: int, max_predictions: int,
+                 masked_lm_prob: float, ngram: int):
+        self.cls, self.sep, self.mask = specials["cls"], specials["sep"], specials["mask"]
+        self.pad = specials["pad"]
         self.max_seq_length, self.max_predictions = max_seq_length, max_predictions
-        self.masked_lm_prob, self.ngram_probs, self.random_ids = masked_lm_prob, ngram_probs, random_ids
+        self.masked_lm_prob, self.ngram_probs = masked_lm_prob, ngram_probabilities(ngram)
+        # random replacements never draw a special id
+        self.random_ids = np.setdiff1d(np.arange(vocab_size), list(specials.values()))
 
-    def __call__(self, a: _Sentence, b: _Sentence, swapped: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    @classmethod
+    def for_tokenizer(cls, tokenizer, max_seq_length: int, max_predictions: int, masked_lm_prob: float,
+                      ngram: int) -> "Masker":
+        return cls(special_ids(tokenizer), tokenizer.vocab_size, max_seq_length, max_predictions,
+                   masked_lm_prob, ngram)
+
+    def __call__(self, a: Segment, b: Segment, swapped: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
         T, P = self.max_seq_length, self.max_predictions
         ids = np.full(T, self.pad, np.int32)
         length = len(a[0]) + len(b[0]) + 3
@@ -290,6 +314,12 @@ class _Masker:
             "masked_lm_weights": (np.arange(P) < k).astype(np.float32),
             "sentence_order_label": np.asarray(swapped, np.int32),
         }
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """The ids the example format places itself (pad, unk, [CLS], [SEP], [MASK]), by role."""
+    return dict(pad=tokenizer.pad_token_id, unk=tokenizer.unk_token_id, cls=tokenizer.cls_token_id,
+                sep=tokenizer.sep_token_id, mask=tokenizer.mask_token_id)
 
 
 def _word_bounds(starts: list[bool], offset: int) -> tuple[list[int], list[int]]:

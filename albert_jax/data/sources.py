@@ -9,9 +9,10 @@ from a string spec, so a config can name its corpus with one field.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from albert_jax.data.corpus import builtin_corpus, split_sentences
 
@@ -37,25 +38,43 @@ def read_text_files(patterns: str | Sequence[str]) -> list[list[str]]:
       ValueError: a pattern matches no file (the pattern is named), a file holds no text, or a line is
         not valid UTF-8 (the file, line and column are named).
     """
+    return list(iter_text_files(patterns))
+
+
+def iter_text_files(patterns: str | Sequence[str]) -> Iterator[list[str]]:
+    """`read_text_files` as a stream: one document in memory at a time. The patterns are expanded (and a
+    pattern matching no file is reported) on the call, before the first document."""
+    return _iter_files(expand_patterns(patterns))
+
+
+def expand_patterns(patterns: str | Sequence[str]) -> list[str]:
+    """The files of paths/globs (each pattern's matches sorted, patterns in order); ValueError naming a
+    pattern that matches no file."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
-    documents: list[list[str]] = []
+    files = []
     for pattern in map(os.fspath, patterns):
         paths = sorted(glob.glob(pattern)) if _GLOB_CHARS.search(pattern) else [pattern]
         paths = [p for p in paths if os.path.isfile(p)]
         if not paths:
-            raise ValueError(f"No text file matches {pattern!r}")
-        for path in paths:
-            file_docs = _read_text_file(path)
-            if not file_docs:
-                raise ValueError(f"Text file {path!r} is empty (no non-blank line)")
-            documents.extend(file_docs)
-    return documents
+            raise ValueError(f"No file matches {pattern!r}")
+        files.extend(paths)
+    return files
 
 
-def _read_text_file(path: str) -> list[list[str]]:
+def _iter_files(paths: list[str]) -> Iterator[list[str]]:
+    for path in paths:
+        empty = True
+        for document in _read_text_file(path):
+            empty = False
+            yield document
+        if empty:
+            raise ValueError(f"Text file {path!r} is empty (no non-blank line)")
+
+
+def _read_text_file(path: str) -> Iterator[list[str]]:
     """Documents of one file; ValueError naming the line and column of a byte that is not UTF-8."""
-    documents, current = [], []
+    current = []
     # surrogateescape turns each undecodable byte into one lone surrogate, so that the line, which
     # a strict decoder's chunk offsets do not give, can be named.
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -67,11 +86,10 @@ def _read_text_file(path: str) -> list[list[str]]:
             if line:
                 current.append(line)
             elif current:
-                documents.append(current)
+                yield current
                 current = []
     if current:
-        documents.append(current)
-    return documents
+        yield current
 
 
 def text_to_sentences(text: str) -> list[str]:
@@ -101,6 +119,16 @@ def load_tfds_text(name: str, split: str = "train", text_key: str | None = None,
       ValueError: unknown dataset (raised before any download), no usable text feature, or no text.
       ImportError: tensorflow-datasets or tensorflow is missing (the message names the pip extra).
     """
+    documents = list(iter_tfds_text(name, split, text_key, data_dir, max_documents))
+    if not documents:
+        raise ValueError(f"tfds dataset {name!r} split {split!r} holds no text")
+    return documents
+
+
+def iter_tfds_text(name: str, split: str = "train", text_key: str | None = None,
+                   data_dir: str | None = None, max_documents: int | None = None) -> Iterator[list[str]]:
+    """`load_tfds_text` as a stream: examples are read one at a time, never the whole split. The dataset
+    is checked (and prepared if needed) on the call, before the first document."""
     try:  # tensorflow_datasets first: without it, fail before the slow tensorflow import
         import tensorflow_datasets as tfds
         import tensorflow as tf
@@ -122,14 +150,14 @@ def load_tfds_text(name: str, split: str = "train", text_key: str | None = None,
     if max_documents is not None:
         dataset = dataset.take(max_documents)
     dataset = dataset.map(lambda example: example[key], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    documents = []
-    for text in tfds.as_numpy(dataset):
+    return _tfds_documents(tfds.as_numpy(dataset))
+
+
+def _tfds_documents(texts) -> Iterator[list[str]]:
+    for text in texts:
         sentences = text_to_sentences(text.decode("utf-8") if isinstance(text, bytes) else str(text))
         if sentences:
-            documents.append(sentences)
-    if not documents:
-        raise ValueError(f"tfds dataset {name!r} split {split!r} feature {key!r} holds no text")
-    return documents
+            yield sentences
 
 
 def _find_text_key(features, name: str) -> str:
@@ -144,7 +172,7 @@ def _find_text_key(features, name: str) -> str:
 
 
 def load_source(spec: str, *, data_dir: str | None = None, max_documents: int | None = None) -> list[list[str]]:
-    """Loads documents from a string spec.
+    """Loads documents from a string spec into memory (`iter_source` streams them).
 
     Specs:
       ``"builtin"``: the built-in corpus (``albert_jax.data.corpus.builtin_corpus``).
@@ -159,18 +187,24 @@ def load_source(spec: str, *, data_dir: str | None = None, max_documents: int | 
     Raises:
       ValueError: a malformed or unknown spec, or a source without text.
     """
-    kind, _, rest = spec.partition(":")
-    if kind == "builtin" and not rest:
-        documents = builtin_corpus()
-    elif kind == "files" and rest:
-        documents = read_text_files([p for p in rest.split(",") if p])
-    elif kind == "tfds" and (match := _TFDS_SPEC.match(rest)):
-        documents = load_tfds_text(match["name"], split=match["split"] or "train", data_dir=data_dir,
-                                   max_documents=max_documents)
-    else:
-        raise ValueError(f"Bad source spec {spec!r}: expected 'builtin', 'files:<glob>[,<glob>]' "
-                         "or 'tfds:<name>[:<split>]'")
-    documents = documents[:max_documents] if max_documents is not None else documents
+    documents = list(iter_source(spec, data_dir=data_dir, max_documents=max_documents))
     if not documents:
         raise ValueError(f"Source {spec!r} holds no text")
     return documents
+
+
+def iter_source(spec: str, *, data_dir: str | None = None, max_documents: int | None = None) -> Iterator[list[str]]:
+    """The documents of a source spec (see `load_source`) as a stream, one document in memory at a time.
+    The spec, the files and the tfds dataset are checked on the call."""
+    kind, _, rest = spec.partition(":")
+    if kind == "builtin" and not rest:
+        documents = iter(builtin_corpus())
+    elif kind == "files" and rest:
+        documents = iter_text_files([p for p in rest.split(",") if p])
+    elif kind == "tfds" and (match := _TFDS_SPEC.match(rest)):
+        documents = iter_tfds_text(match["name"], split=match["split"] or "train", data_dir=data_dir,
+                                   max_documents=max_documents)
+    else:
+        raise ValueError(f"Bad source spec {spec!r}: expected 'builtin', 'files:<glob>[,<glob>]', "
+                         "'tfds:<name>[:<split>]' or 'tfrecord:<glob>[,<glob>]'")
+    return itertools.islice(documents, max_documents)

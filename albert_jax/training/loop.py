@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, Protocol
 
 import flax.linen as nn
@@ -30,6 +31,7 @@ from flax import struct
 from jax.experimental import multihost_utils
 from ml_collections.config_dict import placeholder
 
+from albert_jax.data.batches import local_rows
 from albert_jax.training import checkpoints, initialization, optimizers, sharding
 from albert_jax.training.metrics import MetricWriter
 
@@ -68,8 +70,9 @@ class TrainState:
 
 
 class BatchSource(Protocol):
-    """Deterministic batches: `batch(i)` is the i-th global micro-batch (dict of numpy arrays [B, ...])."""
-    def batch(self, index: int) -> dict[str, np.ndarray]: ...
+    """Deterministic batches: global micro-batch i is a pure function of (seed, i); `iterate(start)` yields
+    this process's rows of micro-batches start, start + 1, ... (dicts of numpy arrays [B / processes, ...])."""
+    def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]: ...
 
 
 @dataclasses.dataclass
@@ -166,16 +169,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, 
     return mesh
 
 
-def _local_rows(batch: dict) -> dict:
-    """This process's contiguous share of a global batch."""
-    if jax.process_count() == 1:
-        return batch
-    n = next(iter(batch.values())).shape[0]
-    per = n // jax.process_count()
-    start = jax.process_index() * per
-    return {k: v[start:start + per] for k, v in batch.items()}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Pure steps
 # ---------------------------------------------------------------------------------------------------------
@@ -210,7 +203,7 @@ def make_predict(jit_predict: Callable, params, mesh, batch_size: int) -> Predic
             rows = np.arange(start, start + batch_size)
             real = rows < n
             batch = {k: np.asarray(v)[np.where(real, rows, 0)] for k, v in arrays.items()}
-            out = jax.device_get(jit_predict(params, sharding.global_batch(_local_rows(batch), mesh)))
+            out = jax.device_get(jit_predict(params, sharding.global_batch(local_rows(batch), mesh)))
             outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
         return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
     return predict
@@ -283,12 +276,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
     if config.total_steps == 0:
         write_eval(0)
     tokens, t0 = 0, time.time()
+    batches = task.train_batches.iterate(int(state.step)) if int(state.step) < total_micro else iter(())
     try:
         with mesh, _StopRequested() as stop:
             for micro in range(int(state.step), total_micro):
-                host_batch = task.train_batches.batch(micro)
-                tokens += int(np.asarray(host_batch.get(task.tokens_key, 0)).sum())
-                state, sums = jit_train_step(state, sharding.global_batch(_local_rows(host_batch), mesh))
+                host_batch = next(batches)
+                tokens += int(np.asarray(host_batch.get(task.tokens_key, 0)).sum()) * jax.process_count()
+                state, sums = jit_train_step(state, sharding.global_batch(host_batch, mesh))
                 pending.append((micro, sums))
                 done_micro = micro + 1
                 if done_micro % accum:
@@ -315,6 +309,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
                     logging.warning("stopped at step %d; run again with the same --workdir to resume", step)
                     break
     finally:  # an error too waits for checkpoint writes in flight, or they die with the interpreter
+        if hasattr(batches, "close"):  # loader worker processes
+            batches.close()
         checkpointer.close()
         writer.close()
     if task.finish is not None and int(state.step) == total_micro:

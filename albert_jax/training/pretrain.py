@@ -1,8 +1,9 @@
 """ALBERT pretraining (MLM + SOP): the config, the task for the train loop, and `run`.
 
-`run(config, workdir)` does everything the demo shows: claim the work dir -> text source -> SentencePiece
-vocabulary (trained into the work dir unless `data.vocab_file` is given) -> pretraining examples (cached in
-the work dir) -> `loop.train` -> `final/`, optional HF export and fill-mask predictions.
+`run(config, workdir)` does everything the demo shows: claim the work dir -> prepared data (`data.prepare`:
+streamed source, SentencePiece vocabulary, example shards; made into `<workdir>/data` unless
+`data.prepared_dir` holds them) -> the grain loader (`data.loader`) -> `loop.train` -> `final/`, optional HF
+export and fill-mask predictions.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from ml_collections.config_dict import placeholder
 
 from albert_jax import modeling
 from albert_jax.config import AlbertConfig
-from albert_jax.data.batches import ArrayBatches
 from albert_jax.training import configs, export, loop
 
 FINGERPRINT = ("seed", "batch_size", "model", "data", "optimizer", "total_steps", "init_from", "init_from_skip")
+# How the data is made and read, not what it is: a run may resume with other values.
+_PROCESS_COUNTS = ("prepare_workers", "loader_workers")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,11 +36,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 3125
     c.model = configs.model_config("albert-base-v2")
     c.data = ml_collections.ConfigDict(dict(
-        source="builtin",            # 'builtin', 'files:<glob>[,<glob>]' or 'tfds:<name>[:<split>]'
+        # 'builtin', 'files:<glob>[,<glob>]', 'tfds:<name>[:<split>]' or 'tfrecord:<glob>[,<glob>]' (files of
+        # google-research/albert's create_pretraining_data.py, used as they are: needs vocab_file)
+        source="builtin",
         tfds_data_dir=placeholder(str),  # tfds data_dir
         max_documents=placeholder(int),  # keep only the first N documents (quick experiments)
-        vocab_file=placeholder(str),     # an existing spiece.model; None: train one into the work dir
-        spm_sentences=2_000_000,     # sentences sampled for SentencePiece training
+        vocab_file=placeholder(str),     # an existing spiece.model; None: train one on the training documents
+        spm_sentences=2_000_000,     # sentences sampled (while streaming) for SentencePiece training
+        prepared_dir=placeholder(str),   # prepared data (python -m albert_jax.data.prepare); None: <workdir>/data
+        docs_per_shard=1000,         # documents per example shard (the unit of parallel work and of resuming)
+        prepare_workers=0,           # processes making examples; 0: one per CPU
+        loader_workers=0,            # grain worker processes decoding/masking batches; 0: in the main process
+        masking="static",            # 'static': masks fixed when prepared (the original); 'dynamic': per epoch
         max_seq_length=512,
         max_predictions_per_seq=20,
         masked_lm_prob=0.15,
@@ -121,25 +130,18 @@ def summarize_pretraining(sums: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------
-def split_corpus(config: ml_collections.ConfigDict):
-    """(train, eval) documents of `config.data.source`: the held-out split every run of this config sees."""
-    from albert_jax.data import prepare
-    from albert_jax.data.sources import load_source
-    documents = load_source(config.data.source, data_dir=config.data.tfds_data_dir,
-                            max_documents=config.data.max_documents)
-    return prepare.split_documents(documents, config.data.eval_fraction, config.seed)
-
-
 def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, workdir: str):
-    """(task, tokenizer) for `config`: reads the corpus, prepares the vocabulary and the examples."""
-    from albert_jax.data import prepare
-    train_docs, eval_docs = split_corpus(config)
-    tokenizer = prepare.prepare_tokenizer(config.data, train_docs, workdir, albert_config.vocab_size, config.seed)
+    """(task, tokenizer) for `config`: prepares the data if needed, then reads it with the grain loader."""
+    from albert_jax.data import loader, prepare
+    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
+    directory = prepare.ensure_prepared(config, workdir, albert_config.vocab_size)
+    tokenizer = AlbertTokenizer(os.path.join(directory, prepare.read_manifest(directory)["vocab_file"]))
+    check_vocab_size(tokenizer, albert_config.vocab_size)
     micro = config.batch_size // config.optimizer.grad_accum_steps
-    train_arrays = prepare.prepare_examples(config.data, train_docs, tokenizer, workdir, "train", config.seed)
-    eval_arrays = prepare.prepare_examples(config.data, eval_docs, tokenizer, workdir, "eval", config.seed + 1)
-    n_eval = min(len(eval_arrays["input_ids"]), config.data.eval_batches * loop.eval_batch_size(config))
-    eval_arrays = {k: v[:n_eval] for k, v in eval_arrays.items()}
+    train_data = loader.PretrainingData(directory, "train", config.data, config.seed)
+    eval_data = loader.PretrainingData(directory, "eval", config.data, config.seed + 1)
+    n_eval = min(eval_data.size, config.data.eval_batches * loop.eval_batch_size(config))
+    eval_arrays = eval_data.first(n_eval) if n_eval else {}
     model = modeling.AlbertForPreTraining(albert_config)
     seq = config.data.max_seq_length
 
@@ -152,7 +154,7 @@ def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, w
         loss_fn=lambda params, batch, rng, det: pretraining_loss(model, params, batch, rng, det),
         summarize=summarize_pretraining,
         init_params=lambda rng: model.init(rng, jnp.zeros((1, seq), jnp.int32))["params"],
-        train_batches=ArrayBatches(train_arrays, micro, config.seed),
+        train_batches=loader.PretrainingBatches(train_data, micro, workers=config.data.loader_workers),
         predict_fn=lambda params, batch: pretraining_stats(model, params, batch, jax.random.PRNGKey(0), True),
         evaluate=evaluate if n_eval else None,
         tokens_key="input_mask")
@@ -164,7 +166,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
     configured. Returns (AlbertConfig, final params as numpy)."""
     albert_config = configs.build_model_config(config.model)
     validate(config, albert_config)
-    mesh = loop.prepare(config, workdir, configs.fingerprint(config, FINGERPRINT), overwrite)
+    fingerprint = configs.fingerprint(config, FINGERPRINT)
+    fingerprint["data"] = {k: v for k, v in fingerprint["data"].items() if k not in _PROCESS_COUNTS}
+    mesh = loop.prepare(config, workdir, fingerprint, overwrite)
     task, tokenizer = build_task(config, albert_config, workdir)
     state = loop.train(config, workdir, task, mesh, resume=resume)
     params = jax.device_get(state.params)

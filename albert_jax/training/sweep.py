@@ -95,11 +95,11 @@ def cells(config: ml_collections.ConfigDict) -> dict[str, dict]:
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, shard: tuple[int, int] = (0, 1),
               only=None) -> list[str]:
-    """Runs the unfinished cells of this shard into `<workdir>/<cell>`; returns the names it ran. The
-    vocabulary is trained once for the sweep (`<workdir>/vocab/`) unless the config names one, so
-    every cell sees the same token ids."""
+    """Runs the unfinished cells of this shard into `<workdir>/<cell>`; returns the names it ran. The data
+    (vocabulary and examples) is prepared once for the sweep (`<workdir>/data/` unless the config names a
+    `data.prepared_dir`), so every cell trains on the same examples."""
     names = cell_names(config, shard, only)
-    vocab = config.data.vocab_file or _shared_vocabulary(config, workdir)
+    data_dir = config.data.prepared_dir or os.path.join(workdir, "data")
     ran = []
     for name in names:
         cell_dir = os.path.join(workdir, name)
@@ -108,7 +108,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, shard: tuple[i
             continue
         print(f"[sweep] {name}: pretraining into {cell_dir}")
         cell = cell_config(config, name)
-        cell.data.vocab_file = vocab
+        cell.data.prepared_dir = data_dir
         start = time.time()
         pretrain.run(cell, cell_dir)
         if config.sweep.get("finetune"):
@@ -120,19 +120,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, shard: tuple[i
             json.dump({"wall_seconds": time.time() - start}, f)
         ran.append(name)
     return ran
-
-
-def _shared_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Trains (once) the sweep's SentencePiece model on the training documents of the first cell."""
-    from albert_jax.data import prepare
-    path = os.path.join(workdir, "vocab", "spiece.model")
-    if not os.path.exists(path):
-        first = cell_config(config, next(iter(cells(config))))
-        train_docs, _ = pretrain.split_corpus(first)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        prepare.prepare_tokenizer(first.data, train_docs, os.path.dirname(path),
-                                  configs.build_model_config(first.model).vocab_size, first.seed)
-    return path
 
 
 def _rows(path: str) -> list[dict]:

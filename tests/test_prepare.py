@@ -1,0 +1,235 @@
+"""The prepare stage (streamed source -> document shards -> vocabulary -> ArrayRecord example shards) and the
+grain loader over it: shards equal `create_examples` of their documents, resuming, refusing other
+settings, batches independent of worker and process counts, and the original TFRecord format."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import ROOT
+from test_tfrecord import make_instances, write_original_example_files
+
+from albert_jax.data import prepare, records
+from albert_jax.data.loader import PretrainingBatches, PretrainingData
+from albert_jax.data.pretraining import FEATURES, create_examples, create_pairs
+from albert_jax.data.sources import load_source
+from albert_jax.tokenizer import AlbertTokenizer
+from albert_jax.training import configs
+
+TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
+VOCAB = 600
+
+
+def tiny_config(**data):
+    config = configs.load_config(TINY)
+    config.data.docs_per_shard = 40
+    config.data.prepare_workers = 1
+    config.data.update(data)
+    return config
+
+
+def shard_documents(config):
+    """Shard name -> documents, by the documented split rule (a systematic sample of eval documents, then
+    runs of docs_per_shard per split)."""
+    documents = load_source(config.data.source, max_documents=config.data.max_documents)
+    offset = prepare.eval_offset(config.seed)
+    splits = {"train": [], "eval": []}
+    for i, document in enumerate(documents):
+        splits["eval" if prepare.is_eval(i, config.data.eval_fraction, offset) else "train"].append(document)
+    per = config.data.docs_per_shard
+    return {f"{split}-{k // per:05d}": docs[k:k + per] for split, docs in splits.items() for k in range(0, len(docs), per)}
+
+
+def read_records(directory, name):
+    from array_record.python.array_record_module import ArrayRecordReader
+    reader = ArrayRecordReader(os.path.join(directory, "examples", name + ".array_record"))
+    out = reader.read_all()
+    reader.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """(config, directory) of the tiny config prepared with static masking."""
+    config = tiny_config()
+    directory = str(tmp_path_factory.mktemp("prepared"))
+    prepare.prepare(config, directory, VOCAB)
+    return config, directory
+
+
+def test_shards_hold_create_examples_of_their_documents(prepared):
+    config, directory = prepared
+    manifest = prepare.read_manifest(directory)
+    tokenizer = AlbertTokenizer(os.path.join(directory, "spiece.model"))
+    expected = shard_documents(config)
+    assert [s["name"] for s in manifest["shards"]] == sorted(expected)
+    assert len([n for n in expected if n.startswith("train")]) >= 3  # several shards
+    dtype = np.dtype(manifest["record_dtype"])
+    data = config.data
+    for shard in manifest["shards"]:
+        split, number = shard["name"].split("-")
+        examples = list(create_examples(
+            expected[shard["name"]], tokenizer, max_seq_length=data.max_seq_length,
+            max_predictions_per_seq=data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob,
+            short_seq_prob=data.short_seq_prob, ngram=data.ngram, dupe_factor=data.dupe_factor,
+            seed=prepare.shard_seed(config.seed, split, int(number))))
+        stored = [records.decode_example(r, dtype, data.max_seq_length, data.max_predictions_per_seq, 0)
+                  for r in read_records(directory, shard["name"])]
+        assert shard["examples"] == len(stored) == len(examples) > 0
+        for got, want in zip(stored, examples):
+            for key in FEATURES:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert not os.path.exists(os.path.join(directory, "documents"))  # removed once the examples are made
+
+
+def test_dynamic_shards_hold_the_unmasked_pairs(tmp_path):
+    config = tiny_config(masking="dynamic", max_documents=60)
+    prepare.prepare(config, str(tmp_path), VOCAB)
+    manifest = prepare.read_manifest(str(tmp_path))
+    tokenizer = AlbertTokenizer(str(tmp_path / "spiece.model"))
+    name = "train-00000"
+    pairs = list(create_pairs(shard_documents(config)[name], tokenizer, max_seq_length=config.data.max_seq_length,
+                              short_seq_prob=config.data.short_seq_prob,
+                              seed=prepare.shard_seed(config.seed, "train", 0)))
+    stored = [records.decode_pair(r, np.dtype(manifest["record_dtype"])) for r in read_records(str(tmp_path), name)]
+    assert stored == pairs and pairs
+
+
+def test_small_corpus_holds_one_document_out(tmp_path):
+    config = tiny_config(max_documents=3, eval_fraction=0.02)
+    shards = shard_documents(config)
+    offset = prepare.eval_offset(config.seed)
+    # the systematic rule alone picks no document of 3 at 2%: the last one is then held out
+    assert not any(prepare.is_eval(i, 0.02, offset) for i in range(3))
+    assert "eval-00000" not in shards
+    assert prepare._document_shards(config, str(tmp_path)) == {"train-00000": 2, "eval-00000": 1}
+
+
+def test_workers_make_the_same_shards(prepared, tmp_path):
+    config, directory = prepared
+    parallel = tiny_config(prepare_workers=2)
+    prepare.prepare(parallel, str(tmp_path), VOCAB)
+    assert prepare.read_manifest(str(tmp_path)) == prepare.read_manifest(directory)
+    for shard in prepare.read_manifest(directory)["shards"]:
+        assert read_records(str(tmp_path), shard["name"]) == read_records(directory, shard["name"])
+
+
+def test_an_interrupted_prepare_resumes_with_the_missing_shards(prepared, tmp_path, monkeypatch):
+    config, directory = prepared
+    real, calls = prepare._make_document_shard, []
+
+    def failing_after_two(**kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(kwargs["out"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(prepare, "_make_document_shard", failing_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare(config, str(tmp_path), VOCAB)
+    assert not os.path.exists(tmp_path / prepare.MANIFEST)
+    done = set(calls)
+    calls.clear()
+    monkeypatch.setattr(prepare, "_make_document_shard", lambda **kwargs: calls.append(kwargs["out"]) or real(**kwargs))
+    prepare.prepare(config, str(tmp_path), VOCAB)
+    shards = prepare.read_manifest(directory)["shards"]
+    assert not done & set(calls) and len(done) + len(calls) == len(shards)  # nothing made twice
+    assert prepare.read_manifest(str(tmp_path)) == prepare.read_manifest(directory)
+    for shard in shards:
+        assert read_records(str(tmp_path), shard["name"]) == read_records(directory, shard["name"])
+
+
+def test_other_settings_are_refused_unless_overwrite(prepared, tmp_path):
+    config, directory = prepared
+    base = [sys.executable, "-m", "albert_jax.data.prepare", f"--config={TINY}", f"--out={tmp_path}",
+            "--config.data.docs_per_shard=40", "--config.data.prepare_workers=1"]
+    first = subprocess.run(base, capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert json.load(open(tmp_path / prepare.MANIFEST))["settings_hash"] == \
+        prepare.read_manifest(directory)["settings_hash"]
+    changed = subprocess.run(base + ["--config.data.masked_lm_prob=0.2"], capture_output=True, text=True, cwd=ROOT)
+    assert changed.returncode != 0
+    assert changed.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path} holds pretraining data prepared with other settings (changed: masked_lm_prob); "
+        "use --overwrite to prepare it anew, or another directory")
+    config.data.masked_lm_prob = 0.2
+    manifest = prepare.prepare(config, str(tmp_path), VOCAB, overwrite=True)
+    assert manifest["settings"]["masked_lm_prob"] == 0.2
+    assert prepare.prepare(config, str(tmp_path), VOCAB) == manifest  # reused as it is
+
+
+@pytest.mark.parametrize("masking", ["static", "dynamic"])
+def test_batches_do_not_depend_on_workers_or_processes(tmp_path, masking):
+    config = tiny_config(masking=masking, max_documents=80)
+    prepare.prepare(config, str(tmp_path), VOCAB)
+    data = PretrainingData(str(tmp_path), "train", config.data, seed=5)
+    one = PretrainingBatches(data, 8, process_index=0, process_count=1)
+    expected = [one.batch(i) for i in range(6)]
+    assert not all(np.array_equal(expected[0]["input_ids"], b["input_ids"]) for b in expected[1:])
+    iterators = [one.iterate(2), PretrainingBatches(data, 8, workers=2, process_index=0, process_count=1).iterate(2)]
+    for it in iterators:
+        for i in range(2, 6):
+            got = next(it)
+            for key in FEATURES:
+                np.testing.assert_array_equal(got[key], expected[i][key])
+        it.close()
+    shares = [PretrainingBatches(data, 8, process_index=p, process_count=2).iterate(0) for p in range(2)]
+    for i in range(6):
+        parts = [next(share) for share in shares]
+        for key in FEATURES:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), expected[i][key])
+
+
+def test_epochs_visit_every_example_once_in_a_new_order(prepared):
+    config, directory = prepared
+    data = PretrainingData(directory, "train", config.data, seed=0)
+    batches = PretrainingBatches(data, 4, process_index=0, process_count=1)
+    stream = data.examples()
+    keys = [stream[i]["input_ids"].tobytes() for i in range(2 * data.size)]
+    stored = {data.examples(shuffle=False)[i]["input_ids"].tobytes() for i in range(data.size)}
+    assert set(keys[:data.size]) == set(keys[data.size:]) == stored
+    assert keys[:data.size] != keys[data.size:]
+    np.testing.assert_array_equal(batches.batch(1)["input_ids"][0], stream[4]["input_ids"])
+
+
+def test_original_tfrecords_train(tmp_path, prepared):
+    """Files in google-research/albert's layout are converted as they are and pretrain a model."""
+    from albert_jax.training import pretrain
+    _, directory = prepared
+    instances, piece_tokenizer = make_instances(60, max_seq_length=32, max_predictions_per_seq=3)
+    assert piece_tokenizer.vocab_size <= VOCAB
+    files = [str(tmp_path / f"part-{i}.tfrecord") for i in range(2)]
+    write_original_example_files(instances, piece_tokenizer, 32, 3, files)
+    config = tiny_config(source=f"tfrecord:{tmp_path}/part-*.tfrecord", vocab_file=os.path.join(directory, "spiece.model"),
+                         eval_fraction=0.1, max_predictions_per_seq=3)
+    config.total_steps = 6
+    pretrain.run(config, str(tmp_path / "run"))
+    manifest = prepare.read_manifest(str(tmp_path / "run" / "data"))
+    assert manifest["examples"]["train"] + manifest["examples"]["eval"] == 60
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    train = [r for r in rows if r.get("split", "train") == "train"]
+    assert len(train) == 6 and all(np.isfinite(r["loss"]) for r in train)
+    assert any(r.get("split") == "eval" for r in rows)
+    data = PretrainingData(str(tmp_path / "run" / "data"), "train", config.data, config.seed)
+    stored = {tuple(data.examples(shuffle=False)[i]["input_ids"]) for i in range(data.size)}
+    written = {tuple(piece_tokenizer.convert_tokens_to_ids(i.tokens) + [0] * (32 - len(i.tokens))) for i in instances}
+    assert stored <= written and len(stored) == data.size
+
+
+def test_tfrecord_source_needs_static_masking_and_a_vocabulary(tmp_path):
+    config = tiny_config(source=f"tfrecord:{tmp_path}/*.tfrecord")
+    with pytest.raises(ValueError, match="masking='static' and config.data.vocab_file"):
+        prepare.prepare(config, str(tmp_path / "out"), VOCAB)
+
+
+def test_a_corpus_without_two_sentence_documents_is_named(tmp_path, prepared):
+    _, directory = prepared
+    (tmp_path / "corpus.txt").write_text("".join(f"Sentence number {i} stands alone.\n\n" for i in range(20)))
+    config = tiny_config(source=f"files:{tmp_path}/corpus.txt", vocab_file=os.path.join(directory, "spiece.model"),
+                         max_documents=None)
+    with pytest.raises(ValueError, match=r"No train pretraining example can be made from files:.*corpus\.txt: .* "
+                                         r"at least two \(non-empty\) sentences"):
+        prepare.prepare(config, str(tmp_path / "out"), VOCAB)
