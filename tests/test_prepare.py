@@ -219,10 +219,15 @@ def test_original_tfrecords_train(tmp_path, prepared):
     assert stored <= written and len(stored) == data.size
 
 
-def test_tfrecord_source_needs_static_masking_and_a_vocabulary(tmp_path):
-    config = tiny_config(source=f"tfrecord:{tmp_path}/*.tfrecord")
-    with pytest.raises(ValueError, match="masking='static' and config.data.vocab_file"):
+@pytest.mark.parametrize("data, message", [
+    (dict(source="tfrecord:{tmp}/*.tfrecord"), "masking='static' and config.data.vocab_file"),
+    (dict(masking="per-epoch"), "config.data.masking must be 'static' or 'dynamic', got 'per-epoch'"),
+])
+def test_unpreparable_settings_are_refused_before_anything_is_written(tmp_path, data, message):
+    config = tiny_config(**{k: v.format(tmp=tmp_path) for k, v in data.items()})
+    with pytest.raises(ValueError, match=message):
         prepare.prepare(config, str(tmp_path / "out"), VOCAB)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_corpus_without_two_sentence_documents_is_named(tmp_path, prepared):

@@ -222,9 +222,9 @@ def test_expand_tfrecord_patterns_sorts_and_deduplicates(tmp_path):
 
 def test_expand_tfrecord_patterns_names_the_pattern_matching_nothing(tmp_path):
     (tmp_path / "a.tfrecord").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"No TFRecord file matches '.*/b-\*\.tfrecord'"):
+    with pytest.raises(ValueError, match=r"No file matches '.*/b-\*\.tfrecord'"):
         expand_tfrecord_patterns(f"{tmp_path}/a.tfrecord,{tmp_path}/b-*.tfrecord")
-    with pytest.raises(ValueError, match="No TFRecord file matches '.*/missing.tfrecord'"):
+    with pytest.raises(ValueError, match="No file matches '.*/missing.tfrecord'"):
         expand_tfrecord_patterns(f"{tmp_path}/missing.tfrecord")
     with pytest.raises(ValueError, match="No TFRecord pattern"):
         expand_tfrecord_patterns(" , ")
@@ -303,7 +303,7 @@ def test_record_that_is_not_an_example_is_named(tmp_path):
 def test_missing_file_and_bad_arguments_fail_on_the_call(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tfrecord' does not exist"):
         read_original_tfrecords([tmp_path / "nope.tfrecord"], 16, 3)
-    with pytest.raises(ValueError, match="No TFRecord file matches"):
+    with pytest.raises(ValueError, match="No file matches"):
         read_original_tfrecords(f"{tmp_path}/*.tfrecord", 16, 3)
     with pytest.raises(ValueError, match="must be >= 1"):
         read_original_tfrecords([], 0, 3)

@@ -46,8 +46,14 @@ _EVAL_OFFSET_STREAM = 7
 
 def settings(config: ml_collections.ConfigDict, vocab_size: int) -> dict:
     """What the prepared data is a function of (hashed into the manifest). With dynamic masking the masking
-    settings are the loader's, so they are left out: changing them needs no new preparation."""
+    settings are the loader's, so they are left out: changing them needs no new preparation. ValueError for
+    data settings that cannot be prepared (before anything is read or written)."""
     d = config.data
+    if d.masking not in ("static", "dynamic"):
+        raise ValueError(f"config.data.masking must be 'static' or 'dynamic', got {d.masking!r}")
+    if d.source.startswith("tfrecord:") and (d.masking != "static" or not d.vocab_file):
+        raise ValueError("config.data.source tfrecord:... holds masked examples: it needs "
+                         "config.data.masking='static' and config.data.vocab_file (the files' spiece.model)")
     vocabulary = ({"file_sha256": _sha256(d.vocab_file)} if d.vocab_file
                   else {"vocab_size": vocab_size, "spm_sentences": d.spm_sentences})
     out = dict(format=FORMAT, source=d.source, max_documents=d.max_documents, eval_fraction=d.eval_fraction,
@@ -90,9 +96,6 @@ def prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, *, ove
     data = config.data
     os.makedirs(os.path.join(out, "examples"), exist_ok=True)
     if data.source.startswith("tfrecord:"):
-        if data.masking != "static" or not data.vocab_file:
-            raise ValueError("config.data.source tfrecord:... holds masked examples: it needs "
-                             "config.data.masking='static' and config.data.vocab_file (the files' spiece.model)")
         vocab = _copy_vocab(data.vocab_file, out)
         jobs = _tfrecord_jobs(config, out)
     else:
@@ -276,8 +279,6 @@ def _document_jobs(config: ml_collections.ConfigDict, out: str, shards: dict[str
     if data.masking == "static":
         args.update(max_predictions_per_seq=data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob,
                     ngram=data.ngram)
-    elif data.masking != "dynamic":
-        raise ValueError(f"config.data.masking must be 'static' or 'dynamic', got {data.masking!r}")
     jobs = []
     for name in shards:
         split, number = name.split("-")

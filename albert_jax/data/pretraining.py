@@ -94,8 +94,7 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
     Raises:
       ValueError: bad arguments (on the call), or no document with two sentences (on iteration).
     """
-    if max_seq_length < 5:
-        raise ValueError(f"max_seq_length must be >= 5 to hold two segments, got {max_seq_length}")
+    _check_length(max_seq_length)
     if max_predictions_per_seq < 1 or ngram < 1 or dupe_factor < 1 or seed < 0:
         raise ValueError("max_predictions_per_seq, ngram and dupe_factor must be >= 1 and seed >= 0")
     if not 0.0 <= masked_lm_prob <= 1.0 or not 0.0 <= short_seq_prob <= 1.0:
@@ -110,10 +109,14 @@ def create_pairs(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_lengt
     """The unmasked sentence-order pairs `create_examples` masks, in the same order: (A, B, swapped), A and B
     as (piece ids, word-start flags), together at most ``max_seq_length - 3`` pieces. Dynamic masking
     stores these and masks them per epoch with `Masker`. Arguments as for `create_examples`."""
-    if max_seq_length < 5:
-        raise ValueError(f"max_seq_length must be >= 5 to hold two segments, got {max_seq_length}")
+    _check_length(max_seq_length)
     pairs = _pair_stream(documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
     return ((a, b, swapped) for a, b, swapped, _ in pairs)
+
+
+def _check_length(max_seq_length: int) -> None:
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length must be >= 5 to hold two segments, got {max_seq_length}")
 
 
 def _pair_stream(documents, tokenizer, max_num_tokens, short_seq_prob, dupe_factor, seed):

@@ -20,14 +20,14 @@ float32, and calls the label ``sentence_order_label`` (1 = A and B swapped): the
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-_GLOB_CHARS = re.compile(r"[*?\[]")
+from albert_jax.data.sources import expand_patterns
+
 # Records parsed per tf.io.parse_example call: parsing one proto at a time in Python is ~8x slower.
 _PARSE_BATCH = 256
 _READ_BUFFER_BYTES = 8 << 20
@@ -53,12 +53,11 @@ def expand_tfrecord_patterns(spec: str | Sequence[str]) -> list[str]:
     for pattern in patterns:
         if "://" in pattern:
             matches = _import_tensorflow().io.gfile.glob(pattern)
+            if not matches:
+                raise ValueError(f"No file matches {pattern!r}")
+            paths.update(matches)
         else:
-            matches = [p for p in (glob.glob(pattern) if _GLOB_CHARS.search(pattern) else [pattern])
-                       if os.path.isfile(p)]
-        if not matches:
-            raise ValueError(f"No TFRecord file matches {pattern!r}")
-        paths.update(matches)
+            paths.update(expand_patterns(pattern))
     return sorted(paths)
 
 

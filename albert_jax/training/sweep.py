@@ -21,6 +21,7 @@ import time
 import ml_collections
 import numpy as np
 
+from albert_jax.data import prepare
 from albert_jax.modeling import count_params
 from albert_jax.training import configs, finetune, pretrain
 
@@ -99,7 +100,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, shard: tuple[i
     (vocabulary and examples) is prepared once for the sweep (`<workdir>/data/` unless the config names a
     `data.prepared_dir`), so every cell trains on the same examples."""
     names = cell_names(config, shard, only)
-    data_dir = config.data.prepared_dir or os.path.join(workdir, "data")
+    data_dir = prepare.prepared_dir(config, workdir)
     ran = []
     for name in names:
         cell_dir = os.path.join(workdir, name)
