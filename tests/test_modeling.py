@@ -1,6 +1,11 @@
-"""Model structure: parameter counts (transformers and the paper), shared gradients, compile size, dtypes."""
+"""Model structure: parameter counts (transformers and the paper), shared gradients, compile size, dtypes,
+the fused attention path against the explicit one."""
+
+import re
+import types
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,7 +13,7 @@ import torch
 import transformers
 
 import albert_jax as aj
-from albert_jax import convert
+from albert_jax import convert, modeling
 
 
 def hf_param_count(config: aj.AlbertConfig) -> int:
@@ -132,14 +137,62 @@ def test_compiled_size_does_not_grow_with_depth(sharing):
 
 
 def test_bfloat16_compute_close_to_float32():
+    """dtype=bfloat16 with float32 parameters: hidden states within bfloat16 precision of float32, logits float32."""
     config = aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, num_hidden_layers=2)
-    model32, model16 = aj.AlbertModel(config), aj.AlbertModel(config.replace(dtype="bfloat16"))
+    model32, model16 = aj.AlbertForPreTraining(config), aj.AlbertForPreTraining(config.replace(dtype="bfloat16"))
     params = aj.init_params(model32, jax.random.PRNGKey(0))
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, 100)
-    out32 = model32.apply({"params": params}, ids).last_hidden_state
-    out16 = model16.apply({"params": params}, ids).last_hidden_state
-    assert out16.dtype == jnp.bfloat16 and out32.dtype == jnp.float32
-    assert float(jnp.abs(out16.astype(jnp.float32) - out32).max()) < 0.1
+    mask = jnp.ones_like(ids).at[1, 6:].set(0)
+    out32, out16 = (m.apply({"params": params}, ids, mask, output_hidden_states=True) for m in (model32, model16))
+    for h32, h16 in zip(out32.hidden_states, out16.hidden_states):
+        assert h16.dtype == jnp.bfloat16 and h32.dtype == jnp.float32
+        assert float(jnp.linalg.norm(h16.astype(jnp.float32) - h32) / jnp.linalg.norm(h32)) < 2e-2
+    for name in ("prediction_logits", "sop_logits"):
+        logits32, logits16 = getattr(out32, name), getattr(out16, name)
+        assert logits16.dtype == jnp.float32
+        assert float(jnp.linalg.norm(logits16 - logits32) / jnp.linalg.norm(logits32)) < 2e-2
+
+
+def test_bfloat16_compute_normalises_in_float32():
+    """Every reduction of the bfloat16 forward pass (LayerNorm statistics, softmax max and sum) is float32."""
+    model = aj.AlbertForPreTraining(aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, dtype="bfloat16"))
+    params = aj.init_params(model, jax.random.PRNGKey(0))
+    jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, jnp.ones((2, 10), jnp.int32)))(params))
+    reductions = re.findall(r"\w+:(\w+)\[[^\]]*\] = (reduce_\w+)", jaxpr)
+    assert {"reduce_max", "reduce_sum"} <= {op for _, op in reductions}
+    assert {dtype for dtype, _ in reductions} == {"f32"}
+
+
+@pytest.mark.parametrize("head", [aj.AlbertForSequenceClassification, aj.AlbertForTokenClassification,
+                                  aj.AlbertForQuestionAnswering, aj.AlbertForMultipleChoice])
+def test_bfloat16_compute_gives_float32_logits(head):
+    model = head(aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, num_hidden_layers=1, dtype="bfloat16"))
+    ids = jnp.ones((2, 2, 6) if head is aj.AlbertForMultipleChoice else (2, 6), jnp.int32)
+    out = model.apply({"params": aj.init_params(model, jax.random.PRNGKey(0))}, ids)
+    for logits in (out.start_logits, out.end_logits) if head is aj.AlbertForQuestionAnswering else (out.logits,):
+        assert logits.dtype == jnp.float32
+
+
+def test_bfloat16_compute_trains_float32_params():
+    """Mixed precision: parameters and their gradients stay float32 (finite, close in direction to float32's)."""
+    config = aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, num_hidden_layers=2)
+    ids = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, 100)
+    mask = jnp.ones_like(ids).at[1, 6:].set(0)
+    model16 = aj.AlbertForPreTraining(config.replace(dtype="bfloat16"))
+    params = aj.init_params(model16, jax.random.PRNGKey(0))
+    assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {jnp.dtype("float32")}
+
+    def flat_grads(model):
+        def loss(p):
+            out = model.apply({"params": p}, ids, mask)
+            mlm = jnp.mean(jax.nn.log_softmax(out.prediction_logits)[..., 7])
+            return -mlm - jax.nn.log_softmax(out.sop_logits)[0, 1]
+        leaves = jax.tree_util.tree_leaves(jax.grad(loss)(params))
+        assert {g.dtype for g in leaves} == {jnp.dtype("float32")}
+        return jnp.concatenate([g.ravel() for g in leaves])
+    grads16, grads32 = flat_grads(model16), flat_grads(aj.AlbertForPreTraining(config))
+    assert bool(jnp.all(jnp.isfinite(grads16)))
+    assert float(grads16 @ grads32 / (jnp.linalg.norm(grads16) * jnp.linalg.norm(grads32))) > 0.99
 
 
 def test_bfloat16_params():
@@ -195,3 +248,68 @@ def test_remat_policy_changes_memory_not_results(policy):
     for a, b in zip(jax.tree_util.tree_leaves(grads(default)),
                     jax.tree_util.tree_leaves(grads(default.replace(remat_policy=policy)))):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.fixture
+def fused_attention_calls(monkeypatch):
+    """Routes attention through `jax.nn.dot_product_attention` with its XLA implementation (the cuDNN one
+    needs a GPU) and records the calls."""
+    calls = []
+    fused = jax.nn.dot_product_attention
+    monkeypatch.setattr(modeling, "_fused_attention", lambda dtype, head_dim, length: "xla")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **k: calls.append(k) or fused(*a, **k))
+    return calls
+
+
+def padded_batch():
+    ids = jax.random.randint(jax.random.PRNGKey(1), (3, 10), 0, 60)
+    return ids, jnp.ones_like(ids).at[1, 6:].set(0).at[2, 2:].set(0)
+
+
+@pytest.mark.parametrize("heads,dtype,tolerance", [(2, "float32", 1e-5), (4, "float32", 1e-5), (2, "bfloat16", 1e-2)])
+def test_fused_attention_matches_explicit_path(heads, dtype, tolerance, fused_attention_calls):
+    """`jax.nn.dot_product_attention` (taken where `_fused_attention` allows it, unless the probabilities are
+    returned) gives the outputs and gradients of the explicit einsum-softmax-einsum path."""
+    model = aj.AlbertForMaskedLM(tiny(num_attention_heads=heads, dtype=dtype))
+    params = aj.init_params(model, jax.random.PRNGKey(0))
+    ids, mask = padded_batch()
+
+    def loss(p, explicit):
+        logits = model.apply({"params": p}, ids, mask, output_attentions=explicit).logits
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 7]), logits
+    fused_attention_calls.clear()
+    (_, fused_logits), fused_grads = jax.value_and_grad(loss, has_aux=True)(params, False)
+    assert fused_attention_calls and all(k["implementation"] == "xla" for k in fused_attention_calls)
+    fused_attention_calls.clear()
+    (_, explicit_logits), explicit_grads = jax.value_and_grad(loss, has_aux=True)(params, True)
+    assert not fused_attention_calls
+    np.testing.assert_allclose(fused_logits, explicit_logits, atol=tolerance / 10, rtol=tolerance / 10)
+    for a, b in zip(jax.tree_util.tree_leaves(fused_grads), jax.tree_util.tree_leaves(explicit_grads)):
+        # tolerance relative to each leaf's scale; the key bias's gradient is zero up to rounding (~1e-13)
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=max(tolerance * float(jnp.abs(b).max()), 1e-10))
+
+
+def test_attention_dropout_in_training_takes_explicit_path(fused_attention_calls):
+    model = aj.AlbertModel(tiny(attention_probs_dropout_prob=0.1))
+    params = aj.init_params(model, jax.random.PRNGKey(0))
+    ids, mask = padded_batch()
+    fused_attention_calls.clear()
+    train = model.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not fused_attention_calls and bool(jnp.all(jnp.isfinite(train.last_hidden_state)))
+    model.apply({"params": params}, ids, mask)
+    assert fused_attention_calls
+
+
+def test_fused_attention_only_where_cudnn_applies(monkeypatch):
+    """cuDNN flash attention on a CUDA GPU for half precision, head size a multiple of 8 up to 128 and an
+    even length; the explicit path (None) everywhere else, this CPU included."""
+    choose = modeling._fused_attention
+    assert choose(jnp.bfloat16, 64, 128) is None and choose(jnp.float32, 64, 128) is None  # CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.extend.backend, "get_backend", lambda: types.SimpleNamespace(platform_version="cuda 12"))
+    assert choose(jnp.bfloat16, 64, 128) == choose(jnp.float16, 128, 512) == "cudnn"
+    assert choose(jnp.float32, 64, 128) is None
+    assert choose(jnp.bfloat16, 60, 128) is None and choose(jnp.bfloat16, 256, 128) is None
+    assert choose(jnp.bfloat16, 64, 127) is None
+    monkeypatch.setattr(jax.extend.backend, "get_backend", lambda: types.SimpleNamespace(platform_version="rocm"))
+    assert choose(jnp.bfloat16, 64, 128) is None
