@@ -5,9 +5,9 @@ sentence-order (the SOP head).
     unmasker("Hello I'm a [MASK] model.")   # [{'score', 'token', 'token_str', 'sequence'}, ...]
 
 As in transformers, a `str` is one input and a `list` a batch (one result per input). A pair of texts is
-a tuple `(a, b)` or a dict `{'text': a, 'text_pair': b}`. Batches are cut into chunks of `batch_size`
-and padded to power-of-two shapes (length at least 16), so the model is compiled once per shape bucket
-and later calls reuse it.
+a tuple `(a, b)` or a dict `{'text': a, 'text_pair': b}`. A batch is cut into chunks of `batch_size`
+inputs of similar length (results come back in the input order), each padded to power-of-two shapes
+(length at least 16), so the model is compiled once per shape bucket and later calls reuse it.
 """
 
 from __future__ import annotations
@@ -125,9 +125,13 @@ class _Pipeline:
         if not items:
             raise PipelineError("no inputs given")
         rows = self._encode(items)
-        results = []
+        # Batches of similar lengths pad little: the chunks are cut from the inputs sorted by length.
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+        results = [None] * len(rows)
         for start in range(0, len(rows), self.batch_size):
-            results.extend(self._postprocess(rows[start:start + self.batch_size], **kwargs))
+            chunk = order[start:start + self.batch_size]
+            for i, result in zip(chunk, self._postprocess([rows[i] for i in chunk], **kwargs)):
+                results[i] = result
         return results[0] if single else results
 
 

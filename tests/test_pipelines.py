@@ -81,6 +81,24 @@ def test_feature_extraction_matches_transformers(hf_dir):
         np.testing.assert_allclose(a, b.numpy(), atol=TOL, rtol=0)
 
 
+def test_batches_of_sorted_lengths_come_back_in_input_order(hf_dir):
+    """Chunks are cut from the inputs sorted by length: with batch_size 2 every chunk mixes other inputs
+    than the given order would, and the results must still be each input's own, in the input order."""
+    texts = ["A much longer sentence about the [MASK] statement and its many targets in a module.", "x [MASK]",
+             "The [MASK] is defined here.", "[MASK] y", "A function is [MASK] by the def statement of a class."]
+    fill = aj.pipeline("fill-mask", model=hf_dir, batch_size=2)
+    assert_same_predictions(fill(texts, top_k=2), [fill(t, top_k=2) for t in texts])
+    assert_same_predictions(fill(texts, top_k=2), transformers.pipeline("fill-mask", model=str(hf_dir))(texts, top_k=2))
+    features = aj.pipeline("feature-extraction", model=hf_dir, batch_size=2)
+    for text, batched in zip(texts, features(texts, return_tensors=True)):
+        np.testing.assert_allclose(batched, features(text, return_tensors=True), atol=TOL, rtol=0)
+    sop = aj.pipeline("sentence-order", model=hf_dir, batch_size=2)
+    pairs = [(texts[i], texts[(i + 1) % len(texts)]) for i in range(len(texts))]
+    for pair, batched in zip(pairs, sop(pairs)):
+        single = sop(pair)
+        assert batched["label"] == single["label"] and abs(batched["score"] - single["score"]) < TOL
+
+
 def test_sentence_order_is_the_sop_softmax(hf_dir):
     model = transformers.AlbertForPreTraining.from_pretrained(str(hf_dir), attn_implementation="eager").eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
