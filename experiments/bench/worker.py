@@ -1,0 +1,100 @@
+"""Benchmark subprocesses started by run.py.
+
+    python worker.py serve SPEC.json          # Keras-Hub, driven call by call over stdin/stdout
+    python worker.py memory SPEC.json OUT.json  # one system's peak memory, in a fresh process
+
+Keras-Hub cannot share run.py's process (KERAS_BACKEND is read when keras is first imported), so `serve` keeps
+its models in this process and runs one call per request: run.py then interleaves Keras-Hub's calls with
+albert-jax's and transformers' exactly as it does theirs. Requests and replies are JSON lines:
+  {"op": "check", "reference": npz} -> {"max_abs_diff": {...}} or {"mismatch": message}: backbone outputs vs
+                                      albert-jax's (an npz of last_hidden_state, pooler_output)
+  {"op": "build", "item": name}    -> {}: the runner of workload `name` (forward, train, pretrain, squad, compile_<L>)
+  {"op": "call", "item": name}     -> {"seconds", "value"}: one call (a train step returns its loss)
+  {"op": "drop", "item": name}     -> {}
+  {"op": "environment"}            -> common.environment() of the worker
+any failure -> {"error": message}. SPEC: {"system", "settings", "dirs" ({"pretraining", "qa"}: HF directories)};
+`memory` writes {"environment", "record"} to OUT.
+"""
+
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"  # before anything imports keras
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Keras-Hub imports TensorFlow (and tensorflow-text) when installed, for its tokenizers and tf.data paths; the
+# models here never use them. Blocking the import keeps the worker a pure JAX process (~2.5 s and a few hundred
+# MiB of RSS less) and its memory baseline comparable with albert-jax's.
+sys.modules.setdefault("tensorflow", None)
+sys.modules.setdefault("tensorflow_text", None)
+
+import gc  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import numpy as np  # noqa: E402
+import systems  # noqa: E402
+from common import environment  # noqa: E402
+from workloads import Settings, workloads  # noqa: E402
+
+
+def _handle(request: dict, spec: dict, s: Settings, runners: dict) -> dict:
+    op, name = request["op"], request.get("item")
+    if op == "environment":
+        return environment()
+    if op == "check":
+        runner = systems.make_runner(spec["system"], workloads(s)["forward"], spec["dirs"], s)
+        with np.load(request["reference"]) as reference:
+            try:
+                diffs = systems.check_outputs(spec["system"], runner.outputs(), dict(reference))
+            except systems.ModelMismatch as e:
+                return {"mismatch": str(e)}
+        runners["forward"] = runner  # compiled already: the forward measurement reuses it
+        return {"max_abs_diff": diffs}
+    if op == "build":
+        if name not in runners:
+            runners[name] = systems.make_runner(spec["system"], workloads(s)[name], spec["dirs"], s)
+        return {}
+    if op == "call":
+        start = time.perf_counter()
+        value = runners[name]()
+        return {"seconds": time.perf_counter() - start, "value": value}
+    if op == "drop":
+        runners.pop(name, None)
+        gc.collect()
+        return {}
+    raise ValueError(f"unknown request {request!r}")
+
+
+def serve(spec_path: str) -> int:
+    """Answers requests from stdin until it closes. Anything else printed (by Keras, XLA) goes to stderr."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    with open(spec_path) as f:
+        spec = json.load(f)
+    s = Settings.from_dict(spec["settings"])
+    runners = {}
+    for line in sys.stdin:
+        try:
+            reply = _handle(json.loads(line), spec, s, runners)
+        except Exception as e:  # reported to run.py, which records it for this item and goes on
+            traceback.print_exc()
+            reply = {"error": f"{type(e).__name__}: {e}"[:500]}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+    return 0
+
+
+def memory(spec_path: str, out_path: str) -> int:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    s = Settings.from_dict(spec["settings"])
+    record = systems.memory_record(spec["system"], workloads(s)["memory"], spec["dirs"], s)
+    with open(out_path, "w") as f:
+        json.dump({"environment": environment(), "record": record}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    mode, *paths = sys.argv[1:]
+    sys.exit({"serve": serve, "memory": memory}[mode](*paths))

@@ -1,0 +1,130 @@
+"""experiments/bench: the analytic FLOP count against XLA's own, and `run.py --quick` writing every column."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import albert_jax as aj
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "experiments", "bench")
+sys.path.insert(0, BENCH)
+
+import flops  # noqa: E402
+import report  # noqa: E402
+import workloads  # noqa: E402
+
+# One layer: XLA's cost analysis counts the body of the scan (a while loop) once, whatever its trip count.
+TINY = aj.AlbertConfig.from_preset("albert-tiny").replace(
+    num_hidden_layers=1, vocab_size=1024, embedding_size=128, hidden_size=256, num_attention_heads=4,
+    intermediate_size=1024, max_position_embeddings=128)
+B, T, P = 2, 128, 20
+
+
+def xla_flops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def _ce(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def test_model_flops_matches_xla_cost_analysis():
+    ids = jnp.ones((B, T), jnp.int32)
+    positions = jnp.tile(jnp.arange(P), (B, 1))
+    pretraining = aj.AlbertForPreTraining(TINY)
+    params = aj.init_params(pretraining, jax.random.PRNGKey(0))
+    qa = aj.AlbertForQuestionAnswering(TINY)
+    qa_params = aj.init_params(qa, jax.random.PRNGKey(0))
+    backbone = aj.AlbertModel(TINY)
+
+    def train_loss(p, x):
+        out = pretraining.apply({"params": p}, x)
+        return _ce(out.prediction_logits, x) + _ce(out.sop_logits, x[:, 0] % 2)
+
+    cases = {
+        "backbone": (lambda p, x: backbone.apply({"params": p}, x).last_hidden_state, {"albert": params["albert"]},
+                     flops.model_flops(TINY, B, T, "backbone")),
+        "pretraining, every position": (lambda p, x: pretraining.apply({"params": p}, x).prediction_logits, params,
+                                        flops.model_flops(TINY, B, T, "pretraining")),
+        "pretraining, masked positions": (
+            lambda p, x: pretraining.apply({"params": p}, x, masked_lm_positions=positions).prediction_logits,
+            params, flops.model_flops(TINY, B, T, "pretraining", positions=P)),
+        "qa": (lambda p, x: qa.apply({"params": p}, x).start_logits, qa_params, flops.model_flops(TINY, B, T, "qa")),
+        "pretraining gradient": (jax.grad(train_loss), params,
+                                 flops.model_flops(TINY, B, T, "pretraining", training=True)),
+    }
+    for name, (fn, p, analytic) in cases.items():
+        ratio = xla_flops(fn, p, ids) / analytic
+        # XLA also counts element-wise work (GELU, softmax, LayerNorm, the loss), a few % here
+        assert 1.0 <= ratio < 1.04, f"{name}: XLA counts {ratio:.4f}x the analytic FLOPs"
+
+
+def test_model_flops_grows_with_depth_and_sequence_as_the_formula_says():
+    one, two = (flops.model_flops(TINY.replace(num_hidden_layers=n), B, T, "backbone") for n in (1, 2))
+    h, i = TINY.hidden_size, TINY.intermediate_size
+    assert two - one == 8 * B * T * h * h + 4 * B * T * T * h + 4 * B * T * h * i
+    assert flops.model_flops(TINY, B, T, "qa", training=True) == 3 * flops.model_flops(TINY, B, T, "qa")
+
+
+def test_inputs_are_deterministic_and_masked_positions_distinct():
+    w = workloads.Workload("pretrain", "pretraining", "mlm_masked_sop", 4, 64, positions=20)
+    a, b = workloads.make_inputs(w, 300), workloads.make_inputs(w, 300)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    positions = a["masked_lm_positions"]
+    assert all(len(set(row)) == 20 for row in positions) and positions.min() >= 1 and positions.max() < 63
+
+
+def test_report_names_a_system_that_did_not_run():
+    item = dict(title="a. forward", kind="throughput", ratio={"transformers": 2.0},
+                systems={"albert_jax": dict(status="ok", seconds=0.5, tokens_per_s=100.0, mfu=0.1),
+                         "transformers": dict(status="ok", seconds=1.0, tokens_per_s=50.0),
+                         "keras_hub": dict(status="not installed", reason="pip install -e .[bench]")})
+    meta = dict(command="run.py", device="cpu", settings=dict(dtype="float32", preset="p", quick=True, repeats=1),
+                environment=dict(date="d", cpu="c", cpus_usable=1, cpu_count=1, versions={}, env={}), threads={})
+    row = [line for line in report.markdown(dict(meta=meta, items={"forward": item})).splitlines()
+           if line.startswith("| a. forward")][0]
+    assert "not installed: pip install -e .[bench]" in row and "2.00×" in row and "MFU 10.0%" in row
+
+
+@pytest.mark.integration
+def test_quick_run_writes_every_column(tmp_path):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it
+    result = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "peak,forward,train",
+                             "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    meta = results["meta"]
+    assert {"date", "cpu", "versions", "env"} <= meta["environment"].keys()
+    assert meta["threads"]["torch_num_threads"] >= 1 and meta["settings"]["quick"]
+    assert results["matmul_peak"]["xla_float32"]["flops_per_s"] > 0
+    assert results["matmul_peak"]["pytorch_float32"]["flops_per_s"] > 0
+    diffs = results["checks"]["transformers backbone outputs vs albert-jax"]["max_abs_diff"]
+    assert max(diffs.values()) <= 1e-4
+    assert list(results["items"]) == ["forward", "train"]
+    keras_installed = importlib.util.find_spec("keras_hub") is not None
+    for name, item in results["items"].items():
+        assert item["model_flops"] > 0
+        for system in ("albert_jax", "transformers"):
+            record = item["systems"][system]
+            assert record["status"] == "ok", (name, system, record)
+            assert record["seconds"] > 0 and record["tokens_per_s"] > 0 and 0 < record["mfu"]
+        assert item["ratio"]["transformers"] > 0
+        keras = item["systems"]["keras_hub"]
+        assert keras["status"] == ("ok" if keras_installed else "not installed"), keras
+    train = results["items"]["train"]["systems"]
+    assert train["transformers"]["loss"] == pytest.approx(train["albert_jax"]["loss"], rel=1e-4)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| a. forward" in markdown and "| b. train step" in markdown
