@@ -117,9 +117,3 @@ class TrainStep:
         if memory is not None:
             out["xla_temp_bytes"] = int(memory.temp_size_in_bytes)
         return out
-
-
-def device_memory() -> dict | None:
-    """The default device's allocator statistics (GPU/TPU), None on CPU (use RSS there)."""
-    stats = jax.devices()[0].memory_stats()
-    return dict(stats) if stats else None

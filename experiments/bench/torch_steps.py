@@ -117,10 +117,3 @@ class TrainStep:
             for state in self.optimizer.state.values():
                 state["step"].zero_()
         self.optimizer.zero_grad(set_to_none=True)
-
-
-def device_memory() -> dict | None:
-    """CUDA allocator statistics (None on CPU)."""
-    if not torch.cuda.is_available():
-        return None
-    return dict(allocated=torch.cuda.memory_allocated(), peak_allocated=torch.cuda.max_memory_allocated())
