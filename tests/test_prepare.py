@@ -143,7 +143,7 @@ def test_an_interrupted_prepare_resumes_with_the_missing_shards(prepared, tmp_pa
 
 
 def test_other_settings_are_refused_unless_overwrite(prepared, tmp_path):
-    config, directory = prepared
+    _, directory = prepared
     base = [sys.executable, "-m", "albert_jax.data.prepare", f"--config={TINY}", f"--out={tmp_path}",
             "--config.data.docs_per_shard=40", "--config.data.prepare_workers=1"]
     first = subprocess.run(base, capture_output=True, text=True, cwd=ROOT)
@@ -155,10 +155,31 @@ def test_other_settings_are_refused_unless_overwrite(prepared, tmp_path):
     assert changed.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path} holds pretraining data prepared with other settings (changed: masked_lm_prob); "
         "use --overwrite to prepare it anew, or another directory")
-    config.data.masked_lm_prob = 0.2
+    config = tiny_config(masked_lm_prob=0.2)  # not the module fixture's config: other tests share it
     manifest = prepare.prepare(config, str(tmp_path), VOCAB, overwrite=True)
     assert manifest["settings"]["masked_lm_prob"] == 0.2
     assert prepare.prepare(config, str(tmp_path), VOCAB) == manifest  # reused as it is
+
+
+def test_a_concurrent_prepare_waits_for_the_first_then_reuses_it(prepared, tmp_path):
+    _, directory = prepared
+    config = tiny_config()
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "albert_jax.data.prepare", f"--config={TINY}", f"--out={out}",
+               "--config.data.docs_per_shard=40", "--config.data.prepare_workers=1"]
+    with prepare._exclusive(str(out)):  # another prepare of the directory holds it
+        second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for line in second.stderr:
+            if "waiting for another prepare" in line:
+                break
+        else:
+            pytest.fail(f"the second prepare did not wait: exit {second.wait()}")
+        assert second.poll() is None and not out.exists()
+        manifest = prepare.prepare(config, str(out), VOCAB)
+    rest = second.stderr.read()
+    assert second.wait() == 0, rest
+    assert "done:" not in rest and "shard" not in rest, rest  # it made nothing: it reused the first one's data
+    assert prepare.read_manifest(str(out)) == manifest == prepare.read_manifest(directory)
 
 
 @pytest.mark.parametrize("masking", ["static", "dynamic"])

@@ -15,7 +15,8 @@ the loader draws masks per epoch). A `tfrecord:<glob>` source (files of google-r
 
 Resumable: every shard is written to a temporary name and renamed, so an interrupted run redoes only the
 missing shards; a finished directory is reused when its settings hash matches, and a directory made with
-other settings is refused unless `overwrite`.
+other settings is refused unless `overwrite`. One prepare of a directory runs at a time (a lock file
+`<out>.lock` beside it): a concurrent one waits, then reuses the result.
 
 A prepared directory holds `settings.json` (written first), `spiece.model`, `documents/` (deleted when
 done), `examples/{train,eval}-NNNNN.array_record` and `manifest.json` (written last).
@@ -24,6 +25,8 @@ done), `examples/{train,eval}-NNNNN.array_record` and `manifest.json` (written l
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -86,8 +89,29 @@ def read_manifest(directory: str) -> dict:
 def prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, *, overwrite: bool = False) -> dict:
     """Prepares (or finishes preparing, or reuses) the pretraining data of `config` in `out`; returns the
     manifest. ValueError when `out` was prepared with other settings and not `overwrite`."""
-    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
     values = settings(config, vocab_size)
+    with _exclusive(out):
+        return _prepare(config, out, vocab_size, values, overwrite)
+
+
+@contextlib.contextmanager
+def _exclusive(out: str):
+    """Holds an fcntl lock on `<out>.lock` (which the OS releases if the process dies), so that one prepare of a
+    directory runs at a time: concurrent runs, e.g. sweep shards on several hosts over a shared file system,
+    wait for the first and then reuse what it made. The lock file stays beside the directory."""
+    path = os.path.abspath(out).rstrip(os.sep) + ".lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            _progress(f"waiting for another prepare of {out} to finish (it holds {path})")
+            fcntl.lockf(f, fcntl.LOCK_EX)
+        yield
+
+
+def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, values: dict, overwrite: bool) -> dict:
+    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
     digest = settings_hash(values)
     _claim(out, values, digest, overwrite)
     manifest_path = os.path.join(out, MANIFEST)
