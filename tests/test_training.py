@@ -124,12 +124,14 @@ def test_sharded_training_matches_one_device(tmp_path, mesh):
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """Two local CPU processes (jax.distributed, one device each) train with the same losses as one
-    process with two devices on the same global batch."""
+    process with two devices on the same global batch, their parameters sharded across the processes
+    (fsdp=2); final/ holds the whole parameters, those of the one-process run."""
     run_py(tmp_path / "single", "--config.total_steps=3", devices=2)
     address = f"127.0.0.1:{helpers.free_port()}"
     procs = [subprocess.Popen(
-        run_command(TINY, tmp_path / "multi", "--config.total_steps=3", f"--coordinator_address={address}",
-                    "--num_processes=2", f"--process_id={i}"),
+        run_command(TINY, tmp_path / "multi", "--config.total_steps=3", "--config.mesh.data=1",
+                    "--config.mesh.fsdp=2", f"--coordinator_address={address}", "--num_processes=2",
+                    f"--process_id={i}"),
         env=device_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs):
@@ -137,6 +139,9 @@ def test_two_processes_match_one_process(tmp_path):
     single, multi = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "multi")
     assert len(multi) == len(single) == 3
     np.testing.assert_allclose([r["loss"] for r in multi], [r["loss"] for r in single], rtol=1e-5)
+    _, want = pretrained.from_pretrained(str(tmp_path / "single" / "final"))
+    _, got = pretrained.from_pretrained(str(tmp_path / "multi" / "final"))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, want)
 
 
 @pytest.mark.slow

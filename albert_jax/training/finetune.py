@@ -282,7 +282,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
     mesh = loop.prepare(config, workdir, configs.fingerprint(config, FINGERPRINT), overwrite)
     task, albert_config, tokenizer = build_task(config, workdir)
     state = loop.train(config, workdir, task, mesh, resume=resume)
-    params = jax.device_get(state.params)
+    params = loop.host_params(state.params)
     if jax.process_index() == 0:
         export.save_final(albert_config, params, tokenizer, workdir)
     return albert_config, params

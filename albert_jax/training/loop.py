@@ -322,6 +322,14 @@ class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient with `config.nonfinite='stop'`."""
 
 
+def host_params(params):
+    """Numpy copies of a pytree of global arrays on every process, whole even where a process holds only its
+    shards (fsdp across hosts): a collective then, which every process calls."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_get(x) if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True),
+        params)
+
+
 def _to_host(pending: list) -> list:
     """(micro-step, sums) pairs with the sums as Python floats (JSON-ready for the checkpoint)."""
     return [(micro, {k: float(v) for k, v in sums.items()}) for micro, sums in jax.device_get(pending)]

@@ -171,7 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
     mesh = loop.prepare(config, workdir, fingerprint, overwrite)
     task, tokenizer = build_task(config, albert_config, workdir)
     state = loop.train(config, workdir, task, mesh, resume=resume)
-    params = jax.device_get(state.params)
+    params = loop.host_params(state.params)
     if jax.process_index() == 0:
         export.save_final(albert_config, params, tokenizer, workdir)
         if config.export.hf_dir:
