@@ -90,13 +90,31 @@ class QuestionAnsweringOutput:
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------
+def _matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`jax.lax.dot_general` for ``lhs [..., K]`` contracted on its last axis with one axis of a 2-D `rhs`,
+    computed as one 2-D matmul over the flattened leading axes: ``[prod(...), K] -> [..., N]``.
+
+    The weight gradient of a dot over several leading axes contracts two of them (batch and length); XLA's
+    CPU backend (jax 0.10) then copies the incoming gradient transposed and runs that matmul at ~70% of the
+    speed of the 2-D form, which contracts one axis and needs no copy: a dense layer's forward+backward on
+    [8, 128, 768] x [768, 3072] is 1.45x faster flattened, an ALBERT-base training step ~6% (2-core CPU).
+    Same signature as `dot_general`, so it is also `nn.Dense(dot_general=...)`.
+    """
+    (lhs_contract, rhs_contract), batch = dimension_numbers
+    if tuple(lhs_contract) != (lhs.ndim - 1,) or rhs.ndim != 2 or any(batch):
+        raise ValueError(f"_matmul contracts lhs's last axis with a 2-D rhs, not {dimension_numbers}")
+    out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), tuple(rhs_contract)), ((), ())),
+                              precision=precision, preferred_element_type=preferred_element_type)
+    return out.reshape(lhs.shape[:-1] + out.shape[-1:])
+
+
 def _init(config: AlbertConfig, axes: tuple):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
 
 def _dense(config: AlbertConfig, features: int, axes: tuple, name: str, dtype=None) -> nn.Dense:
     return nn.Dense(features, dtype=jnp.dtype(dtype or config.dtype), param_dtype=jnp.dtype(config.param_dtype),
-                    kernel_init=_init(config, axes),
+                    kernel_init=_init(config, axes), dot_general=_matmul,
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]), name=name)
 
 
@@ -137,7 +155,7 @@ class AlbertEmbeddings(nn.Module):
         """Tied MLM decoder: [..., E] -> [..., V] float32 logits against the word embeddings (float32
         accumulation and result whatever the compute dtype: the loss is taken on them)."""
         table = self.word_embeddings.embedding.astype(x.dtype)
-        return jnp.dot(x, table.T, preferred_element_type=jnp.float32)
+        return _matmul(x, table, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 class _StackedDense(nn.Module):
@@ -157,7 +175,7 @@ class _StackedDense(nn.Module):
                           lead + (self.features,), jnp.dtype(c.param_dtype))
         kernel, bias = jnp.asarray(kernel)[index], jnp.asarray(bias)[index]
         dtype = jnp.dtype(c.dtype)
-        return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        return _matmul(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ()))) + bias.astype(dtype)
 
 
 class _StackedLayerNorm(nn.Module):

@@ -232,6 +232,28 @@ def test_count_params_allocates_nothing():
     assert len(jax.live_arrays()) == before
 
 
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (2, 3, 4)])
+@pytest.mark.parametrize("rhs_axis", [0, 1])
+def test_matmul_equals_dot_general_and_its_gradients(lead, rhs_axis):
+    """The 2-D matmul every dense layer uses computes `dot_general`'s value and gradients for any leading axes."""
+    x = jax.random.normal(jax.random.PRNGKey(0), lead + (6,))
+    w = jax.random.normal(jax.random.PRNGKey(1), (6, 4) if rhs_axis == 0 else (4, 6))
+    dims = (((x.ndim - 1,), (rhs_axis,)), ((), ()))
+    ours, reference = (lambda x, w: jnp.sum(jnp.sin(f(x, w, dims)))
+                       for f in (modeling._matmul, jax.lax.dot_general))
+    np.testing.assert_allclose(modeling._matmul(x, w, dims), jax.lax.dot_general(x, w, dims), rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(reference, (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_refuses_what_it_does_not_flatten():
+    x, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
+    with pytest.raises(ValueError, match="last axis with a 2-D rhs"):
+        modeling._matmul(x, w, (((1,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="last axis with a 2-D rhs"):
+        modeling._matmul(x, jnp.ones((2, 4, 5)), (((2,), (1,)), ((0,), (0,))))
+
+
 @pytest.mark.parametrize("policy", ["none", "nothing_saveable", "dots_saveable"])
 def test_remat_policy_changes_memory_not_results(policy):
     """Gradients are the same whatever the scanned layer keeps for the backward pass."""
