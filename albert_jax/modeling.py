@@ -221,6 +221,23 @@ def _fused_attention(dtype, head_dim: int, length: int) -> Optional[str]:
     return "cudnn"
 
 
+def _explicit_attention(q, k, v, mask, dropout):
+    """softmax(q k^T / sqrt(D) + mask bias) v for q, k, v [B, T, N, D] and mask [B, 1, 1, T] (True: attend):
+    (context [B, T, N, D], probabilities [B, N, T, T] float32). `dropout` maps the probabilities to what
+    multiplies v.
+
+    The operands are laid out head-major, with k as [B, N, D, T], before the matmuls: XLA's CPU backend
+    then runs both as plain batched matmuls; the same einsums on [B, T, N, D] operands took 2x (forward)
+    and 1.3x (forward+backward) as long at T=128 (ALBERT-base heads, 2-core CPU).
+    """
+    q, v = q.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bhqd,bhdk->bhqk", q, k.transpose(0, 2, 3, 1),
+                        preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min), axis=-1)
+    context = jnp.einsum("bhqk,bhkd->bhqd", dropout(probs).astype(q.dtype), v)
+    return context.transpose(0, 2, 1, 3), probs
+
+
 class _Attention(nn.Module):
     """Multi-head self-attention + output projection + residual LayerNorm (transformers' AlbertAttention).
 
@@ -250,10 +267,9 @@ class _Attention(nn.Module):
             probs = None
             context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=fused)
         else:
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / np.sqrt(head_dim)
-            probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min), axis=-1)
-            dropped = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
-            context = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(q.dtype), v)
+            dropout = nn.Dropout(c.attention_probs_dropout_prob)
+            context, probs = _explicit_attention(q, k, v, mask,
+                                                 lambda p: dropout(p, deterministic=self.deterministic))
         out = _StackedDense(c, c.hidden_size, n, ("heads", "hidden"), name="dense")(
             context.reshape(batch, length, -1), index)
         out = nn.Dropout(c.hidden_dropout_prob)(out, deterministic=self.deterministic)
