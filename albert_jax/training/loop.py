@@ -102,9 +102,12 @@ class _StopRequested:
     """SIGTERM / SIGINT set a flag; at the next optimizer-step boundary every process saves a checkpoint
     and returns (a preempted host in a multi-process job stops the whole job cleanly)."""
 
-    def __init__(self):
+    def __init__(self, mesh):
         self.requested = False
         self.previous = {}
+        self._flag_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+        self._any = jax.jit(jnp.any, out_shardings=sharding.replicated(mesh))
+        self._pending = None
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,10 +123,17 @@ class _StopRequested:
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop. Every process must take the same branch (the
-        checkpoint save and the next step are collective), so a multi-process job shares the flag."""
+        checkpoint save and the next step are collective), so a multi-process job combines the flags on the
+        devices without waiting for them: each call starts one combination and reads the previous call's,
+        which the devices run before the step just dispatched, so the host prepares the next batch while
+        that step runs (a stop lands one optimizer step later)."""
         if jax.process_count() == 1:
             return self.requested
-        return bool(multihost_utils.process_allgather(np.asarray(self.requested)).any())
+        where, local = self._flag_sharding, np.asarray([self.requested])
+        flags = jax.make_array_from_single_device_arrays(
+            (where.mesh.size,), where, [jax.device_put(local, device) for device in where.addressable_devices])
+        previous, self._pending = self._pending, self._any(flags)
+        return previous is not None and bool(previous.addressable_data(0))
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -278,7 +288,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
     tokens, t0 = 0, time.time()
     batches = task.train_batches.iterate(int(state.step)) if int(state.step) < total_micro else iter(())
     try:
-        with mesh, _StopRequested() as stop:
+        with mesh, _StopRequested(mesh) as stop:
             for micro in range(int(state.step), total_micro):
                 host_batch = next(batches)
                 tokens += int(np.asarray(host_batch.get(task.tokens_key, 0)).sum()) * jax.process_count()
