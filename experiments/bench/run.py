@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pipeline-sentences", type=int, default=None, help="sentences of g (1000; --quick 64)")
     parser.add_argument("--pipeline-passes", type=int, default=1,
                         help="timed passes over the sentences of g, after an untimed one (median)")
+    parser.add_argument("--no-reuse-host-memory", dest="reuse_host_memory", action="store_false",
+                        help="run albert-jax's processes with glibc's and JAX's defaults, not as run.py does")
     parser.add_argument("--out", default=RESULTS, help="directory for results.json and results.md")
     args = parser.parse_args(argv)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -286,6 +288,11 @@ def notes(s: Settings) -> list[str]:
         "worker process that times each call itself), so a busy spell of a shared machine hits all of them; "
         "compare ratios of this run only, and see the load average below.",
     ] + ([
+        "Host memory: albert-jax's processes run as run.py runs them (albert_jax.training.hostmem: glibc keeps "
+        "freed memory, JAX runs CPU computations inline, so each step reuses the last one's scratch memory). "
+        "The setting is process-wide: transformers, sharing albert-jax's process, runs with it too (its steps "
+        "gain from it as well); Keras-Hub's worker and transformers' memory process keep the defaults."]
+         if s.reuse_host_memory else []) + ([
         "GPU, float32: XLA's default matmul precision uses TF32 on NVIDIA GPUs from Ampere on (albert-jax and "
         "Keras-Hub), PyTorch's does not (torch.backends.cuda.matmul.allow_tf32 is False): compare bfloat16 "
         "runs for like-for-like arithmetic."] if s.device == "gpu" and s.dtype == "float32" else [])
@@ -374,12 +381,16 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import jax
     import torch
+    if args.reuse_host_memory:  # before jax's backend starts
+        from albert_jax.training import hostmem
+        hostmem.reuse_cpu_step_memory()
     if args.device == "gpu" and not (torch.cuda.is_available() and jax.devices()[0].platform == "gpu"):
         raise SystemExit("--device gpu needs CUDA in both torch and jax (jax[cuda12]); found torch "
                          f"cuda={torch.cuda.is_available()}, jax {jax.devices()[0].platform}")
     s = Settings.for_args(args.preset, args.quick, args.device, args.dtype, args.repeats, args.seq)
     s.pipeline_sentences = args.pipeline_sentences or s.pipeline_sentences
     s.pipeline_passes = args.pipeline_passes
+    s.reuse_host_memory = args.reuse_host_memory
     items = [x for x in ITEMS if x in args.only]
     names = [x for x in STEP_ITEMS if x in items]
     names += [f"compile_{n}" for n in s.compile_layers] if "compile" in items else []

@@ -89,6 +89,9 @@ def memory(spec_path: str, out_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     s = Settings.from_dict(spec["settings"])
+    if spec["system"] == "albert_jax" and s.reuse_host_memory:  # as run.py runs it (before jax's backend starts)
+        from albert_jax.training import hostmem
+        hostmem.reuse_cpu_step_memory()
     record = systems.memory_record(spec["system"], workloads(s)["memory"], spec["dirs"], s)
     with open(out_path, "w") as f:
         json.dump({"environment": environment(), "record": record}, f, indent=2)

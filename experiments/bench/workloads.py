@@ -44,6 +44,7 @@ class Settings:
     pipeline_batch_sizes: tuple = (1, 8, 32, 64)
     pipeline_vocab: int = 6000          # the built-in corpus cannot support a 30k SentencePiece vocabulary
     model: dict = dataclasses.field(default_factory=dict)  # AlbertConfig field overrides of the preset
+    reuse_host_memory: bool = True      # albert-jax's processes as run.py runs them (albert_jax.training.hostmem)
 
     @classmethod
     def for_args(cls, preset, quick, device, dtype, repeats, seq=None):
