@@ -18,14 +18,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config file (ex
 _WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's work dir: one sub-directory per cell, the results")
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run every n-th cell starting at the i-th")
 _CELLS = flags.DEFINE_list("cells", [], "run only these cells (comma-separated names)")
+_REUSE_HOST_MEMORY = flags.DEFINE_bool("reuse_host_memory", True, "CPU: each step reuses the last step's "
+                                       "scratch memory, as in run.py (albert_jax/training/hostmem.py)")
 
 
 def main(argv):
     del argv
-    from albert_jax.training import configs, sweep
+    from albert_jax.training import configs, hostmem, sweep
     config = configs.config_from_flag(_CONFIG)
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
+    if _REUSE_HOST_MEMORY.value:  # before the backend starts
+        hostmem.reuse_cpu_step_memory()
     logging.set_verbosity(logging.WARNING)
     try:
         index, count = (int(x) for x in _SHARD.value.split("/"))

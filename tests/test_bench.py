@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import albert_jax as aj
+from albert_jax.training import hostmem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "experiments", "bench")
@@ -109,6 +110,8 @@ def test_quick_run_writes_every_column(tmp_path):
     meta = results["meta"]
     assert {"date", "cpu", "versions", "env"} <= meta["environment"].keys()
     assert meta["threads"]["torch_num_threads"] >= 1 and meta["settings"]["quick"]
+    # albert-jax's steps ran in a worker set up as run.py sets itself up (hostmem), the others at the defaults
+    assert meta["albert_jax_worker"]["host_memory_reused"] is (hostmem.glibc() is not None)
     assert results["matmul_peak"]["xla_float32"]["flops_per_s"] > 0
     assert results["matmul_peak"]["pytorch_float32"]["flops_per_s"] > 0
     diffs = results["checks"]["transformers backbone outputs vs albert-jax"]["max_abs_diff"]

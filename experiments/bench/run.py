@@ -11,8 +11,9 @@ Items (--only): peak (matmul peak of XLA and PyTorch, for MFU), forward (a), tra
 squad (d: QA, seq 384), compile (e: 12/24/48 layers), memory (f: train step at seq 512, a process per system),
 pipeline (g: fill-mask and feature-extraction over 1,000 sentences).
 
-albert-jax and transformers run in this process, taking turns call by call; Keras-Hub runs in a worker process
-(worker.py) because KERAS_BACKEND must be set before keras is imported. Every model is loaded from one HF
+The systems take turns call by call: transformers in this process, Keras-Hub in a worker process (worker.py;
+KERAS_BACKEND must be set before keras is imported) and albert-jax in another, set up as run.py sets itself up
+(albert_jax.training.hostmem; --no-reuse-host-memory: at the defaults, in this process). Every model is loaded from one HF
 directory written by `albert_jax.convert.save_hf` from `albert_jax.init_params`; the backbone outputs of
 transformers and Keras-Hub must equal albert-jax's within 1e-4 and every training step's first loss must agree
 (float32), or the run stops: equal work must mean equal model.
@@ -142,17 +143,17 @@ def check_losses(results: dict, dtype: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------------------------
-def measure_steps(name: str, s: Settings, dirs: dict, keras, runners: dict | None = None) -> dict:
-    """Every system on workload `name`, taking turns call by call; `runners`: those already built, `keras`: the
-    Keras-Hub Server or None."""
+def measure_steps(name: str, s: Settings, dirs: dict, servers: dict, runners: dict | None = None) -> dict:
+    """Every system on workload `name`, taking turns call by call; `runners`: those already built, `servers`:
+    system -> the Server that runs it (the others run in this process)."""
     from common import interleaved
     w = workloads(s)[name]
     records, runners = {}, dict(runners or {})
-    for system in SYSTEMS if keras else IN_PROCESS:
+    for system in SYSTEMS if "keras_hub" in servers else IN_PROCESS:
         if system in runners:
             continue
         try:
-            runners[system] = (systems.RemoteRunner(keras, name) if system == "keras_hub"
+            runners[system] = (systems.RemoteRunner(servers[system], name) if system in servers
                                else systems.make_runner(system, w, dirs, s))
         except Exception as e:
             traceback.print_exc()
@@ -284,14 +285,15 @@ def notes(s: Settings) -> list[str]:
         "[MASK] positions in albert-jax and at every position in transformers; each system at its fastest batch "
         f"size of {list(s.pipeline_batch_sizes)} (chosen on the first 128 sentences), then one untimed and "
         f"{s.pipeline_passes} timed pass(es) over all; tokenization included.",
-        "The three systems take turns call by call (albert-jax and transformers in this process, Keras-Hub in a "
-        "worker process that times each call itself), so a busy spell of a shared machine hits all of them; "
+        "The three systems take turns call by call (transformers in this process, Keras-Hub and albert-jax in "
+        "worker processes that time each call themselves), so a busy spell of a shared machine hits all of them; "
         "compare ratios of this run only, and see the load average below.",
     ] + ([
-        "Host memory: albert-jax's processes run as run.py runs them (albert_jax.training.hostmem: glibc keeps "
-        "freed memory, JAX runs CPU computations inline, so each step reuses the last one's scratch memory). "
-        "The setting is process-wide: transformers, sharing albert-jax's process, runs with it too (its steps "
-        "gain from it as well); Keras-Hub's worker and transformers' memory process keep the defaults."]
+        "Host memory: albert-jax's steps (a-d) and its memory (f) run in worker processes set up as run.py sets "
+        "itself up (albert_jax.training.hostmem: glibc keeps freed memory, JAX runs CPU computations inline, so "
+        "each step reuses the last one's scratch memory); transformers and Keras-Hub run with glibc's and their "
+        "framework's defaults (the setting is process-wide: given to transformers it speeds its steps up too, "
+        "e.g. its train step ~4-7%). --no-reuse-host-memory: albert-jax at the defaults, in this process."]
          if s.reuse_host_memory else []) + ([
         "GPU, float32: XLA's default matmul precision uses TF32 on NVIDIA GPUs from Ampere on (albert-jax and "
         "Keras-Hub), PyTorch's does not (torch.backends.cuda.matmul.allow_tf32 is False): compare bfloat16 "
@@ -312,15 +314,19 @@ def write(results: dict, out_dir: str) -> None:
 # main
 # ---------------------------------------------------------------------------------------------------------
 def measure_models(results: dict, names: list[str], s: Settings, work: str) -> None:
-    """Items a-f into `results`: albert-jax and transformers in this process, Keras-Hub in a worker process
-    driven call by call, every memory measurement in a fresh process."""
+    """Items a-f into `results`: transformers in this process, Keras-Hub in a worker process driven call by
+    call, albert-jax in one too when it reuses host memory as run.py does (else in this process), every memory
+    measurement in a fresh process."""
     dirs = export_checkpoints(s, work, qa="squad" in names)
     keras_installed = systems.installed("keras_hub")
     keras = systems.Server("keras_hub", s, dirs, work) if keras_installed else None
+    albert = systems.Server("albert_jax", s, dirs, work) if s.reuse_host_memory else None
     try:
         forward_runners = None
         if s.dtype == "float32":
             forward_runners, reference = forward_check(results, s, dirs, work)
+            if albert:  # the forward measured in the worker; this process's runner made the reference only
+                forward_runners.pop("albert_jax")
         if keras and s.dtype == "float32":
             try:
                 keras_check(results, keras, reference)
@@ -334,7 +340,8 @@ def measure_models(results: dict, names: list[str], s: Settings, work: str) -> N
             records = results["items"][name]["systems"]
             print(f"{name}", file=sys.stderr, flush=True)
             if name in STEP_ITEMS:
-                records.update(measure_steps(name, s, dirs, keras, forward_runners if name == "forward" else None))
+                servers = {k: v for k, v in (("keras_hub", keras), ("albert_jax", albert)) if v}
+                records.update(measure_steps(name, s, dirs, servers, forward_runners if name == "forward" else None))
                 forward_runners = None
             elif name.startswith("compile_"):
                 records.update(measure_compile(name, s, dirs, keras))
@@ -343,9 +350,12 @@ def measure_models(results: dict, names: list[str], s: Settings, work: str) -> N
                     records[system] = systems.run_memory(system, s, dirs, work)
         if keras:
             results["meta"]["keras_worker"] = keras.request(op="environment")
+        if albert:
+            results["meta"]["albert_jax_worker"] = albert.request(op="environment")
     finally:
-        if keras:
-            keras.close()
+        for server in (keras, albert):
+            if server:
+                server.close()
     if not keras_installed:
         for name in names:
             results["items"][name]["systems"]["keras_hub"] = dict(status="not installed",
@@ -381,9 +391,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import jax
     import torch
-    if args.reuse_host_memory:  # before jax's backend starts
-        from albert_jax.training import hostmem
-        hostmem.reuse_cpu_step_memory()
     if args.device == "gpu" and not (torch.cuda.is_available() and jax.devices()[0].platform == "gpu"):
         raise SystemExit("--device gpu needs CUDA in both torch and jax (jax[cuda12]); found torch "
                          f"cuda={torch.cuda.is_available()}, jax {jax.devices()[0].platform}")

@@ -1,17 +1,18 @@
 """Benchmark subprocesses started by run.py.
 
-    python worker.py serve SPEC.json          # Keras-Hub, driven call by call over stdin/stdout
+    python worker.py serve SPEC.json          # Keras-Hub or albert-jax, driven call by call over stdin/stdout
     python worker.py memory SPEC.json OUT.json  # one system's peak memory, in a fresh process
 
-Keras-Hub cannot share run.py's process (KERAS_BACKEND is read when keras is first imported), so `serve` keeps
-its models in this process and runs one call per request: run.py then interleaves Keras-Hub's calls with
-albert-jax's and transformers' exactly as it does theirs. Requests and replies are JSON lines:
+Keras-Hub cannot share run.py's process (KERAS_BACKEND is read when keras is first imported), nor can albert-jax
+set up as run.py sets itself up (hostmem's allocator setting is process-wide and would speed transformers up
+too), so `serve` keeps one system's models in this process and runs one call per request: run.py then
+interleaves their calls with transformers' exactly as it does its own. Requests and replies are JSON lines:
   {"op": "check", "reference": npz} -> {"max_abs_diff": {...}} or {"mismatch": message}: backbone outputs vs
                                       albert-jax's (an npz of last_hidden_state, pooler_output)
   {"op": "build", "item": name}    -> {}: the runner of workload `name` (forward, train, pretrain, squad, compile_<L>)
   {"op": "call", "item": name}     -> {"seconds", "value"}: one call (a train step returns its loss)
   {"op": "drop", "item": name}     -> {}
-  {"op": "environment"}            -> common.environment() of the worker
+  {"op": "environment"}            -> common.environment() of the worker and host_memory_reused (hostmem's setting)
 any failure -> {"error": message}. SPEC: {"system", "settings", "dirs" ({"pretraining", "qa"}: HF directories)};
 `memory` writes {"environment", "record"} to OUT.
 """
@@ -41,7 +42,7 @@ from workloads import Settings, workloads  # noqa: E402
 def _handle(request: dict, spec: dict, s: Settings, runners: dict) -> dict:
     op, name = request["op"], request.get("item")
     if op == "environment":
-        return environment()
+        return dict(environment(), host_memory_reused=spec["host_memory_reused"])
     if op == "check":
         runner = systems.make_runner(spec["system"], workloads(s)["forward"], spec["dirs"], s)
         with np.load(request["reference"]) as reference:
@@ -66,6 +67,14 @@ def _handle(request: dict, spec: dict, s: Settings, runners: dict) -> dict:
     raise ValueError(f"unknown request {request!r}")
 
 
+def _set_up_like_run_py(spec: dict, s: Settings) -> bool:
+    """albert-jax's worker reuses host memory as run.py does (before jax's backend starts); whether it does."""
+    if spec["system"] == "albert_jax" and s.reuse_host_memory:
+        from albert_jax.training import hostmem
+        return hostmem.reuse_cpu_step_memory()
+    return False
+
+
 def serve(spec_path: str) -> int:
     """Answers requests from stdin until it closes. Anything else printed (by Keras, XLA) goes to stderr."""
     replies = os.fdopen(os.dup(1), "w")
@@ -73,6 +82,7 @@ def serve(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     s = Settings.from_dict(spec["settings"])
+    spec["host_memory_reused"] = _set_up_like_run_py(spec, s)
     runners = {}
     for line in sys.stdin:
         try:
@@ -89,9 +99,7 @@ def memory(spec_path: str, out_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     s = Settings.from_dict(spec["settings"])
-    if spec["system"] == "albert_jax" and s.reuse_host_memory:  # as run.py runs it (before jax's backend starts)
-        from albert_jax.training import hostmem
-        hostmem.reuse_cpu_step_memory()
+    _set_up_like_run_py(spec, s)
     record = systems.memory_record(spec["system"], workloads(s)["memory"], spec["dirs"], s)
     with open(out_path, "w") as f:
         json.dump({"environment": environment(), "record": record}, f, indent=2)
