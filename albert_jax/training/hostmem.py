@@ -13,8 +13,9 @@ a fresh `mmap` and gives it back with `munmap`, so every step page-faults all of
   block is taken while step n still holds its own, so two would be resident at once.
 Measured (ALBERT-base, 2-core EPYC, fresh processes): kernel time per step 0.45 -> 0.07 s and the step 7-11%
 faster at 8 x 128, 3.0 -> 1.4 s and 7% at 8 x 512; the peak resident memory is unchanged, but the process
-keeps its peak resident instead of handing scratch memory back between steps. `run.py` calls it unless
-`--noreuse_host_memory`; on GPU only the inline dispatch applies (it concerns the CPU client alone).
+keeps its peak resident instead of handing scratch memory back between steps. `run.py` and
+`experiments/ablate.py` call it unless `--noreuse_host_memory`; on GPU only the inline dispatch applies (it
+concerns the CPU client alone).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ pipeline (g: fill-mask and feature-extraction over 1,000 sentences).
 
 The systems take turns call by call: transformers in this process, Keras-Hub in a worker process (worker.py;
 KERAS_BACKEND must be set before keras is imported) and albert-jax in another, set up as run.py sets itself up
-(albert_jax.training.hostmem; --no-reuse-host-memory: at the defaults, in this process). Every model is loaded from one HF
-directory written by `albert_jax.convert.save_hf` from `albert_jax.init_params`; the backbone outputs of
+(albert_jax.training.hostmem; --no-reuse-host-memory: at the defaults, in this process). Every model is loaded
+from one HF directory written by `albert_jax.convert.save_hf` from `albert_jax.init_params`; the backbone outputs of
 transformers and Keras-Hub must equal albert-jax's within 1e-4 and every training step's first loss must agree
 (float32), or the run stops: equal work must mean equal model.
 """
@@ -293,7 +293,7 @@ def notes(s: Settings) -> list[str]:
         "itself up (albert_jax.training.hostmem: glibc keeps freed memory, JAX runs CPU computations inline, so "
         "each step reuses the last one's scratch memory); transformers and Keras-Hub run with glibc's and their "
         "framework's defaults (the setting is process-wide: given to transformers it speeds its steps up too, "
-        "e.g. its train step ~4-7%). --no-reuse-host-memory: albert-jax at the defaults, in this process."]
+        "its train step by 2-10% in paired runs). --no-reuse-host-memory: albert-jax at the defaults, in this process."]
          if s.reuse_host_memory else []) + ([
         "GPU, float32: XLA's default matmul precision uses TF32 on NVIDIA GPUs from Ampere on (albert-jax and "
         "Keras-Hub), PyTorch's does not (torch.backends.cuda.matmul.allow_tf32 is False): compare bfloat16 "
