@@ -16,6 +16,8 @@ import time
 
 import jax
 
+from albert_jax.training import events
+
 
 class MetricWriter:
     """Writes one row per logged step to every sink. `total_steps` drives the progress/ETA display."""
@@ -35,9 +37,8 @@ class MetricWriter:
         _truncate(self.csv_path, start_step, lambda line: int(line.split(",", 1)[0]), keep_first=True)
         self.jsonl = open(jsonl_path, "a")
         self.csv_fields = None
-        from tensorboardX import SummaryWriter
         # purge_step: TensorBoard drops the events at and after it that an interrupted run had written.
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+        self.tb = events.EventWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
     def write(self, row: dict) -> None:
         """Logs `row` (`step` plus floats) to the console, metrics.jsonl, metrics.csv and TensorBoard."""
@@ -49,9 +50,8 @@ class MetricWriter:
         self.jsonl.flush()
         self._write_csv(row)
         prefix = row.get("split", "train")
-        for key, value in row.items():
-            if isinstance(value, float) and math.isfinite(value):
-                self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
+        self.tb.scalars(row["step"], {f"{prefix}/{key}": value for key, value in row.items()
+                                      if isinstance(value, float) and math.isfinite(value)})
         self.tb.flush()
         print(self._format(row), file=self.stream, flush=True)
 
