@@ -112,6 +112,10 @@ def test_quick_run_writes_every_column(tmp_path):
     assert meta["threads"]["torch_num_threads"] >= 1 and meta["settings"]["quick"]
     # albert-jax's steps ran in a worker set up as run.py sets itself up (hostmem), the others at the defaults
     assert meta["albert_jax_worker"]["host_memory_reused"] is (hostmem.glibc() is not None)
+    # compiles are real even where a persistent cache is configured (this suite's conftest sets one)
+    assert os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    for where in (meta["environment"], meta["albert_jax_worker"]):
+        assert where["jax_compilation_cache"] is False
     assert results["matmul_peak"]["xla_float32"]["flops_per_s"] > 0
     assert results["matmul_peak"]["pytorch_float32"]["flops_per_s"] > 0
     diffs = results["checks"]["transformers backbone outputs vs albert-jax"]["max_abs_diff"]

@@ -1,10 +1,12 @@
 """hostmem: a jitted step's scratch memory is reused from one call to the next instead of faulted in afresh.
 
 Each case runs in a fresh process (the setting must precede the CPU backend, and it changes the allocator of
-the whole process): a gradient step whose XLA scratch memory is 80 MiB runs 8 times; the minor page faults of
-the last 4 calls are counted (getrusage)."""
+the whole process): a gradient step whose XLA scratch memory is 80 MiB runs 12 times; the minor page faults of
+each call are counted (getrusage). The allocator settles within the first 2-5 calls, and a settled process still
+faults a block in now and then (a call in 30, seen once): the checks take the median of the last 8 calls."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -31,7 +33,7 @@ def step(x):
 x = jnp.ones((2048, 2048), jnp.float32) / 2048
 temp = step.lower(x).compile().memory_analysis().temp_size_in_bytes
 faults, outputs = [], []
-for _ in range(8):
+for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     out = step(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -53,10 +55,10 @@ def test_steps_reuse_their_scratch_memory_instead_of_faulting_it_in():
     default, reused = probe("default"), probe("reuse")
     assert default["temp_pages"] >= 16384  # the step really has a large scratch block (>= 64 MiB)
     # default: every call faults its scratch block in again (the reason for the module)
-    assert min(default["faults"][4:]) > default["temp_pages"] // 2, default
+    assert statistics.median(default["faults"][4:]) > default["temp_pages"] // 2, default
     assert default["async_dispatch"] is True
     assert reused["reused"] is True and reused["async_dispatch"] is False
-    assert max(reused["faults"][4:]) < default["temp_pages"] // 20, reused
+    assert statistics.median(reused["faults"][4:]) < default["temp_pages"] // 20, reused
     assert reused["outputs"] == default["outputs"]
 
 

@@ -1,6 +1,6 @@
-"""What goes wrong in real runs, tried on purpose: divergence, corrupted checkpoints, interrupted runs'
-metrics, --overwrite, bad input before any file is written, one-line errors, a failing process in a
-multi-process job."""
+"""What goes wrong in real runs, tried on purpose: divergence, corrupted checkpoints, --overwrite, bad input
+before any file is written, one-line errors, a failing process in a multi-process job. (A killed run's resume,
+parameters and metrics: tests/test_training.py.)"""
 
 import json
 import os
@@ -85,25 +85,6 @@ def test_a_truncated_only_checkpoint_is_a_one_line_error(tmp_path):
     result = run_py(tmp_path, "--config.total_steps=2", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no usable checkpoint" in result.stderr and "--overwrite" in result.stderr
-
-
-@pytest.mark.slow
-def test_metrics_after_kill_and_resume_equal_an_uninterrupted_run(tmp_path):
-    overrides = ("--config.total_steps=40", "--config.log_every=3", "--config.checkpoint_every=4",
-                 "--config.eval_every=10")
-    run_py(tmp_path / "reference", *overrides)
-    killed = tmp_path / "killed"
-    helpers.kill_after_checkpoint(run_command(TINY, killed, *overrides), killed / "checkpoints", min_step=10)
-    run_py(killed, *overrides)
-    for split in ("train", "eval"):
-        want, got = read_metrics(tmp_path / "reference", split), read_metrics(killed, split)
-        assert [r["step"] for r in got] == [r["step"] for r in want]
-        for a, b in zip(want, got):
-            for key in a:
-                if key != "tokens_per_sec":
-                    assert a[key] == b[key], (split, a["step"], key)
-    with open(killed / "metrics.csv") as f:
-        assert [line.split(",")[0] for line in f][1:] == [str(r["step"]) for r in read_metrics(killed)]
 
 
 def test_overwrite_after_a_different_corpus_equals_a_clean_run(tmp_path):

@@ -77,18 +77,27 @@ def test_batches_are_a_pure_function_of_seed_and_index():
 @pytest.mark.slow
 def test_sigkill_and_restart_is_bit_exact(tmp_path):
     """Kill a run (SIGKILL) once it has written a checkpoint; the restarted run ends with the same
-    parameters, bit for bit, as an uninterrupted run of the same config. Masks are drawn by the loader
-    (dynamic masking), in two worker processes for the killed run and in the main process for the reference."""
-    steps = ("--config.total_steps=60", "--config.data.masking=dynamic")
+    parameters, bit for bit, as an uninterrupted run of the same config, and its metrics files (train and eval
+    rows, metrics.csv) read as that run's. Masks are drawn by the loader (dynamic masking), in two worker
+    processes for the killed run and in the main process for the reference."""
+    steps = ("--config.total_steps=60", "--config.data.masking=dynamic", "--config.log_every=3",
+             "--config.checkpoint_every=4", "--config.eval_every=10")
     reference = tmp_path / "reference"
     run_py(reference, *steps)
     killed = tmp_path / "killed"
     workers = (*steps, "--config.data.loader_workers=2")
-    killed_at = helpers.kill_after_checkpoint(run_command(TINY, killed, *workers), killed / "checkpoints", min_step=4)
-    assert 4 <= killed_at < 60
+    killed_at = helpers.kill_after_checkpoint(run_command(TINY, killed, *workers), killed / "checkpoints", min_step=12)
+    assert 12 <= killed_at < 60
     run_py(killed, *workers)
-    assert read_metrics(killed)[-1]["step"] == 60
     assert_trees_equal(final_params(killed), final_params(reference))
+    for split in ("train", "eval"):
+        want, got = read_metrics(reference, split), read_metrics(killed, split)
+        assert [r["step"] for r in got] == [r["step"] for r in want] and got[-1]["step"] == 60
+        for a, b in zip(want, got):
+            assert {k: v for k, v in a.items() if k != "tokens_per_sec"} == \
+                {k: v for k, v in b.items() if k != "tokens_per_sec"}, (split, a["step"])
+    with open(killed / "metrics.csv") as f:
+        assert [line.split(",")[0] for line in f][1:] == [str(r["step"]) for r in read_metrics(killed)]
 
 
 def test_sigterm_saves_and_resumes(tmp_path):

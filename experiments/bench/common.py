@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -81,13 +82,18 @@ def versions() -> dict:
 
 
 def environment() -> dict:
-    """Date, host CPU and its load average (1, 5, 15 min: other work on a shared machine), library versions and
-    the thread-relevant environment variables of this process."""
+    """Date, host CPU and its load average (1, 5, 15 min: other work on a shared machine), library versions,
+    the thread-relevant environment variables of this process and, where it runs JAX, whether JAX's persistent
+    compilation cache is on (it must not be: compile times would be cache loads)."""
     env = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_PLATFORMS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                           "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                cpu=cpu_model(), cpu_count=os.cpu_count(), cpus_usable=len(os.sched_getaffinity(0)),
-                load_average=os.getloadavg(), platform=platform.platform(), versions=versions(), env=env)
+    out = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               cpu=cpu_model(), cpu_count=os.cpu_count(), cpus_usable=len(os.sched_getaffinity(0)),
+               load_average=os.getloadavg(), platform=platform.platform(), versions=versions(), env=env)
+    if "jax" in sys.modules:
+        config = sys.modules["jax"].config
+        out["jax_compilation_cache"] = bool(config.jax_enable_compilation_cache and config.jax_compilation_cache_dir)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import systems  # noqa: E402
 from common import RESULTS, environment  # noqa: E402
 from workloads import FRAMEWORK, ITEMS, SYSTEMS, Settings, workloads  # noqa: E402
 
-IN_PROCESS = ("albert_jax", "transformers")
+WITHOUT_KERAS = ("albert_jax", "transformers")  # the systems measured where Keras-Hub is not installed
 STEP_ITEMS = ("forward", "train", "pretrain", "squad")
 LOSS_TOLERANCE = 1e-4  # relative difference of the first loss that still counts as the same computation
 BF16_LOSS_TOLERANCE = 2e-2
@@ -102,19 +102,26 @@ def export_checkpoints(s: Settings, work: str, qa: bool) -> dict:
     return dirs
 
 
-def forward_check(results: dict, s: Settings, dirs: dict, work: str) -> tuple[dict, str]:
+def forward_check(results: dict, s: Settings, dirs: dict, work: str, albert=None) -> tuple[dict, str]:
     """Compares transformers' backbone outputs with albert-jax's into results['checks'] (ModelMismatch above
-    1e-4) and saves albert-jax's for the Keras-Hub check. Returns the in-process forward runners (compiled, for
-    the forward measurement) and the path of the saved outputs."""
+    1e-4) and saves albert-jax's for the Keras-Hub check. albert-jax's come from its worker `albert` (a
+    Server) when it has one, else from a runner in this process. Returns the forward runners built in this
+    process (compiled, for the forward measurement) and the path of the saved outputs."""
     import numpy as np
     w = workloads(s)["forward"]
-    runners = {system: systems.make_runner(system, w, dirs, s) for system in IN_PROCESS}
-    reference = runners["albert_jax"].outputs()
+    path = os.path.join(work, "reference.npz")
+    runners = {"transformers": systems.make_runner("transformers", w, dirs, s)}
+    if albert:
+        albert.request(op="outputs", path=path)
+        with np.load(path) as saved:
+            reference = dict(saved)
+    else:
+        runners["albert_jax"] = systems.make_runner("albert_jax", w, dirs, s)
+        reference = runners["albert_jax"].outputs()
+        np.savez(path, **reference)
     diffs = systems.check_outputs("transformers", runners["transformers"].outputs(), reference)
     results["checks"]["transformers backbone outputs vs albert-jax"] = dict(
         max_abs_diff=diffs, attention=runners["transformers"].model.config._attn_implementation)
-    path = os.path.join(work, "reference.npz")
-    np.savez(path, **reference)
     return runners, path
 
 
@@ -149,7 +156,7 @@ def measure_steps(name: str, s: Settings, dirs: dict, servers: dict, runners: di
     from common import interleaved
     w = workloads(s)[name]
     records, runners = {}, dict(runners or {})
-    for system in SYSTEMS if "keras_hub" in servers else IN_PROCESS:
+    for system in SYSTEMS if "keras_hub" in servers else WITHOUT_KERAS:
         if system in runners:
             continue
         try:
@@ -324,9 +331,7 @@ def measure_models(results: dict, names: list[str], s: Settings, work: str) -> N
     try:
         forward_runners = None
         if s.dtype == "float32":
-            forward_runners, reference = forward_check(results, s, dirs, work)
-            if albert:  # the forward measured in the worker; this process's runner made the reference only
-                forward_runners.pop("albert_jax")
+            forward_runners, reference = forward_check(results, s, dirs, work, albert)
         if keras and s.dtype == "float32":
             try:
                 keras_check(results, keras, reference)
@@ -346,7 +351,7 @@ def measure_models(results: dict, names: list[str], s: Settings, work: str) -> N
             elif name.startswith("compile_"):
                 records.update(measure_compile(name, s, dirs, keras))
             elif name == "memory":
-                for system in SYSTEMS if keras else IN_PROCESS:
+                for system in SYSTEMS if keras else WITHOUT_KERAS:
                     records[system] = systems.run_memory(system, s, dirs, work)
         if keras:
             results["meta"]["keras_worker"] = keras.request(op="environment")
@@ -389,6 +394,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # A persistent compilation cache (JAX_COMPILATION_CACHE_DIR) would turn the compile-time item (e) into a
+    # cache load, for albert-jax and Keras-Hub alike: every compile here is a real one.
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     import jax
     import torch
     if args.device == "gpu" and not (torch.cuda.is_available() and jax.devices()[0].platform == "gpu"):

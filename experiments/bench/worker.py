@@ -9,6 +9,8 @@ too), so `serve` keeps one system's models in this process and runs one call per
 interleaves their calls with transformers' exactly as it does its own. Requests and replies are JSON lines:
   {"op": "check", "reference": npz} -> {"max_abs_diff": {...}} or {"mismatch": message}: backbone outputs vs
                                       albert-jax's (an npz of last_hidden_state, pooler_output)
+  {"op": "outputs", "path": npz}    -> {}: albert-jax's backbone outputs, written to `path` (the reference of the
+                                      checks; its forward runner, compiled, is kept for the forward measurement)
   {"op": "build", "item": name}    -> {}: the runner of workload `name` (forward, train, pretrain, squad, compile_<L>)
   {"op": "call", "item": name}     -> {"seconds", "value"}: one call (a train step returns its loss)
   {"op": "drop", "item": name}     -> {}
@@ -41,20 +43,26 @@ from workloads import Settings, workloads  # noqa: E402
 
 def _handle(request: dict, spec: dict, s: Settings, runners: dict) -> dict:
     op, name = request["op"], request.get("item")
+
+    def runner(item):  # built (and compiled) once; the measurements reuse it
+        if item not in runners:
+            runners[item] = systems.make_runner(spec["system"], workloads(s)[item], spec["dirs"], s)
+        return runners[item]
+
     if op == "environment":
         return dict(environment(), host_memory_reused=spec["host_memory_reused"])
     if op == "check":
-        runner = systems.make_runner(spec["system"], workloads(s)["forward"], spec["dirs"], s)
         with np.load(request["reference"]) as reference:
             try:
-                diffs = systems.check_outputs(spec["system"], runner.outputs(), dict(reference))
+                diffs = systems.check_outputs(spec["system"], runner("forward").outputs(), dict(reference))
             except systems.ModelMismatch as e:
                 return {"mismatch": str(e)}
-        runners["forward"] = runner  # compiled already: the forward measurement reuses it
         return {"max_abs_diff": diffs}
+    if op == "outputs":
+        np.savez(request["path"], **runner("forward").outputs())
+        return {}
     if op == "build":
-        if name not in runners:
-            runners[name] = systems.make_runner(spec["system"], workloads(s)[name], spec["dirs"], s)
+        runner(name)
         return {}
     if op == "call":
         start = time.perf_counter()
