@@ -30,8 +30,9 @@ def main(argv):
     del argv
     import jax
 
-    from albert_jax.training import checkpoints, configs, finetune, hostmem, loop, pretrain, sharding
-    config = configs.config_from_flag(_CONFIG)
+    from albert_jax import experiment
+    from albert_jax.training import checkpoints, finetune, hostmem, loop, pretrain, sharding
+    config = experiment.config_from_flag(_CONFIG)
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
     jobs = {"pretrain": pretrain.run, "finetune": finetune.run}
@@ -59,6 +60,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from albert_jax.training.configs import parse_flags
+    from albert_jax.experiment import parse_flags
     app.run(main, flags_parser=lambda argv: parse_flags(
         argv, "python run.py --config=experiments/configs/NAME.py[:arg] [--config.field=value ...] --workdir=DIR"))

@@ -35,11 +35,10 @@ class AlbertConfig:
         dtype is mixed precision: float32 master weights and gradients).
       remat_policy: which intermediates of the scanned layer the backward pass keeps (REMAT_POLICIES). The
         default keeps every matmul output, the attention scores included, and recomputes the element-wise ops:
-        measured fastest on CPU (ALBERT-base forward+backward, batch 8, float32: on par with
-        'dots_with_no_batch_dims_saveable' at length 128, ~6% faster at 512; 'none' ~8% and
-        'nothing_saveable' ~20% slower). 'dots_with_no_batch_dims_saveable' recomputes the attention instead of
-        keeping its [B, heads, T, T] scores, the lighter choice for long sequences. With cuDNN attention
-        (half precision on a GPU) the attention has no matmul for either policy to keep, and the two coincide.
+        the fastest policy on CPU (README, Performance). 'dots_with_no_batch_dims_saveable' recomputes the
+        attention instead of keeping its [B, heads, T, T] scores, the lighter choice for long sequences. With
+        cuDNN attention (half precision on a GPU) the attention has no matmul for either policy to keep, and
+        the two coincide.
       num_labels: classes of the classification heads (1 = regression); stored as `id2label` in HF JSON.
       extra: HF config fields this class has no attribute for, kept verbatim for `to_json_file`.
     """

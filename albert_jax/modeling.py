@@ -94,11 +94,10 @@ def _matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=
     """`jax.lax.dot_general` for ``lhs [..., K]`` contracted on its last axis with one axis of a 2-D `rhs`,
     computed as one 2-D matmul over the flattened leading axes: ``[prod(...), K] -> [..., N]``.
 
-    The weight gradient of a dot over several leading axes contracts two of them (batch and length); XLA's
-    CPU backend (jax 0.10) then copies the incoming gradient transposed and runs that matmul at ~70% of the
-    speed of the 2-D form, which contracts one axis and needs no copy: a dense layer's forward+backward on
-    [8, 128, 768] x [768, 3072] is 1.45x faster flattened, an ALBERT-base training step ~6% (2-core CPU).
-    Same signature as `dot_general`, so it is also `nn.Dense(dot_general=...)`.
+    The weight gradient of a dot over several leading axes contracts two of them (batch and length), for
+    which XLA's CPU backend copies the incoming gradient transposed and runs a slower matmul; the 2-D form
+    contracts one axis and needs no copy (README, Performance). Same signature as `dot_general`, so it is
+    also `nn.Dense(dot_general=...)`.
     """
     (lhs_contract, rhs_contract), batch = dimension_numbers
     if tuple(lhs_contract) != (lhs.ndim - 1,) or rhs.ndim != 2 or any(batch):
@@ -156,11 +155,9 @@ class AlbertEmbeddings(nn.Module):
         accumulation and result whatever the compute dtype: the loss is taken on them).
 
         The bias [V] enters the matmul as one more contraction column (``[x, 1] @ [table, bias]^T``): added
-        after it, it costs a pass over the [tokens, V] logits forward and a column sum of their gradient
-        backward; inside, it is one of 129 products per logit. The MLM head + loss over all 1024 positions of
-        an 8x128 batch (V = 30000, E = 128) took 176 instead of 270 ms forward+backward, an ALBERT-base train
-        step 2.5% less (2-core CPU, float32). With a bfloat16 compute dtype the bias is rounded to bfloat16, as
-        the table is.
+        after it, it would cost a pass over the [tokens, V] logits forward and a column sum of their gradient
+        backward; inside, it is one of E + 1 products per logit (README, Performance). With a bfloat16 compute
+        dtype the bias is rounded to bfloat16, as the table is.
         """
         x = jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), x.dtype)], -1)
         table = jnp.concatenate([self.word_embeddings.embedding, bias[:, None]], 1).astype(x.dtype)
@@ -218,8 +215,7 @@ def _fused_attention(dtype, head_dim: int, length: int) -> Optional[str]:
     whose backward pass needs even lengths). Elsewhere the explicit path, which computes what the function's
     XLA implementation computes (the one `implementation=None` selects, on a GPU too) and runs faster: that
     implementation vmaps over head groups, which on CPU splits XLA's scores-softmax-context fusion and copies
-    the probabilities; its attention forward+backward took 1.2x (T=128) to 1.5x (T=512) the explicit path's
-    time, 1-2% of an ALBERT-base training step.
+    the probabilities (README, Performance).
     """
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return None
@@ -235,9 +231,9 @@ def _explicit_attention(q, k, v, mask, dropout):
     (context [B, T, N, D], probabilities [B, N, T, T] float32). `dropout` maps the probabilities to what
     multiplies v.
 
-    The operands are laid out head-major, with k as [B, N, D, T], before the matmuls: XLA's CPU backend
-    then runs both as plain batched matmuls; the same einsums on [B, T, N, D] operands took 2x (forward)
-    and 1.3x (forward+backward) as long at T=128 (ALBERT-base heads, 2-core CPU).
+    The operands are laid out head-major, with k as [B, N, D, T], before the matmuls, so that XLA's CPU
+    backend runs both as plain batched matmuls; the same einsums on [B, T, N, D] operands are slower
+    (README, Performance).
     """
     q, v = q.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     scores = jnp.einsum("bhqd,bhdk->bhqk", q, k.transpose(0, 2, 3, 1),
@@ -525,20 +521,21 @@ HEADS = {cls.__name__: cls for cls in (
     AlbertForTokenClassification, AlbertForQuestionAnswering, AlbertForMultipleChoice)}
 
 
-def _dummy_inputs(model: nn.Module, seq_len: int):
+def boxed_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Randomly initialised parameters of `model`, boxed with their logical axes (`model.init(...)["params"]`
+    on a dummy batch of one `seq_len`-token row; one row of one choice for multiple choice)."""
     shape = (1, 1, seq_len) if isinstance(model, AlbertForMultipleChoice) else (1, seq_len)
-    return jnp.zeros(shape, jnp.int32)
+    return model.init(rng, jnp.zeros(shape, jnp.int32))["params"]
 
 
 def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
     """Randomly initialised parameters (plain arrays, logical-axis metadata removed) for `model`."""
-    variables = model.init(rng, _dummy_inputs(model, seq_len))
-    return nn.meta.unbox(variables["params"])
+    return nn.meta.unbox(boxed_params(model, rng, seq_len))
 
 
 def abstract_params(model: nn.Module, seq_len: int = 8) -> dict:
     """Parameter shapes/dtypes of `model` as `jax.ShapeDtypeStruct`s, boxed with their logical axes."""
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _dummy_inputs(model, seq_len)))["params"]
+    return jax.eval_shape(lambda: boxed_params(model, jax.random.PRNGKey(0), seq_len))
 
 
 def count_params(config: AlbertConfig, head: type = AlbertModel) -> int:

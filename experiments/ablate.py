@@ -24,8 +24,9 @@ _REUSE_HOST_MEMORY = flags.DEFINE_bool("reuse_host_memory", True, "CPU: each ste
 
 def main(argv):
     del argv
-    from albert_jax.training import configs, hostmem, sweep
-    config = configs.config_from_flag(_CONFIG)
+    from albert_jax import experiment
+    from albert_jax.training import hostmem, reporting, sweep
+    config = experiment.config_from_flag(_CONFIG)
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
     if _REUSE_HOST_MEMORY.value:  # before the backend starts
@@ -37,7 +38,7 @@ def main(argv):
         sys.exit(f"error: --shard must be i/n, got {_SHARD.value!r}")
     try:
         sweep.run_sweep(config, _WORKDIR.value, shard=(index, count), only=_CELLS.value)
-        paths = sweep.write_results(config, _WORKDIR.value)
+        paths = reporting.write_results(config, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     with open(paths["markdown"]) as f:
@@ -46,7 +47,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from albert_jax.training.configs import parse_flags
+    from albert_jax.experiment import parse_flags
     app.run(main, flags_parser=lambda argv: parse_flags(
         argv, "python experiments/ablate.py --config=experiments/configs/ablation_X.py[:scale=demo] "
               "--workdir=DIR [--config.field=value ...] [--shard=i/n] [--cells=a,b]"))

@@ -1,4 +1,5 @@
-"""experiments/bench: the analytic FLOP count against XLA's own, and `run.py --quick` writing every column."""
+"""experiments.bench: the analytic FLOP count against XLA's own, and `python -m experiments.bench --quick` writing
+every column."""
 
 import importlib.util
 import json
@@ -14,14 +15,8 @@ import pytest
 
 import albert_jax as aj
 from albert_jax.training import hostmem
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "experiments", "bench")
-sys.path.insert(0, BENCH)
-
-import flops  # noqa: E402
-import report  # noqa: E402
-import workloads  # noqa: E402
+from experiments.bench import flops, report, workloads
+from experiments.bench.machine import ROOT
 
 # One layer: XLA's cost analysis counts the body of the scan (a while loop) once, whatever its trip count.
 TINY = aj.AlbertConfig.from_preset("albert-tiny").replace(
@@ -90,7 +85,8 @@ def test_report_names_a_system_that_did_not_run():
                 systems={"albert_jax": dict(status="ok", seconds=0.5, tokens_per_s=100.0, mfu=0.1),
                          "transformers": dict(status="ok", seconds=1.0, tokens_per_s=50.0),
                          "keras_hub": dict(status="not installed", reason="pip install -e .[bench]")})
-    meta = dict(command="run.py", device="cpu", settings=dict(dtype="float32", preset="p", quick=True, repeats=1),
+    meta = dict(command="python -m experiments.bench", device="cpu",
+                settings=dict(dtype="float32", preset="p", quick=True, repeats=1),
                 environment=dict(date="d", cpu="c", cpus_usable=1, cpu_count=1, versions={}, env={}), threads={})
     row = [line for line in report.markdown(dict(meta=meta, items={"forward": item})).splitlines()
            if line.startswith("| a. forward")][0]
@@ -101,7 +97,7 @@ def test_report_names_a_system_that_did_not_run():
 def test_quick_run_writes_every_column(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it
-    result = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "peak,forward,train",
+    result = subprocess.run([sys.executable, "-m", "experiments.bench", "--quick", "--only", "peak,forward,train",
                              "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
                             cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -135,3 +131,12 @@ def test_quick_run_writes_every_column(tmp_path):
     assert train["transformers"]["loss"] == pytest.approx(train["albert_jax"]["loss"], rel=1e-4)
     markdown = (tmp_path / "results.md").read_text()
     assert "| a. forward" in markdown and "| b. train step" in markdown
+
+
+@pytest.mark.parametrize("module", ["experiments.bench", "experiments.bench.data_pipeline",
+                                    "experiments.bench.data_vs_step"])
+@pytest.mark.integration
+def test_entry_points_run_as_modules_from_the_checkout(module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-3000:]

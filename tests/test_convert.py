@@ -12,6 +12,7 @@ import transformers
 
 import albert_jax as aj
 from albert_jax import convert, pretrained
+from albert_jax.convert import cli
 
 # (transformers class, our class, output fields to compare (ours, theirs))
 HEAD_PAIRS = [
@@ -179,8 +180,8 @@ def test_sharded_safetensors_index(tmp_path):
 def test_cli_roundtrip(tmp_path):
     model = transformers.AlbertForPreTraining(hf_config()).eval()
     model.save_pretrained(tmp_path / "hf")
-    assert convert.main(["from-hf", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
-    assert convert.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")]) == 0
+    assert cli.main(["from-hf", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    assert cli.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")]) == 0
     reloaded = transformers.AlbertForPreTraining.from_pretrained(str(tmp_path / "hf2")).eval()
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
@@ -194,12 +195,12 @@ def hf_dir(tmp_path):
 
 
 def test_missing_directory_and_files(tmp_path):
-    with pytest.raises(convert.CheckpointError, match="not a directory"):
+    with pytest.raises(convert.ConversionError, match="not a directory"):
         convert.load_hf(str(tmp_path / "nope"))
-    with pytest.raises(convert.CheckpointError, match="no config.json"):
+    with pytest.raises(convert.ConversionError, match="no config.json"):
         convert.load_hf(str(tmp_path))
     hf_config().save_pretrained(tmp_path)
-    with pytest.raises(convert.CheckpointError, match="no weights.*model.safetensors"):
+    with pytest.raises(convert.ConversionError, match="no weights.*model.safetensors"):
         convert.load_hf(str(tmp_path))
 
 
@@ -207,7 +208,7 @@ def test_pickle_refused_unless_allowed(hf_dir):
     model = transformers.AlbertForPreTraining.from_pretrained(str(hf_dir))
     os.remove(hf_dir / "model.safetensors")
     torch.save(model.state_dict(), hf_dir / "pytorch_model.bin")
-    with pytest.raises(convert.CheckpointError, match="pickle.*arbitrary code"):
+    with pytest.raises(convert.ConversionError, match="pickle.*arbitrary code"):
         convert.load_hf(str(hf_dir))
     _, params = convert.load_hf(str(hf_dir), allow_pickle=True)
     np.testing.assert_array_equal(params["predictions"]["bias"], model.predictions.bias.detach().numpy())
@@ -215,7 +216,7 @@ def test_pickle_refused_unless_allowed(hf_dir):
 
 def test_corrupt_safetensors(hf_dir):
     (hf_dir / "model.safetensors").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(convert.CheckpointError, match="model.safetensors is not a readable safetensors"):
+    with pytest.raises(convert.ConversionError, match="model.safetensors is not a readable safetensors"):
         convert.load_hf(str(hf_dir))
 
 
@@ -226,7 +227,7 @@ def test_missing_unexpected_and_mismatched_tensors_are_named(hf_dir):
     tensors["albert.encoder.extra_thing.weight"] = np.zeros(3, np.float32)
     tensors["albert.embeddings.position_embeddings.weight"] = np.zeros((7, 16), np.float32)
     save_file(tensors, hf_dir / "model.safetensors")
-    with pytest.raises(convert.CheckpointError) as err:
+    with pytest.raises(convert.ConversionError) as err:
         convert.load_hf(str(hf_dir))
     message = str(err.value)
     assert "missing tensors: albert.encoder.embedding_hidden_mapping_in.weight" in message
@@ -238,5 +239,5 @@ def test_wrong_model_type(hf_dir):
     data = json.loads((hf_dir / "config.json").read_text())
     data["model_type"] = "bert"
     (hf_dir / "config.json").write_text(json.dumps(data))
-    with pytest.raises(convert.CheckpointError, match="model_type='bert'"):
+    with pytest.raises(convert.ConversionError, match="model_type='bert'"):
         convert.load_hf(str(hf_dir))

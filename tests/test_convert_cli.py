@@ -17,6 +17,7 @@ import transformers
 
 import albert_jax as aj
 from albert_jax import convert
+from albert_jax.convert import cli
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,11 +72,11 @@ def assert_same_predictions(ours, reference):
 def test_tokenizer_travels_with_the_model_both_ways(tmp_path, spm_models):
     source = hf_dir(tmp_path / "hf", 200, spm_models[200])
     reference = fill_mask_reference(source)
-    assert convert.main(["from-hf", "--hf-dir", source, "--out", str(tmp_path / "ours")]) == 0
+    assert cli.main(["from-hf", "--hf-dir", source, "--out", str(tmp_path / "ours")]) == 0
     assert TOKENIZER_FILES <= set(os.listdir(tmp_path / "ours"))
     assert_same_predictions(aj.pipeline("fill-mask", model=tmp_path / "ours")(TEXT), reference)
 
-    assert convert.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")]) == 0
+    assert cli.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")]) == 0
     assert set(os.listdir(tmp_path / "hf2")) == {"config.json", "model.safetensors"} | TOKENIZER_FILES
     assert_same_predictions(aj.pipeline("fill-mask", model=tmp_path / "hf2")(TEXT), reference)
     assert_same_predictions(fill_mask_reference(str(tmp_path / "hf2")), reference)
@@ -83,12 +84,13 @@ def test_tokenizer_travels_with_the_model_both_ways(tmp_path, spm_models):
     assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf2"))(TEXT).input_ids == theirs(TEXT).input_ids
 
 
+@pytest.mark.integration
 def test_output_holding_a_model_is_refused_unless_overwrite(tmp_path, spm_models):
     """A model and its 200-piece tokenizer are in --out; a 150-piece model without tokenizer must not land
     beside them: refused, then with --overwrite it replaces every model file (other files are kept)."""
     old, new = hf_dir(tmp_path / "old", 200, spm_models[200]), hf_dir(tmp_path / "new", 150, seed=1)
     out = tmp_path / "out"
-    assert convert.main(["to-hf", "--checkpoint", old, "--out", str(out)]) == 0
+    assert cli.main(["to-hf", "--checkpoint", old, "--out", str(out)]) == 0
     (out / "NOTES.txt").write_text("mine")
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
 
@@ -96,17 +98,18 @@ def test_output_holding_a_model_is_refused_unless_overwrite(tmp_path, spm_models
     assert_one_line_error(result, "already holds a model", "spiece.model", "--overwrite")
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
-    assert convert.main(["to-hf", "--checkpoint", new, "--out", str(out), "--overwrite"]) == 0
+    assert cli.main(["to-hf", "--checkpoint", new, "--out", str(out), "--overwrite"]) == 0
     assert set(os.listdir(out)) == {"config.json", "model.safetensors", "NOTES.txt"}
     assert transformers.AlbertForMaskedLM.from_pretrained(str(out)).config.vocab_size == 150
 
     # an albert-jax directory is read before the HF files beside it: its weights must go too
-    assert convert.main(["from-hf", "--hf-dir", old, "--out", str(tmp_path / "ours")]) == 0
-    assert convert.main(["to-hf", "--checkpoint", new, "--out", str(tmp_path / "ours"), "--overwrite"]) == 0
+    assert cli.main(["from-hf", "--hf-dir", old, "--out", str(tmp_path / "ours")]) == 0
+    assert cli.main(["to-hf", "--checkpoint", new, "--out", str(tmp_path / "ours"), "--overwrite"]) == 0
     assert set(os.listdir(tmp_path / "ours")) == {"config.json", "model.safetensors"}
     assert aj.from_pretrained(str(tmp_path / "ours"))[0].vocab_size == 150
 
 
+@pytest.mark.integration
 def test_to_hf_checks_the_weights_against_config_json(tmp_path):
     config, params = convert.load_hf(hf_dir(tmp_path / "hf", 200))
     aj.save_pretrained(config.replace(vocab_size=201), params, str(tmp_path / "ours"))
@@ -114,7 +117,7 @@ def test_to_hf_checks_the_weights_against_config_json(tmp_path):
     assert_one_line_error(result, "albert.embeddings.word_embeddings.weight: checkpoint (200, 16), model expects "
                                   "(201, 16)")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(convert.CheckpointError, match="word_embeddings.weight: checkpoint"):
+    with pytest.raises(convert.ConversionError, match="word_embeddings.weight: checkpoint"):
         convert.save_hf(config.replace(vocab_size=201), params, str(tmp_path / "direct"))
     assert not (tmp_path / "direct").exists()
 
@@ -127,8 +130,8 @@ def test_written_files_have_ordinary_permissions(tmp_path, spm_models, umask):
     out = tmp_path / "out"
     previous = os.umask(umask)
     try:
-        assert convert.main(["from-hf", "--hf-dir", source, "--out", str(tmp_path / "ours")]) == 0
-        assert convert.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(out)]) == 0
+        assert cli.main(["from-hf", "--hf-dir", source, "--out", str(tmp_path / "ours")]) == 0
+        assert cli.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(out)]) == 0
         modes = {name: os.stat(out / name).st_mode & 0o777 for name in os.listdir(out)}
         assert modes == dict.fromkeys({"config.json", "model.safetensors"} | TOKENIZER_FILES, 0o666 & ~umask)
         os.chmod(out / "model.safetensors", 0o640)
@@ -138,6 +141,7 @@ def test_written_files_have_ordinary_permissions(tmp_path, spm_models, umask):
         os.umask(previous)
 
 
+@pytest.mark.integration
 def test_help_says_what_to_hf_reads():
     result = run_cli("to-hf", "--help")
     assert result.returncode == 0 and "work dir" not in result.stdout
@@ -146,16 +150,18 @@ def test_help_says_what_to_hf_reads():
 
 @pytest.mark.parametrize("code", [
     "import runpy, sys; sys.argv = ['convert', '--help']; runpy.run_module('albert_jax.convert', run_name='__main__')",
-    # as after an in-process `convert.main(...)`, e.g. from a test or a notebook
-    "import albert_jax.convert as c; c.main; import runpy, sys; sys.argv = ['convert', '--help']; "
+    # as after an in-process `cli.main(...)`, e.g. from a test or a notebook
+    "import albert_jax.convert.cli as c; c.main; import runpy, sys; sys.argv = ['convert', '--help']; "
     "runpy.run_module('albert_jax.convert', run_name='__main__', alter_sys=True)",
-], ids=["python-m", "after-convert.main"])
+], ids=["python-m", "after-cli.main"])
+@pytest.mark.integration
 def test_no_runpy_warning(code):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0 and "usage: python -m albert_jax.convert" in result.stdout, result.stderr
     assert "RuntimeWarning" not in result.stderr, result.stderr
 
 
+@pytest.mark.integration
 def test_errors_are_one_line(tmp_path):
     source = hf_dir(tmp_path / "hf", 200)
     (tmp_path / "a_file").write_text("")

@@ -16,6 +16,7 @@ import pytest
 
 import albert_jax as aj
 from albert_jax import convert, pretrained
+from albert_jax.convert import cli
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
 
 tf = pytest.importorskip("tensorflow")
@@ -142,7 +143,7 @@ def test_cli_converts_an_original_checkpoint(tmp_path, name):
     prefix = write_tf1_checkpoint({**variables, **optimizer_slots(variables)}, str(tmp_path / "tf" / "model.ckpt-7"))
     config_file = tmp_path / "albert_config.json"
     config_file.write_text(json.dumps(original_config(model)))
-    assert convert.main(["from-tf", "--tf-checkpoint", prefix, "--albert-config", str(config_file),
+    assert cli.main(["from-tf", "--tf-checkpoint", prefix, "--albert-config", str(config_file),
                          "--out", str(tmp_path / "ours"), "--hf-out", str(tmp_path / "hf")]) == 0
 
     config, params = pretrained.from_pretrained(str(tmp_path / "ours"))
@@ -167,7 +168,7 @@ def test_checkpoint_directory_heads_optional_and_spiece_model(tmp_path):
     config_file.write_text(json.dumps(original_config(model)))
     docs = "\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
     spm_model = train_spm(iter(docs[:30_000].splitlines()), 200, str(tmp_path / "30k-clean"))
-    assert convert.main(["from-tf", "--tf-checkpoint", str(tmp_path / "tf"), "--albert-config", str(config_file),
+    assert cli.main(["from-tf", "--tf-checkpoint", str(tmp_path / "tf"), "--albert-config", str(config_file),
                          "--hf-out", str(tmp_path / "hf"), "--spiece-model", spm_model]) == 0
     hf = transformers.AlbertModel.from_pretrained(str(tmp_path / "hf"), attn_implementation="eager").eval()
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["AlbertModel"]
@@ -187,13 +188,13 @@ def test_checkpoint_directory_heads_optional_and_spiece_model(tmp_path):
 def test_missing_checkpoint_prefix(tmp_path, capsys):
     config_file = tmp_path / "albert_config.json"
     config_file.write_text(json.dumps(original_config(hf_model(0, **CONFIGS["groups2-inner2"]))))
-    with pytest.raises(convert.CheckpointError, match="no TF checkpoint at .*model.ckpt-1"):
+    with pytest.raises(convert.ConversionError, match="no TF checkpoint at .*model.ckpt-1"):
         convert.load_tf(str(tmp_path / "model.ckpt-1"), str(config_file))
-    assert convert.main(["from-tf", "--tf-checkpoint", str(tmp_path / "nope"), "--albert-config", str(config_file),
+    assert cli.main(["from-tf", "--tf-checkpoint", str(tmp_path / "nope"), "--albert-config", str(config_file),
                          "--out", str(tmp_path / "out")]) == 1
     assert "no TF checkpoint at" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        convert.main(["from-tf", "--tf-checkpoint", "x", "--albert-config", str(config_file)])
+        cli.main(["from-tf", "--tf-checkpoint", "x", "--albert-config", str(config_file)])
 
 
 def test_missing_and_unexpected_variables_are_named(tmp_path):
@@ -204,7 +205,7 @@ def test_missing_and_unexpected_variables_are_named(tmp_path):
     del variables["cls/predictions/output_bias"]  # a head that is there must be complete
     variables["bert/encoder/transformer/group_2/inner_group_0/LayerNorm/gamma"] = np.ones(32, np.float32)
     variables["cls/squad/output_weights"] = np.ones((2, 32), np.float32)
-    with pytest.raises(convert.CheckpointError) as err:
+    with pytest.raises(convert.ConversionError) as err:
         convert.tf_to_hf_state_dict({**variables, **optimizer_slots(variables)}, config)
     message = str(err.value)
     assert ("missing variables: bert/encoder/transformer/group_1/inner_group_0/ffn_1/intermediate/dense/kernel, "
@@ -214,7 +215,7 @@ def test_missing_and_unexpected_variables_are_named(tmp_path):
 
     variables = original_variables(model)
     variables["bert/embeddings/word_embeddings"] = variables["bert/embeddings/word_embeddings"][:100]
-    with pytest.raises(convert.CheckpointError, match=r"word_embeddings.weight: checkpoint \(100, 16\), model "
+    with pytest.raises(convert.ConversionError, match=r"word_embeddings.weight: checkpoint \(100, 16\), model "
                                                       r"expects \(200, 16\)"):
         convert.load_tf(write_tf1_checkpoint(variables, str(tmp_path / "tf" / "ckpt")),
                         str(tmp_path / "albert_config.json"))
@@ -253,14 +254,15 @@ def test_layouts_the_model_cannot_express_are_refused(tmp_path):
     config_file = _write(tmp_path / "albert_config.json", {**base, "num_hidden_layers": 44, "num_hidden_groups": 22})
     message = ("num_hidden_layers=44 with num_hidden_groups=22 cannot be imported: the original code puts layer 30 "
                "in group int(30 / 44 * 22) = 14")
-    with pytest.raises(convert.CheckpointError, match=r"transformers and albert-jax .* cannot represent") as err:
+    with pytest.raises(convert.ConversionError, match=r"transformers and albert-jax .* cannot represent") as err:
         convert.tf_config(config_file)
     assert message in str(err.value)
-    assert convert.main(["from-tf", "--tf-checkpoint", str(tmp_path / "unused"), "--albert-config", config_file,
+    assert cli.main(["from-tf", "--tf-checkpoint", str(tmp_path / "unused"), "--albert-config", config_file,
                          "--out", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_unreadable_or_missing_checkpoint_is_a_one_line_error(tmp_path):
     """Through `python -m albert_jax.convert`, so that TF's own start-up output on stderr counts too."""
     model = hf_model(0, **CONFIGS["groups2-inner2"])

@@ -15,7 +15,7 @@ import pytest
 
 from albert_jax.data import prepare, records
 from albert_jax.data.corpus import builtin_corpus
-from albert_jax.data.loader import PretrainingData
+from albert_jax.data.loader import PretrainingDataset
 from albert_jax.data.pretraining import (
     FEATURES,
     choose_masked_spans,
@@ -93,7 +93,7 @@ def restore(example):
     ids = example["input_ids"].copy()
     k = int(example["masked_lm_weights"].sum())
     ids[example["masked_lm_positions"][:k]] = example["masked_lm_ids"][:k]
-    return ids[: int(example["input_mask"].sum())]
+    return ids[: int(example["attention_mask"].sum())]
 
 
 def split_segments(ids):
@@ -120,7 +120,7 @@ def dynamic_data(directory, docs, tok, max_seq_length, max_predictions, seed):
     (directory / prepare.MANIFEST).write_text(json.dumps(manifest))
     data = ml_collections.ConfigDict(dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions,
                                           masked_lm_prob=0.15, ngram=3))
-    return PretrainingData(str(directory), "train", data, seed)
+    return PretrainingDataset(str(directory), "train", data, seed)
 
 
 def epoch(data, index):
@@ -167,8 +167,8 @@ def test_format_shapes_dtypes(sample):
     assert len(sample) > 2000
     arrays = examples_to_arrays(sample)
     n = len(sample)
-    expected = {"input_ids": ((n, 128), np.int32), "input_mask": ((n, 128), np.int32),
-                "segment_ids": ((n, 128), np.int32), "masked_lm_positions": ((n, 20), np.int32),
+    expected = {"input_ids": ((n, 128), np.int32), "attention_mask": ((n, 128), np.int32),
+                "token_type_ids": ((n, 128), np.int32), "masked_lm_positions": ((n, 20), np.int32),
                 "masked_lm_ids": ((n, 20), np.int32), "masked_lm_weights": ((n, 20), np.float32),
                 "sentence_order_label": ((n,), np.int32)}
     assert set(arrays) == set(FEATURES) == set(expected)
@@ -180,8 +180,8 @@ def test_format_shapes_dtypes(sample):
 
 def test_special_tokens_segments_and_padding(sample):
     for ex in sample:
-        length = int(ex["input_mask"].sum())
-        assert 5 <= length <= 128 and ex["input_mask"][:length].all() and not ex["input_mask"][length:].any()
+        length = int(ex["attention_mask"].sum())
+        assert 5 <= length <= 128 and ex["attention_mask"][:length].all() and not ex["attention_mask"][length:].any()
         ids = ex["input_ids"]
         assert (ids[length:] == PAD).all()
         a, b = split_segments(restore(ex))
@@ -189,7 +189,7 @@ def test_special_tokens_segments_and_padding(sample):
         assert not SPECIALS & (set(a.tolist()) | set(b.tolist()))
         expected_segments = np.zeros(128, np.int32)
         expected_segments[len(a) + 2:length] = 1
-        np.testing.assert_array_equal(ex["segment_ids"], expected_segments)
+        np.testing.assert_array_equal(ex["token_type_ids"], expected_segments)
         # The specials stay in place: masking never touches [CLS]/[SEP].
         assert ids[0] == CLS and ids[len(a) + 1] == SEP and ids[length - 1] == SEP
 
@@ -231,7 +231,7 @@ def test_whole_words_are_masked(corpus, sample):
 
 
 def test_mask_rate_and_budget(sample):
-    lengths = np.array([ex["input_mask"].sum() for ex in sample])
+    lengths = np.array([ex["attention_mask"].sum() for ex in sample])
     counts = np.array([ex["masked_lm_weights"].sum() for ex in sample])
     budgets = np.minimum(20, np.maximum(1, np.round(lengths * 0.15)))  # num_to_predict
     assert (counts <= budgets).all() and (counts >= 1).all()
@@ -329,7 +329,7 @@ def test_truncation_of_long_sentences():
     removed_a, removed_b = truncation_counts(200, 200, 61)
     front = total = 0
     for ex in examples:
-        assert ex["input_mask"].sum() == 64
+        assert ex["attention_mask"].sum() == 64
         for segment, removed in zip(split_segments(restore(ex)), (removed_a, removed_b)):
             stream = segment - 5
             assert len(segment) == 200 - removed and (np.diff(stream) == 1).all()
@@ -347,7 +347,7 @@ def test_short_seq_prob():
     for prob in (0.0, 0.1, 1.0):
         first_lengths = {}
         for ex in create_examples(docs, tok, max_seq_length=128, max_predictions_per_seq=20, short_seq_prob=prob):
-            first_lengths.setdefault(doc_of[restore(ex)[1] - 5], int(ex["input_mask"].sum()))
+            first_lengths.setdefault(doc_of[restore(ex)[1] - 5], int(ex["attention_mask"].sum()))
         short = np.mean([length < 128 for length in first_lengths.values()])
         expected = prob * 119 / 124
         assert abs(short - expected) < 4.5 * np.sqrt(max(expected * (1 - expected), 1e-9) / len(first_lengths)) + 1e-9
@@ -471,6 +471,6 @@ def test_builtin_corpus_with_trained_tokenizer(tmp_path):
     arrays = examples_to_arrays(examples)
     assert len(examples) > 300 and arrays["input_ids"].shape[1] == 128
     assert (arrays["input_ids"][:, 0] == tok.cls_token_id).all()
-    assert abs(arrays["masked_lm_weights"].sum() / arrays["input_mask"].sum() - 0.15) < 0.015
+    assert abs(arrays["masked_lm_weights"].sum() / arrays["attention_mask"].sum() - 0.15) < 0.015
     text = " ".join(tok.convert_ids_to_tokens(restore(examples[0]).tolist()))
     assert text.startswith("[CLS] ▁") and text.count("[SEP]") == 2

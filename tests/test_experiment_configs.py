@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from albert_jax.training import configs, finetune, pretrain, sweep
+from albert_jax import experiment
+from albert_jax.training import finetune, pretrain, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
@@ -18,7 +19,7 @@ SPECS = ["demo.py"] + [f"ablation_{a}.py:scale={s}" for a in ("embedding", "shar
 
 
 def load(spec):
-    return configs.load_config(os.path.join(CONFIGS, spec))
+    return experiment.load_config(os.path.join(CONFIGS, spec))
 
 
 def test_every_config_file_is_covered():
@@ -29,35 +30,35 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("spec", SPECS)
 def test_config_builds(spec):
     config = load(spec)
-    model = configs.build_model_config(config.model)
+    model = experiment.albert_config(config.model)
     assert config.total_steps > 0 and config.batch_size > 0
     assert load(spec).to_dict() == config.to_dict()  # get_config is deterministic
     if config.job == "pretrain":
         pretrain.validate(config, model)
         for name in sweep.cells(config) if "cells" in config else ():
             cell = sweep.cell_config(config, name)
-            pretrain.validate(cell, configs.build_model_config(cell.model))
+            pretrain.validate(cell, experiment.albert_config(cell.model))
     else:
         assert config.job == "finetune" and config.task in finetune.TASKS and config.init_from
         assert config.optimizer.optimizer == "adamw"
 
 
 def test_ablation_grids_are_the_papers_tables_3_and_4():
-    embedding = sweep.load_sweep(os.path.join(CONFIGS, "ablation_embedding.py:scale=paper"))
+    embedding = load("ablation_embedding.py:scale=paper")
     assert {(c["model"]["embedding_size"], c["model"]["sharing"]) for c in sweep.cells(embedding).values()} == {
         (e, s) for e in (64, 128, 256, 768) for s in ("all", "none")}
-    sharing = sweep.load_sweep(os.path.join(CONFIGS, "ablation_sharing.py:scale=paper"))
+    sharing = load("ablation_sharing.py:scale=paper")
     assert {(c["model"]["embedding_size"], c["model"]["sharing"]) for c in sweep.cells(sharing).values()} == {
         (e, s) for e in (768, 128) for s in ("all", "attention", "ffn", "none")}
-    assert configs.build_model_config(sweep.cell_config(sharing, "E768-none").model).hidden_size == 768
+    assert experiment.albert_config(sweep.cell_config(sharing, "E768-none").model).hidden_size == 768
 
 
 def test_paper_settings():
     base = load("pretrain.py:size=base")
     assert (base.data.max_seq_length, base.batch_size, base.total_steps) == (512, 4096, 125_000)
     assert (base.optimizer.optimizer, base.optimizer.learning_rate) == ("lamb", 0.00176)
-    assert configs.build_model_config(base.model).hidden_size == 768
-    assert configs.build_model_config(load("pretrain.py:size=xxlarge").model).hidden_size == 4096
+    assert experiment.albert_config(base.model).hidden_size == 768
+    assert experiment.albert_config(load("pretrain.py:size=xxlarge").model).hidden_size == 4096
     mnli = load("glue.py:task=mnli")
     assert (mnli.optimizer.warmup_steps, mnli.optimizer.learning_rate, mnli.total_steps, mnli.batch_size) == (
         1000, 3e-5, 10000, 128)

@@ -1,19 +1,22 @@
 """The train loop's seam, in process: init_from (resolution, new heads, sharded placement), restores that
 carry shardings, the work dir claim, and the evaluators' predict."""
 
+import functools
 import json
 import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import albert_jax as aj
-from albert_jax import convert
-from albert_jax.training import checkpoints, initialization, loop, sharding
+from albert_jax import convert, experiment
+from albert_jax.training import checkpoints, initialization, loop, optimizers, sharding
 
 TINY = aj.AlbertConfig.from_preset("albert-tiny", vocab_size=64, embedding_size=8, hidden_size=16,
                                    num_attention_heads=2, intermediate_size=32, num_hidden_layers=2,
@@ -44,7 +47,7 @@ def test_init_from_loads_the_backbone_and_keeps_a_fresh_head(pretrained_dirs, wh
     root, params = pretrained_dirs
     spec = {"ours": root / "work" / "final", "work dir": root / "work", "hf": root / "hf"}[which]
     fresh = fresh_classifier_params()
-    merged = initialization.load_into(fresh, str(spec))
+    merged = initialization.load_into(fresh, initialization.resolve(str(spec)).directory)
     got, want, new = flat(merged), flat(params), flat(fresh)
     assert {p for p in got if not p.startswith("albert/")} == {"classifier/kernel", "classifier/bias"}
     for path, value in got.items():
@@ -93,8 +96,8 @@ def test_init_from_hub_name_uses_the_local_cache_only(pretrained_dirs, tmp_path,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert initialization.resolve("someone/tiny-albert") == str(snapshot)
-    assert initialization.model_config("someone/tiny-albert").hidden_size == TINY.hidden_size
+    resolved = initialization.resolve("someone/tiny-albert")
+    assert resolved.directory == str(snapshot) and resolved.config.hidden_size == TINY.hidden_size
     with pytest.raises(FileNotFoundError, match="huggingface_hub cache"):
         initialization.resolve("someone/not-downloaded")
 
@@ -117,23 +120,23 @@ def test_restore_reshards_onto_another_mesh(tmp_path):
 
 
 def test_claim_refuses_another_run_and_overwrite_clears_everything(tmp_path):
-    checkpoints.claim_workdir(str(tmp_path), {"seed": 0}, overwrite=False)
+    loop.claim_workdir(str(tmp_path), {"seed": 0}, overwrite=False)
     for name in ("metrics.jsonl", "spiece.model", "examples_train_x.npz"):
         (tmp_path / name).write_text("old")
     (tmp_path / "checkpoints" / "4").mkdir(parents=True)
-    checkpoints.claim_workdir(str(tmp_path), {"seed": 0}, overwrite=False)  # same run: kept
+    loop.claim_workdir(str(tmp_path), {"seed": 0}, overwrite=False)  # same run: kept
     assert (tmp_path / "spiece.model").exists()
-    with pytest.raises(checkpoints.WorkdirError, match=r"different run \(differs in: seed\)"):
-        checkpoints.claim_workdir(str(tmp_path), {"seed": 1}, overwrite=False)
-    checkpoints.claim_workdir(str(tmp_path), {"seed": 1}, overwrite=True)
-    assert os.listdir(tmp_path) == [checkpoints.RUN_CONFIG_NAME]
-    assert json.loads((tmp_path / checkpoints.RUN_CONFIG_NAME).read_text()) == {"seed": 1}
+    with pytest.raises(experiment.ClaimError, match=r"different run \(differs in: seed\)"):
+        loop.claim_workdir(str(tmp_path), {"seed": 1}, overwrite=False)
+    loop.claim_workdir(str(tmp_path), {"seed": 1}, overwrite=True)
+    assert os.listdir(tmp_path) == [loop.RUN_CONFIG_NAME]
+    assert json.loads((tmp_path / loop.RUN_CONFIG_NAME).read_text()) == {"seed": 1}
 
 
 def test_claim_refuses_an_unwritable_work_dir(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(checkpoints.WorkdirError, match="cannot write to the work dir"):
-        checkpoints.claim_workdir(str(tmp_path / "file" / "run"), {"seed": 0}, overwrite=False)
+    with pytest.raises(experiment.ClaimError, match="cannot write to the work dir"):
+        loop.claim_workdir(str(tmp_path / "file" / "run"), {"seed": 0}, overwrite=False)
 
 
 @pytest.mark.parametrize("rows", [1, 7, 8, 13])
@@ -152,3 +155,84 @@ def test_predict_sees_every_row_exactly_once(rows):
     np.testing.assert_array_equal(out["id"], np.arange(rows))
     np.testing.assert_allclose(out["double"], 2 * x)
     assert set(calls) == {(4, 3)}  # one compiled shape: the last batch is padded, its padding dropped
+
+
+# -- the pure step ---------------------------------------------------------------------------------------
+def regression_loss(params, batch, rng, deterministic):
+    """Mean squared error of a two-layer net: the mean over rows, so equal micro-batches average to the batch."""
+    hidden = jnp.tanh(batch["x"] @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    errors = ((hidden @ params["out"]["kernel"] - batch["y"]) ** 2).sum(-1)
+    return errors.mean(), {"loss": errors.sum(), "rows": jnp.float32(len(errors))}
+
+
+def regression_batch(seed, rows=8):
+    rng = np.random.RandomState(seed)
+    return {"x": rng.randn(rows, 4).astype(np.float32), "y": rng.randn(rows, 2).astype(np.float32)}
+
+
+def step_setup(grad_accum_steps):
+    """(jitted `train_step` with the loop's optimizer (LAMB, clipping, MultiSteps), its first TrainState, tx)."""
+    rng = np.random.RandomState(0)
+    params = {"hidden": {"kernel": rng.randn(4, 8), "bias": rng.randn(8)}, "out": {"kernel": rng.randn(8, 2)}}
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+    config = ml_collections.ConfigDict(dict(loop.base_config().optimizer, learning_rate=0.05, warmup_steps=0,
+                                            total_steps=10, grad_accum_steps=grad_accum_steps))
+    tx = optimizers.create_optimizer(config, params)
+    step = jax.jit(functools.partial(loop.train_step, loss_fn=regression_loss, tx=tx,
+                                     dropout_root=jax.random.PRNGKey(0)))
+    return step, loop.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), tx
+
+
+def assert_trees(check, a, b):
+    jax.tree_util.tree_map(check, jax.device_get(a), jax.device_get(b))
+
+
+def test_accumulated_micro_steps_take_the_step_of_the_whole_batch():
+    """k micro-batches of B/k rows with grad_accum_steps=k end each window on the parameters of one step on
+    the B rows (whose reference is optax applied to the batch's gradient), and leave them alone inside it;
+    three windows, so the schedule and Adam's moments must count optimizer steps, not micro-steps."""
+    k, close = 4, functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    full_step, full, tx = step_setup(1)
+    accum_step, accum, _ = step_setup(k)
+    params, opt_state = full.params, tx.init(full.params)
+    for window in range(3):
+        batch = regression_batch(window + 1)
+        full, _ = full_step(full, batch)
+        grads, _ = jax.grad(regression_loss, has_aux=True)(params, batch, None, True)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        assert_trees(close, full.params, params)
+        before = accum.params
+        for i in range(k):
+            accum, sums = accum_step(accum, {key: v[i * 2:(i + 1) * 2] for key, v in batch.items()})
+            assert float(sums["nonfinite"]) == 0 and float(sums["rows"]) == 2
+            if i < k - 1:
+                assert_trees(np.testing.assert_array_equal, accum.params, before)
+        assert int(accum.step) == (window + 1) * k
+        assert not np.allclose(accum.params["out"]["kernel"], before["out"]["kernel"])
+        assert_trees(close, accum.params, full.params)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("grad_accum_steps", [1, 3])
+def test_a_nonfinite_micro_step_changes_nothing_but_the_step(grad_accum_steps, bad):
+    """A NaN/inf loss after a finite micro-step (mid-window with accumulation): params and opt_state (MultiSteps'
+    accumulated gradients included) stay bit for bit, the sums are zeroed and flagged, and the finite micro-steps
+    after it compute exactly what they would have had the bad batch never come."""
+    step, state, _ = step_setup(grad_accum_steps)
+    state, sums = step(state, regression_batch(1))
+    assert float(sums["nonfinite"]) == 0 and float(sums["loss"]) > 0
+    poisoned = regression_batch(2)
+    poisoned["y"][3, 1] = bad
+    after, sums = step(state, poisoned)
+    assert int(after.step) == int(state.step) + 1
+    assert_trees(np.testing.assert_array_equal, (after.params, after.opt_state), (state.params, state.opt_state))
+    assert {k: float(v) for k, v in sums.items()} == {"loss": 0, "rows": 0, "grad_norm": 0, "nonfinite": 1}
+    resumed, never_poisoned = after, state
+    for seed in range(3, 3 + max(grad_accum_steps - 1, 1)):  # up to the end of the window: an update
+        resumed, sums = step(resumed, regression_batch(seed))
+        never_poisoned, _ = step(never_poisoned, regression_batch(seed))
+        assert float(sums["nonfinite"]) == 0 and np.isfinite(float(sums["grad_norm"])) and float(sums["rows"]) == 8
+    assert not np.allclose(resumed.params["out"]["kernel"], state.params["out"]["kernel"])
+    assert_trees(np.testing.assert_array_equal, (resumed.params, resumed.opt_state),
+                 (never_poisoned.params, never_poisoned.opt_state))

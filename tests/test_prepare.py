@@ -13,18 +13,18 @@ from helpers import ROOT
 from test_tfrecord import make_instances, write_original_example_files
 
 from albert_jax.data import prepare, records
-from albert_jax.data.loader import PretrainingBatches, PretrainingData
+from albert_jax.data.loader import PretrainingBatches, PretrainingDataset
 from albert_jax.data.pretraining import FEATURES, create_examples, create_pairs
 from albert_jax.data.sources import load_source
 from albert_jax.tokenizer import AlbertTokenizer
-from albert_jax.training import configs
+from albert_jax import experiment
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 VOCAB = 600
 
 
 def tiny_config(**data):
-    config = configs.load_config(TINY)
+    config = experiment.load_config(TINY)
     config.data.docs_per_shard = 40
     config.data.prepare_workers = 1
     config.data.update(data)
@@ -142,6 +142,7 @@ def test_an_interrupted_prepare_resumes_with_the_missing_shards(prepared, tmp_pa
         assert read_records(str(tmp_path), shard["name"]) == read_records(directory, shard["name"])
 
 
+@pytest.mark.integration
 def test_other_settings_are_refused_unless_overwrite(prepared, tmp_path):
     _, directory = prepared
     base = [sys.executable, "-m", "albert_jax.data.prepare", f"--config={TINY}", f"--out={tmp_path}",
@@ -153,7 +154,7 @@ def test_other_settings_are_refused_unless_overwrite(prepared, tmp_path):
     changed = subprocess.run(base + ["--config.data.masked_lm_prob=0.2"], capture_output=True, text=True, cwd=ROOT)
     assert changed.returncode != 0
     assert changed.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path} holds pretraining data prepared with other settings (changed: masked_lm_prob); "
+        f"error: {tmp_path} holds pretraining data prepared with other settings (differs in: masked_lm_prob); "
         "use --overwrite to prepare it anew, or another directory")
     config = tiny_config(masked_lm_prob=0.2)  # not the module fixture's config: other tests share it
     manifest = prepare.prepare(config, str(tmp_path), VOCAB, overwrite=True)
@@ -161,6 +162,7 @@ def test_other_settings_are_refused_unless_overwrite(prepared, tmp_path):
     assert prepare.prepare(config, str(tmp_path), VOCAB) == manifest  # reused as it is
 
 
+@pytest.mark.integration
 def test_a_concurrent_prepare_waits_for_the_first_then_reuses_it(prepared, tmp_path):
     _, directory = prepared
     config = tiny_config()
@@ -186,7 +188,7 @@ def test_a_concurrent_prepare_waits_for_the_first_then_reuses_it(prepared, tmp_p
 def test_batches_do_not_depend_on_workers_or_processes(tmp_path, masking):
     config = tiny_config(masking=masking, max_documents=80)
     prepare.prepare(config, str(tmp_path), VOCAB)
-    data = PretrainingData(str(tmp_path), "train", config.data, seed=5)
+    data = PretrainingDataset(str(tmp_path), "train", config.data, seed=5)
     one = PretrainingBatches(data, 8, process_index=0, process_count=1)
     expected = [one.batch(i) for i in range(6)]
     assert not all(np.array_equal(expected[0]["input_ids"], b["input_ids"]) for b in expected[1:])
@@ -206,7 +208,7 @@ def test_batches_do_not_depend_on_workers_or_processes(tmp_path, masking):
 
 def test_epochs_visit_every_example_once_in_a_new_order(prepared):
     config, directory = prepared
-    data = PretrainingData(directory, "train", config.data, seed=0)
+    data = PretrainingDataset(directory, "train", config.data, seed=0)
     batches = PretrainingBatches(data, 4, process_index=0, process_count=1)
     stream = data.examples()
     keys = [stream[i]["input_ids"].tobytes() for i in range(2 * data.size)]
@@ -234,7 +236,7 @@ def test_original_tfrecords_train(tmp_path, prepared):
     train = [r for r in rows if r.get("split", "train") == "train"]
     assert len(train) == 6 and all(np.isfinite(r["loss"]) for r in train)
     assert any(r.get("split") == "eval" for r in rows)
-    data = PretrainingData(str(tmp_path / "run" / "data"), "train", config.data, config.seed)
+    data = PretrainingDataset(str(tmp_path / "run" / "data"), "train", config.data, config.seed)
     stored = {tuple(data.examples(shuffle=False)[i]["input_ids"]) for i in range(data.size)}
     written = {tuple(piece_tokenizer.convert_tokens_to_ids(i.tokens) + [0] * (32 - len(i.tokens))) for i in instances}
     assert stored <= written and len(stored) == data.size

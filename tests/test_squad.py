@@ -8,9 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from albert_jax.data.squad import (SquadExample, featurize, load_squad, postprocess, read_squad_json,
-                                   read_squad_tfds, write_predictions)
-from albert_jax.evaluation.squad import evaluate, normalize_answer
+from albert_jax.data.squad import SquadExample, featurize, load_squad, read_squad_json, read_squad_tfds
+from albert_jax.evaluation.squad import evaluate, normalize_answer, postprocess, write_predictions
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
 
 WORDS = ("the a of in and to was were is on at by for with from near river city bridge music festival garden "

@@ -10,7 +10,8 @@ import pytest
 
 import helpers
 from albert_jax.modeling import count_params
-from albert_jax.training import configs, sweep
+from albert_jax import experiment
+from albert_jax.training import sweep
 
 CONFIG = os.path.join(helpers.ROOT, "tests", "configs", "tiny_sweep.py")
 ABLATE = os.path.join(helpers.ROOT, "experiments", "ablate.py")
@@ -41,11 +42,11 @@ def test_shards_cover_the_grid_once_and_a_rerun_skips_finished_cells(tmp_path):
     assert sorted(ran) == sorted(CELLS)  # every cell once over the two shards
     rows = read_csv(tmp_path / "results.csv")
     assert [r["cell"] for r in rows] == CELLS
-    config = sweep.load_sweep(CONFIG)
+    config = experiment.load_config(CONFIG)
     for row in rows:
         cell = sweep.cell_config(config, row["cell"])
-        assert int(row["parameters"]) == count_params(configs.build_model_config(cell.model))
-        paper = configs.build_model_config(configs.model_config("albert-base-v2", **sweep.cells(config)[row["cell"]]["model"]))
+        assert int(row["parameters"]) == count_params(experiment.albert_config(cell.model))
+        paper = experiment.albert_config(experiment.model_section("albert-base-v2", **sweep.cells(config)[row["cell"]]["model"]))
         assert int(row["paper_parameters"]) == count_params(paper)
         for key in ("mlm_accuracy", "sop_accuracy", "tokens_per_sec", "wall_seconds"):
             assert np.isfinite(float(row[key])), (row, key)

@@ -110,8 +110,8 @@ def expected_example(instance, tokenizer, max_seq_length, max_predictions_per_se
     pad = lambda values, n, dtype: np.array(list(values) + [0] * (n - len(values)), dtype)  # noqa: E731
     return {
         "input_ids": pad(tokenizer.convert_tokens_to_ids(instance.tokens), max_seq_length, np.int32),
-        "input_mask": pad([1] * length, max_seq_length, np.int32),
-        "segment_ids": pad(instance.segment_ids, max_seq_length, np.int32),
+        "attention_mask": pad([1] * length, max_seq_length, np.int32),
+        "token_type_ids": pad(instance.segment_ids, max_seq_length, np.int32),
         "masked_lm_positions": pad(instance.masked_lm_positions, max_predictions_per_seq, np.int32),
         "masked_lm_ids": pad(tokenizer.convert_tokens_to_ids(instance.masked_lm_labels), max_predictions_per_seq,
                              np.int32),

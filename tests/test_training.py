@@ -14,13 +14,14 @@ import helpers
 from helpers import ROOT, device_env, read_metrics, run_command
 from albert_jax import pretrained
 from albert_jax.data.batches import ArrayBatches
-from albert_jax.training import configs, optimizers, pretrain
+from albert_jax import experiment
+from albert_jax.training import optimizers, pretrain
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 
 
 def load_tiny_config():
-    return configs.load_config(TINY)
+    return experiment.load_config(TINY)
 
 
 def run_py(workdir, *overrides, devices=1, check=True, timeout=300):
@@ -75,6 +76,7 @@ def test_batches_are_a_pure_function_of_seed_and_index():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sigkill_and_restart_is_bit_exact(tmp_path):
     """Kill a run (SIGKILL) once it has written a checkpoint; the restarted run ends with the same
     parameters, bit for bit, as an uninterrupted run of the same config, and its metrics files (train and eval
@@ -100,6 +102,7 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path):
         assert [line.split(",")[0] for line in f][1:] == [str(r["step"]) for r in read_metrics(killed)]
 
 
+@pytest.mark.integration
 def test_sigterm_saves_and_resumes(tmp_path):
     cmd = run_command(TINY, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every=0")
     proc = subprocess.Popen(cmd, env=device_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -119,6 +122,7 @@ def test_sigterm_saves_and_resumes(tmp_path):
 # -- sharding and multi-process --------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", [("4", "1"), ("2", "2")], ids=["data4", "data2-fsdp2"])
+@pytest.mark.integration
 def test_sharded_training_matches_one_device(tmp_path, mesh):
     run_py(tmp_path / "one", "--config.total_steps=3")
     run_py(tmp_path / "many", "--config.total_steps=3", f"--config.mesh.data={mesh[0]}",
@@ -131,6 +135,7 @@ def test_sharded_training_matches_one_device(tmp_path, mesh):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_processes_match_one_process(tmp_path):
     """Two local CPU processes (jax.distributed, one device each) train with the same losses as one
     process with two devices on the same global batch, their parameters sharded across the processes
@@ -154,6 +159,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sigterm_to_one_process_stops_the_whole_job(tmp_path):
     """A preempted host (SIGTERM to process 1 only): both processes save the same checkpoint and exit 0."""
     address = f"127.0.0.1:{helpers.free_port()}"
@@ -184,6 +190,7 @@ def test_sigterm_to_one_process_stops_the_whole_job(tmp_path):
     (["--config.data.max_seq_length=128"], "exceeds the model's max_position_embeddings (64)"),
     (["--config.model.sharing=some"], "sharing must be one of"),
 ])
+@pytest.mark.integration
 def test_bad_input_fails_fast_with_a_message(tmp_path, overrides, message):
     start = time.time()
     result = run_py(tmp_path, *overrides, devices=4, check=False)
@@ -194,12 +201,14 @@ def test_bad_input_fails_fast_with_a_message(tmp_path, overrides, message):
     assert time.time() - start < 120
 
 
+@pytest.mark.integration
 def test_empty_corpus(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     result = run_py(tmp_path / "w", f"--config.data.source=files:{tmp_path}/empty.txt", check=False)
     assert result.returncode != 0 and "empty.txt" in result.stderr
 
 
+@pytest.mark.integration
 def test_workdir_of_another_run_is_not_overwritten(tmp_path):
     run_py(tmp_path, "--config.total_steps=2")
     before = sorted(os.listdir(tmp_path / "checkpoints"))
@@ -225,6 +234,7 @@ def test_schedule_warmup_then_linear_decay():
                                [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_takes_the_same_optimizer_steps(tmp_path):
     """grad_accum_steps=2 splits each batch of 8 into two micro-batches of 4: the first step sees the
     same 8 examples with the same parameters (equal metrics), and the schedule counts optimizer steps."""

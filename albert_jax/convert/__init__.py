@@ -1,6 +1,7 @@
 """Checkpoint conversion: HF transformers <-> albert-jax (`hf`), original TF checkpoints -> albert-jax (`tf`).
 
-Command line: ``python -m albert_jax.convert {to-hf,from-hf,from-tf} --help`` (`cli`).
+Command line: ``python -m albert_jax.convert {to-hf,from-hf,from-tf} --help`` (`cli.main`; `cli` is not
+imported here: it reads and writes albert-jax directories through `albert_jax.pretrained`, which imports `hf`).
 """
 
 from albert_jax.convert.hf import (
@@ -12,7 +13,7 @@ from albert_jax.convert.hf import (
     TIED_HF_NAMES,
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
-    CheckpointError,
+    ConversionError,
     from_hf_state_dict,
     hf_config_dict,
     load_hf,
@@ -35,19 +36,10 @@ from albert_jax.convert.tf import (
 )
 
 __all__ = [
-    "CheckpointError", "to_hf_state_dict", "from_hf_state_dict", "read_safetensors", "read_hf_tensors", "load_hf",
+    "ConversionError", "to_hf_state_dict", "from_hf_state_dict", "read_safetensors", "read_hf_tensors", "load_hf",
     "hf_config_dict", "save_hf", "save_safetensors", "tf_config", "tf_group_mismatch", "tf_to_hf_state_dict",
-    "load_tf", "main",
+    "load_tf",
     "LAYER_PREFIX", "LAYER_RE", "LAYER_TEMPLATE", "LEAF_TO_HF", "TIED_HF_NAMES", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME",
     "PICKLE_NAME", "TF_LAYER", "TF_TO_HF", "TF_SKIP_RE", "TF_SECTIONS", "TF_ACTIVATIONS",
 ]
 
-
-def __getattr__(name: str):
-    # `main` lives in `cli`, which imports `pretrained` (itself an importer of this package): loading it on
-    # first use keeps the import graph acyclic. It must not come from `__main__`: once that is imported as a
-    # module, `python -m albert_jax.convert` runs it a second time (runpy's RuntimeWarning).
-    if name == "main":
-        from albert_jax.convert.cli import main
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

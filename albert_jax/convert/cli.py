@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         config, params, tokenizer = _load(args)
         for out, save in outputs:
             _write(out, save, config, params, tokenizer)
-    except (ValueError, OSError, ImportError) as e:  # CheckpointError is a ValueError
+    except (ValueError, OSError, ImportError) as e:  # ConversionError is a ValueError
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     note = "" if tokenizer is not None else " (model only: no spiece.model in the source)"

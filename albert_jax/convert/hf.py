@@ -35,8 +35,9 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_NAME = "pytorch_model.bin"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the model: names the missing, unexpected or mis-shaped tensors."""
+class ConversionError(ValueError):
+    """A model directory or checkpoint that cannot be read or converted: missing or unreadable files, or
+    tensors that do not match the model (the message names them)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def _normalise_hf_name(name: str) -> str:
 def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, strict: bool = True) -> dict:
     """HF tensor dict -> albert-jax params (full tree: backbone + whichever heads are present).
 
-    Raises CheckpointError listing missing, unexpected and mis-shaped tensors by their HF names
+    Raises ConversionError listing missing, unexpected and mis-shaped tensors by their HF names
     (unexpected ones only when `strict`).
     """
     from albert_jax import modeling
@@ -153,7 +154,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
     if unexpected and strict:
         problems.append(f"unexpected tensors: {', '.join(sorted(unexpected))}")
     if problems:
-        raise CheckpointError("checkpoint does not match the config: " + " | ".join(problems))
+        raise ConversionError("checkpoint does not match the config: " + " | ".join(problems))
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -173,7 +174,7 @@ def _hf_name_of(path: str) -> str:
 # Directories
 # ---------------------------------------------------------------------------------------------------------
 def read_safetensors(files: Iterable[str]) -> dict[str, np.ndarray]:
-    """Every tensor of the given safetensors files -> {name: float32 numpy array}; CheckpointError if a
+    """Every tensor of the given safetensors files -> {name: float32 numpy array}; ConversionError if a
     file is missing or unreadable."""
     from safetensors import safe_open
     tensors = {}
@@ -183,9 +184,9 @@ def read_safetensors(files: Iterable[str]) -> dict[str, np.ndarray]:
                 for name in f.keys():
                     tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
         except FileNotFoundError:
-            raise CheckpointError(f"{file} is listed in the checkpoint but does not exist") from None
+            raise ConversionError(f"{file} is listed in the checkpoint but does not exist") from None
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from None
+            raise ConversionError(f"{file} is not a readable safetensors file: {e}") from None
     return tensors
 
 
@@ -205,27 +206,27 @@ def read_hf_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from None
+            raise ConversionError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from None
         return read_safetensors(os.path.join(path, f) for f in sorted(set(weight_map.values())))
     if os.path.isfile(pickle):
         if not allow_pickle:
-            raise CheckpointError(
+            raise ConversionError(
                 f"{pickle} is a pickle file, and unpickling can run arbitrary code; convert it to safetensors or "
                 "pass allow_pickle=True (--allow-pickle) if you trust its source")
         return _read_pickle(pickle)
-    raise CheckpointError(f"no weights in {path}: expected {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {PICKLE_NAME}")
+    raise ConversionError(f"no weights in {path}: expected {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {PICKLE_NAME}")
 
 
 def load_hf(path: str, allow_pickle: bool = False, strict: bool = True) -> tuple[AlbertConfig, dict]:
     """Reads a transformers ALBERT directory -> (AlbertConfig, params with every head found in it)."""
     if not os.path.isdir(path):
-        raise CheckpointError(f"{path} is not a directory (expected a model directory: config.json + weights)")
+        raise ConversionError(f"{path} is not a directory (expected a model directory: config.json + weights)")
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
-        raise CheckpointError(f"no config.json in {path}")
+        raise ConversionError(f"no config.json in {path}")
     config = AlbertConfig.from_json_file(config_file)
     if "model_type" in config.extra:
-        raise CheckpointError(f"{config_file} has model_type={config.extra['model_type']!r}, expected 'albert'")
+        raise ConversionError(f"{config_file} has model_type={config.extra['model_type']!r}, expected 'albert'")
     config = config.replace(sharing="all", dtype="float32")
     return config, from_hf_state_dict(read_hf_tensors(path, allow_pickle), config, strict)
 
@@ -274,7 +275,7 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[s
 def save_hf(config: AlbertConfig, params: dict, out_dir: str) -> None:
     """Writes `config.json` + `model.safetensors` that transformers' Albert* classes load with no
     missing or unexpected keys. Raises ValueError for sharing modes transformers cannot express and
-    CheckpointError (naming the tensors) for params that do not match `config`; nothing is written then."""
+    ConversionError (naming the tensors) for params that do not match `config`; nothing is written then."""
     config_json = hf_config_dict(config, params)
     tensors = to_hf_state_dict(params)
     # the checks `load_hf` makes on reading, against the config transformers will read

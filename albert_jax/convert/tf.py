@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from albert_jax.config import AlbertConfig
-from albert_jax.convert.hf import LAYER_TEMPLATE, CheckpointError, from_hf_state_dict
+from albert_jax.convert.hf import LAYER_TEMPLATE, ConversionError, from_hf_state_dict
 
 TF_LAYER = "bert/encoder/transformer/group_{g}/inner_group_{k}/"
 # original variable name -> (HF tensor name, transpose?); TF kernels are [in, out], torch Linear.weight
@@ -63,12 +63,12 @@ def tf_config(path: str) -> AlbertConfig:
     """
     config = AlbertConfig.from_json_file(path)
     if config.hidden_act not in TF_ACTIVATIONS:
-        raise CheckpointError(f"{path}: hidden_act={config.hidden_act!r} is not an activation of the original "
+        raise ConversionError(f"{path}: hidden_act={config.hidden_act!r} is not an activation of the original "
                               f"code ({sorted(TF_ACTIVATIONS)})")
     layers, groups = config.num_hidden_layers, config.num_hidden_groups
     layer = tf_group_mismatch(layers, groups)
     if layer is not None:
-        raise CheckpointError(
+        raise ConversionError(
             f"{path}: num_hidden_layers={layers} with num_hidden_groups={groups} cannot be imported: the original "
             f"code puts layer {layer} in group int({layer} / {layers} * {groups}) = {int(layer / layers * groups)} "
             f"(float rounding), transformers and albert-jax put it in group {layer} * {groups} // {layers} = "
@@ -105,7 +105,7 @@ def _tf_table(config: AlbertConfig) -> dict[str, tuple[str, bool]]:
 def tf_to_hf_state_dict(variables: dict[str, np.ndarray], config: AlbertConfig) -> dict[str, np.ndarray]:
     """Original TF variables (name -> array) -> HF tensor dict, by the TF_TO_HF table.
 
-    Optimizer slots are skipped. Raises CheckpointError naming, by their TF names, unexpected variables
+    Optimizer slots are skipped. Raises ConversionError naming, by their TF names, unexpected variables
     and the missing ones of each section present (embeddings and encoder are always required).
     """
     table = _tf_table(config)
@@ -125,7 +125,7 @@ def tf_to_hf_state_dict(variables: dict[str, np.ndarray], config: AlbertConfig) 
     if unexpected:
         problems.append(f"unexpected variables: {', '.join(sorted(unexpected))}")
     if problems:
-        raise CheckpointError("TF checkpoint does not match the config: " + " | ".join(problems))
+        raise ConversionError("TF checkpoint does not match the config: " + " | ".join(problems))
     if config.embedding_size == config.hidden_size:
         # The original applies no projection when E == H; transformers always has one: the identity.
         out["albert.encoder.embedding_hidden_mapping_in.weight"] = np.eye(config.hidden_size, dtype=np.float32)
@@ -148,12 +148,12 @@ def load_tf(checkpoint: str, config_file: str) -> tuple[AlbertConfig, dict]:
                           "(or albert-jax[tfds])") from None
     prefix = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     if not prefix or not tf.io.gfile.exists(prefix + ".index"):
-        raise CheckpointError(f"no TF checkpoint at {checkpoint}: expected {checkpoint}.index and "
+        raise ConversionError(f"no TF checkpoint at {checkpoint}: expected {checkpoint}.index and "
                               f"{checkpoint}.data-* (pass the prefix, e.g. .../model.ckpt-best)")
     try:
         reader = tf.train.load_checkpoint(prefix)
         variables = {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
                      if not TF_SKIP_RE.search(name)}
     except (tf.errors.OpError, IndexError) as e:  # corrupt or missing files; IndexError: a truncated .data-*
-        raise CheckpointError(f"{prefix} is not a readable TF checkpoint: {e}") from None
+        raise ConversionError(f"{prefix} is not a readable TF checkpoint: {e}") from None
     return config, from_hf_state_dict(tf_to_hf_state_dict(variables, config), config)

@@ -45,7 +45,7 @@ class Decoder:
         return self.masker(*records.decode_pair(record, self.dtype), rng)
 
 
-class PretrainingData:
+class PretrainingDataset:
     """The examples of one split of a prepared directory, as grain datasets."""
 
     def __init__(self, directory: str, split: str, data: ml_collections.ConfigDict, seed: int):
@@ -78,7 +78,7 @@ class PretrainingData:
 class PretrainingBatches:
     """`loop.BatchSource` over a prepared split: batch i holds rows [i*B, (i+1)*B) of the shuffled stream."""
 
-    def __init__(self, data: PretrainingData, batch_size: int, *, workers: int = 0,
+    def __init__(self, data: PretrainingDataset, batch_size: int, *, workers: int = 0,
                  process_index: int | None = None, process_count: int | None = None):
         self.data, self.batch_size, self.workers = data, batch_size, workers
         self.process_index = jax.process_index() if process_index is None else process_index

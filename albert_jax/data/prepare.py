@@ -40,6 +40,8 @@ import time
 import ml_collections
 import numpy as np
 
+from albert_jax import experiment
+
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
 FORMAT = 1
@@ -113,7 +115,7 @@ def _exclusive(out: str):
 def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, values: dict, overwrite: bool) -> dict:
     from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
     digest = settings_hash(values)
-    _claim(out, values, digest, overwrite)
+    _claim(out, values, overwrite)
     manifest_path = os.path.join(out, MANIFEST)
     if os.path.exists(manifest_path):
         return read_manifest(out)
@@ -146,7 +148,7 @@ def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, value
                     special_ids=special_ids(tokenizer), masking=data.masking, max_seq_length=data.max_seq_length,
                     record_dtype=record_dtype(tokenizer.vocab_size, data.max_seq_length).str, shards=shards,
                     examples={split: sum(s["examples"] for s in shards if s["split"] == split) for split in SPLITS})
-    _write_json(manifest_path, manifest)
+    experiment.write_json(manifest_path, manifest)
     shutil.rmtree(os.path.join(out, "documents"), ignore_errors=True)
     _progress(f"done: {manifest['examples']['train']} train and {manifest['examples']['eval']} eval examples "
               f"in {len(shards)} shards in {out}")
@@ -183,25 +185,15 @@ def shard_seed(seed: int, split: str, shard: int) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------------------
-def _claim(out: str, values: dict, digest: str, overwrite: bool) -> None:
-    path = os.path.join(out, SETTINGS)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        if previous.get("hash") != digest:
-            if not overwrite:
-                changed = sorted(k for k in set(values) | set(previous["settings"])
-                                 if values.get(k) != previous["settings"].get(k))
-                raise ValueError(f"{out} holds pretraining data prepared with other settings (changed: "
-                                 f"{', '.join(changed)}); use --overwrite to prepare it anew, or another directory")
-            shutil.rmtree(out)
-    elif os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise ValueError(f"{out} is not empty and holds no prepared data; use another directory or --overwrite")
-    elif overwrite and os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    if not os.path.exists(path):
-        _write_json(path, dict(hash=digest, settings=values))
+def _claim(out: str, values: dict, overwrite: bool) -> None:
+    """Makes `out` this preparation's (resuming one with the same settings); refuses other data unless
+    `overwrite`, which starts over."""
+    ours = experiment.check_claim(
+        out, SETTINGS, values, overwrite=overwrite, conflict="holds pretraining data prepared with other settings",
+        fix="use --overwrite to prepare it anew, or another directory",
+        foreign="holds no prepared data; use another directory or --overwrite")
+    if not ours:
+        experiment.write_claim(out, SETTINGS, values, overwrite=overwrite)
 
 
 def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, int]:
@@ -250,7 +242,7 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
             flush(split)
     if not data.vocab_file:
         sample.save(os.path.join(out, "spm_sample.txt"))
-    _write_json(index_path, shards)
+    experiment.write_json(index_path, shards)
     _progress(f"read {count} documents into {len(shards)} shards")
     return shards
 
@@ -447,12 +439,6 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def _progress(message: str) -> None:
     print(f"[prepare] {message}", file=sys.stderr, flush=True)
 
@@ -462,21 +448,20 @@ def main(argv=None) -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
-    from albert_jax.training import configs
     holder = config_flags.DEFINE_config_file("config", None, "pretraining config (experiments/configs/*.py)")
     out = flags.DEFINE_string("out", None, "directory of the prepared data")
     overwrite = flags.DEFINE_bool("overwrite", False, "prepare anew even if the directory holds other data")
 
     def run(_):
-        config = configs.config_from_flag(holder)
+        config = experiment.config_from_flag(holder)
         if config is None or out.value is None:
             sys.exit("error: --config and --out are required")
         try:
-            prepare(config, out.value, configs.build_model_config(config.model).vocab_size, overwrite=overwrite.value)
+            prepare(config, out.value, experiment.albert_config(config.model).vocab_size, overwrite=overwrite.value)
         except (ValueError, OSError, ImportError) as e:
             sys.exit(f"error: {e}")
 
-    app.run(run, argv=argv, flags_parser=lambda args: configs.parse_flags(
+    app.run(run, argv=argv, flags_parser=lambda args: experiment.parse_flags(
         args, "python -m albert_jax.data.prepare --config=experiments/configs/NAME.py[:arg] [--config.data.x=v] "
               "--out=DIR [--overwrite]"))
 

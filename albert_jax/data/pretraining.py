@@ -3,8 +3,9 @@
 Follows ``create_pretraining_data.py`` of google-research/albert and the ALBERT paper (Lan et al.,
 2020): segments are runs of consecutive sentences of one document, swapped with probability 0.5 for
 sentence-order prediction (SOP), and masked with whole-word n-grams, n <= 3 with p(n) ∝ 1/n. The
-features keep the original names, except ``sentence_order_label`` (the original TFRecords called it
-``next_sentence_labels``; transformers' ``AlbertForPreTraining`` calls it ``sentence_order_label``).
+features carry transformers' names (``attention_mask``, ``token_type_ids``, ``sentence_order_label``; the
+original TFRecords call them ``input_mask``, ``segment_ids``, ``next_sentence_labels``) and the original's
+``masked_lm_*`` names, for which transformers has none.
 Differences from that script, all deliberate:
 
 * Everything is a function of (seed, documents): each document gets its own generators, seeded from
@@ -32,7 +33,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+FEATURES = ("input_ids", "attention_mask", "token_type_ids", "masked_lm_positions", "masked_lm_ids",
             "masked_lm_weights", "sentence_order_label")
 # The original's `special_pieces`: string.punctuation without "'", "<", "=" and ">" (its literal has
 # '"' where string.punctuation has "'"). It also adds "€" and "£" as UTF-8 bytes, which never equal a
@@ -85,8 +86,8 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
 
     Returns:
       An iterator (lazy; the arguments are checked at once) over dicts of numpy arrays:
-      ``input_ids`` [T] int32 (pad id after the last [SEP]), ``input_mask``
-      [T] int32 (1 on tokens, 0 on padding), ``segment_ids`` [T] int32 (0 for [CLS] A [SEP], 1 for
+      ``input_ids`` [T] int32 (pad id after the last [SEP]), ``attention_mask``
+      [T] int32 (1 on tokens, 0 on padding), ``token_type_ids`` [T] int32 (0 for [CLS] A [SEP], 1 for
       B [SEP], 0 on padding), ``masked_lm_positions`` [P] int32 (sorted, zero-padded),
       ``masked_lm_ids`` [P] int32 (the original token ids there, zero-padded), ``masked_lm_weights``
       [P] float32 (1 per real prediction), ``sentence_order_label`` [] int32 (1 = A and B swapped).
@@ -99,7 +100,8 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
         raise ValueError("max_predictions_per_seq, ngram and dupe_factor must be >= 1 and seed >= 0")
     if not 0.0 <= masked_lm_prob <= 1.0 or not 0.0 <= short_seq_prob <= 1.0:
         raise ValueError("masked_lm_prob and short_seq_prob must be in [0, 1]")
-    masker = Masker.for_tokenizer(tokenizer, max_seq_length, max_predictions_per_seq, masked_lm_prob, ngram)
+    masker = Masker(special_ids(tokenizer), tokenizer.vocab_size, max_seq_length, max_predictions_per_seq,
+                    masked_lm_prob, ngram)
     pairs = _pair_stream(documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
     return (masker(a, b, swapped, mask_rng) for a, b, swapped, mask_rng in pairs)
 
@@ -277,19 +279,13 @@ class Masker:
         # random replacements never draw a special id
         self.random_ids = np.setdiff1d(np.arange(vocab_size), list(specials.values()))
 
-    @classmethod
-    def for_tokenizer(cls, tokenizer, max_seq_length: int, max_predictions: int, masked_lm_prob: float,
-                      ngram: int) -> "Masker":
-        return cls(special_ids(tokenizer), tokenizer.vocab_size, max_seq_length, max_predictions,
-                   masked_lm_prob, ngram)
-
     def __call__(self, a: Segment, b: Segment, swapped: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
         T, P = self.max_seq_length, self.max_predictions
         ids = np.full(T, self.pad, np.int32)
         length = len(a[0]) + len(b[0]) + 3
         ids[:length] = [self.cls, *a[0], self.sep, *b[0], self.sep]
-        segment_ids = np.zeros(T, np.int32)
-        segment_ids[len(a[0]) + 2:length] = 1
+        token_type_ids = np.zeros(T, np.int32)
+        token_type_ids[len(a[0]) + 2:length] = 1
         # Words are numbered across both segments (an n-gram may span the middle [SEP], as in the
         # original); [CLS]/[SEP] belong to no word and are never masked.
         begins_a, ends_a = _word_bounds(a[1], 1)
@@ -310,8 +306,8 @@ class Masker:
         masked_lm_positions[:k], masked_lm_ids[:k] = positions, labels
         return {
             "input_ids": ids,
-            "input_mask": (np.arange(T) < length).astype(np.int32),
-            "segment_ids": segment_ids,
+            "attention_mask": (np.arange(T) < length).astype(np.int32),
+            "token_type_ids": token_type_ids,
             "masked_lm_positions": masked_lm_positions,
             "masked_lm_ids": masked_lm_ids,
             "masked_lm_weights": (np.arange(P) < k).astype(np.float32),

@@ -4,7 +4,7 @@ A record is a flat array of one integer dtype (`record_dtype`: uint16 when every
 ``[length, b_start, label, k, ids[:length], positions[:k], masked ids[:k]]`` for a masked example
 (static masking), where ``length`` counts ``[CLS] A [SEP] B [SEP]``, ``b_start`` is B's first position and
 ``k`` the number of predictions; an unmasked pair (dynamic masking) has k = 0 and is followed by its
-word-start flags as packed bits. Padding, the input mask and the segment ids are implied, so a record
+word-start flags as packed bits. Padding, the attention mask and the token type ids are implied, so a record
 holds only what varies: ~2 bytes per token instead of the 4 x 3 of the padded int32 features.
 """
 
@@ -26,20 +26,21 @@ def encode_example(example: dict[str, np.ndarray], dtype: np.dtype) -> bytes:
     """A masked example (the padded features of `create_examples`) -> record bytes.
 
     Raises:
-      ValueError: the features are not laid out as ``[CLS] A [SEP] B [SEP]`` + padding (input mask a run
-        of ones, then zeros; segment ids zeros then one run of ones ending where the mask does; masked
+      ValueError: the features are not laid out as ``[CLS] A [SEP] B [SEP]`` + padding (attention mask a run
+        of ones, then zeros; token type ids zeros then one run of ones ending where the mask does; masked
         weights ones then zeros).
     """
-    mask = np.asarray(example["input_mask"])
+    mask = np.asarray(example["attention_mask"])
     length = int(mask.sum())
-    segments = np.asarray(example["segment_ids"])
+    segments = np.asarray(example["token_type_ids"])
     b_start = int(np.argmax(segments)) if segments.any() else length
     weights = np.asarray(example["masked_lm_weights"])
     k = int(np.count_nonzero(weights))
     if (not mask[:length].all() or segments[length:].any() or not segments[b_start:length].all()
             or np.count_nonzero(weights[:k]) != k):
-        raise ValueError("not an example of the [CLS] A [SEP] B [SEP] layout: input_mask must be ones then zeros, "
-                         "segment_ids zeros then ones up to the mask's end, masked_lm_weights ones then zeros")
+        raise ValueError("not an example of the [CLS] A [SEP] B [SEP] layout: attention_mask must be ones then "
+                         "zeros, token_type_ids zeros then ones up to the mask's end, masked_lm_weights ones then "
+                         "zeros")
     return np.concatenate([[length, b_start, int(example["sentence_order_label"]), k],
                            example["input_ids"][:length], example["masked_lm_positions"][:k],
                            example["masked_lm_ids"][:k]]).astype(dtype).tobytes()
@@ -59,8 +60,8 @@ def decode_example(record: bytes, dtype: np.dtype, max_seq_length: int, max_pred
     where = np.arange(T)
     return {
         "input_ids": ids,
-        "input_mask": (where < length).astype(np.int32),
-        "segment_ids": ((where >= b_start) & (where < length)).astype(np.int32),
+        "attention_mask": (where < length).astype(np.int32),
+        "token_type_ids": ((where >= b_start) & (where < length)).astype(np.int32),
         "masked_lm_positions": positions,
         "masked_lm_ids": masked_ids,
         "masked_lm_weights": (np.arange(P) < k).astype(np.float32),

@@ -1,10 +1,9 @@
-"""SQuAD v1.1/v2.0: reading, windowed features, and n-best post-processing back to the context text.
+"""SQuAD v1.1/v2.0: reading and windowed features (post-processing and scoring: `albert_jax.evaluation.squad`).
 
 Windows follow the original BERT/ALBERT ``run_squad``: ``[CLS] question [SEP] context-window [SEP]``,
 window starts ``doc_stride`` context tokens apart, a token scored only in the window where it has the
-most context. Tokens are mapped to characters with the tokenizer's offsets, so a predicted answer is an
-exact substring of the original context (accents, punctuation and spacing as written). Score predictions
-with ``albert_jax.evaluation.squad.evaluate``.
+most context. Tokens are mapped to characters with the tokenizer's offsets (`SquadFeatures.offsets`), so a
+predicted answer is an exact substring of the original context (accents, punctuation and spacing as written).
 """
 
 from __future__ import annotations
@@ -265,101 +264,3 @@ def _window(tokenizer, question_ids, context_ids, context_offsets, start, length
         "start_positions": np.int32(start_position), "end_positions": np.int32(end_position),
     }
     return row, (offsets, max_context, in_context)
-
-
-# --- predictions -----------------------------------------------------------------------------------
-
-
-def postprocess(examples, features: SquadFeatures, start_logits: np.ndarray, end_logits: np.ndarray, *,
-                n_best_size: int = 20, max_answer_length: int = 30, version_2_with_negative: bool
-                ) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
-    """Answers from the model's start/end logits (float [F, T]), as the original write_predictions.
-
-    Per example, over its windows: the `n_best_size` highest start and end logits, kept when both are
-    context tokens, the start token is max-context in that window, start <= end and the span has at most
-    `max_answer_length` tokens; score = start + end logit; text = the context characters the span covers.
-    v2.0: the null score is the lowest [CLS] score (start + end logit at position 0) over the windows; the
-    empty answer joins the n-best; the prediction is "" when null score - best non-null score > 0.
-
-    Returns (predictions {qas_id: text}, nbest {qas_id: [{text, probability, start_logit, end_logit}],
-    best first, probability a softmax over the n-best scores}, null_odds {qas_id: null score - best
-    non-null score}, +inf when no span is valid; empty for v1.1). Examples without features are left out.
-    """
-    start_logits, end_logits = np.asarray(start_logits, np.float64), np.asarray(end_logits, np.float64)
-    if start_logits.shape != features.context_mask.shape or end_logits.shape != features.context_mask.shape:
-        raise ValueError(f"start/end logits have shapes {start_logits.shape}/{end_logits.shape}; the features "
-                         f"need {features.context_mask.shape}")
-    windows_of = {}
-    for feature, example_index in enumerate(features.example_index):
-        windows_of.setdefault(int(example_index), []).append(feature)
-    predictions, nbest, null_odds = {}, {}, {}
-    for example_index, windows in windows_of.items():
-        example = examples[example_index]
-        candidates = [c for w in windows for c in _span_candidates(
-            features, w, start_logits[w], end_logits[w], n_best_size, max_answer_length)]
-        null_logits = None
-        if version_2_with_negative:
-            w = min(windows, key=lambda w: start_logits[w, 0] + end_logits[w, 0])  # first one on a tie
-            null_logits = (start_logits[w, 0], end_logits[w, 0])
-            candidates.append((w, 0, 0, *null_logits))
-        entries = _nbest_entries(example.context, features.offsets, candidates, null_logits, n_best_size)
-        nbest[example.qas_id] = entries
-        best_span = next((e for e in entries if e["text"]), None)
-        if not version_2_with_negative:
-            predictions[example.qas_id] = entries[0]["text"]
-            continue
-        best_score = -np.inf if best_span is None else best_span["start_logit"] + best_span["end_logit"]
-        null_odds[example.qas_id] = float(sum(null_logits) - best_score)
-        predictions[example.qas_id] = "" if null_odds[example.qas_id] > 0 else best_span["text"]
-    return predictions, nbest, null_odds
-
-
-def _span_candidates(features, w, start_logits, end_logits, n_best_size, max_answer_length):
-    """(window, start, end, start logit, end logit) of the valid spans among the top starts x top ends."""
-    starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
-    ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
-    s, e = starts[:, None], ends[None, :]
-    valid = (features.context_mask[w][s] & features.token_is_max_context[w][s] & features.context_mask[w][e]
-             & (e >= s) & (e - s + 1 <= max_answer_length))
-    rows, cols = np.nonzero(valid)  # start-major, as the original's nested loops
-    return [(w, int(starts[r]), int(ends[c]), start_logits[starts[r]], end_logits[ends[c]])
-            for r, c in zip(rows, cols)]
-
-
-def _nbest_entries(context, offsets, candidates, null_logits, n_best_size):
-    """The n-best list: candidates by score, one entry per distinct text, the empty one always (v2.0)."""
-    order = np.argsort([-(c[3] + c[4]) for c in candidates], kind="stable")
-    entries, seen = [], set()
-    for i in order:
-        if len(entries) >= n_best_size:
-            break
-        w, start, end, start_logit, end_logit = candidates[i]
-        text = context[offsets[w, start, 0]:offsets[w, end, 1]] if start > 0 else ""  # position 0: null
-        if text not in seen:
-            seen.add(text)
-            entries.append({"text": text, "start_logit": float(start_logit), "end_logit": float(end_logit)})
-    if null_logits is not None and "" not in seen:
-        entries.append({"text": "", "start_logit": float(null_logits[0]), "end_logit": float(null_logits[1])})
-    if not entries:
-        entries.append({"text": "", "start_logit": 0.0, "end_logit": 0.0})
-    scores = np.array([e["start_logit"] + e["end_logit"] for e in entries])
-    probabilities = np.exp(scores - scores.max())
-    probabilities /= probabilities.sum()
-    return [{"text": e["text"], "probability": float(p), "start_logit": e["start_logit"],
-             "end_logit": e["end_logit"]} for e, p in zip(entries, probabilities)]
-
-
-def write_predictions(out_dir: str, predictions: dict[str, str], nbest: dict[str, list[dict]],
-                      null_odds: dict[str, float]) -> None:
-    """Writes `postprocess`'s output to `out_dir` in the official formats (utf-8, non-ASCII kept).
-
-    predictions.json {qas_id: text}, nbest_predictions.json {qas_id: [entries]} and, when `null_odds` is
-    not empty, null_odds.json {qas_id: float} (the evaluator's `na_probs`).
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    files = {"predictions.json": predictions, "nbest_predictions.json": nbest}
-    if null_odds:
-        files["null_odds.json"] = null_odds
-    for name, content in files.items():
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=4, ensure_ascii=False)

@@ -12,10 +12,11 @@ feature zero-padded to a fixed length:
   ``1 if is_random_next else 0``, where ``is_random_next`` is True when A and B were swapped (and for
   the original's rare single-sentence chunk, whose B comes from another document).
 
-Our layout (``albert_jax.data.pretraining.FEATURES``) keeps the names and values, casts to int32 and
-float32, and calls the label ``sentence_order_label`` (1 = A and B swapped): the same convention, so
-``sentence_order_label = next_sentence_labels[0]`` unchanged. Padding is 0 everywhere, as in
-``create_examples`` with ALBERT's vocabulary (``<pad>`` has id 0).
+Our layout (``albert_jax.data.pretraining.FEATURES``) keeps the values, casts to int32 and float32, and
+renames ``input_mask`` to ``attention_mask``, ``segment_ids`` to ``token_type_ids`` and the label to
+``sentence_order_label`` (1 = A and B swapped): the same convention, so ``sentence_order_label =
+next_sentence_labels[0]`` unchanged. Padding is 0 everywhere, as in ``create_examples`` with ALBERT's
+vocabulary (``<pad>`` has id 0).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ _PARSE_BATCH = 256
 _READ_BUFFER_BYTES = 8 << 20
 # The op name and location that eager tensorflow wraps around an iterator's error message.
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", re.DOTALL)
-_INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids")
+# The file's int features and our names for them (transformers' where it has one).
+_INT_FEATURES = {"input_ids": "input_ids", "input_mask": "attention_mask", "segment_ids": "token_type_ids",
+                 "masked_lm_positions": "masked_lm_positions", "masked_lm_ids": "masked_lm_ids"}
 
 
 def expand_tfrecord_patterns(spec: str | Sequence[str]) -> list[str]:
@@ -75,10 +78,11 @@ def read_original_tfrecords(paths: str | Sequence[str], max_seq_length: int,
     Returns:
       An iterator (lazy; the arguments, tensorflow and the files' existence are checked at once)
       over dicts with the keys of ``albert_jax.data.pretraining.FEATURES``: ``input_ids``,
-      ``input_mask``, ``segment_ids`` [T] int32, ``masked_lm_positions``, ``masked_lm_ids`` [P]
-      int32, ``masked_lm_weights`` [P] float32, and ``sentence_order_label`` [] int32, which is the
-      file's ``next_sentence_labels[0]`` unchanged: the script writes 1 when A and B were swapped,
-      our convention too. The arrays are views into a batch of records (copy to mutate).
+      ``attention_mask``, ``token_type_ids`` [T] int32 (the file's ``input_mask``, ``segment_ids``),
+      ``masked_lm_positions``, ``masked_lm_ids`` [P] int32, ``masked_lm_weights`` [P] float32, and
+      ``sentence_order_label`` [] int32, which is the file's ``next_sentence_labels[0]`` unchanged: the
+      script writes 1 when A and B were swapped, our convention too. The arrays are views into a batch of
+      records (copy to mutate).
 
     Raises:
       ValueError: on the call, T or P < 1 or a pattern that matches nothing; on iteration, a record
@@ -135,7 +139,7 @@ def _stream(tf, paths, lengths):
             except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as e:
                 raise ValueError(_describe_bad_record(tf, serialized.numpy(), path, first, lengths)
                                  or f"TFRecord file {path!r}, records {first}+: {e}") from None
-            batch = {name: parsed[name].numpy().astype(np.int32) for name in _INT_FEATURES}
+            batch = {ours: parsed[name].numpy().astype(np.int32) for name, ours in _INT_FEATURES.items()}
             batch["masked_lm_weights"] = parsed["masked_lm_weights"].numpy()
             labels = parsed["next_sentence_labels"].numpy()[:, 0]
             if bad := np.flatnonzero((labels != 0) & (labels != 1)).tolist():

@@ -1,67 +1,18 @@
-"""Orbax checkpoints of the whole run: train state (params, optimizer state, step), the data position
-and the run's config. Saves are atomic (orbax writes to a temporary directory and renames), the last
-`keep` are kept, restores place every array on the sharding its abstract target carries (so a run
-saved on one mesh resumes on another), and a work dir that holds another run is refused unless
-overwriting.
+"""Orbax checkpoints of the whole run: train state (params, optimizer state, step) and the data position.
+Saves are atomic (orbax writes to a temporary directory and renames), the last `keep` are kept, and restores
+place every array on the sharding its abstract target carries (so a run saved on one mesh resumes on another).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
-
-RUN_CONFIG_NAME = "run_config.json"
-
-
-class WorkdirError(ValueError):
-    """The work dir belongs to a different run."""
-
-
-def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
-    """Makes `workdir` this run's: refuses a work dir of another run (a different `fingerprint`) and one
-    that cannot be written; `overwrite` first deletes everything in it (checkpoints, metrics, caches,
-    vocabulary). Every process takes the same decision from the same file before process 0 writes, and
-    the fingerprint is written atomically, so no process ever reads a half-written file."""
-    path = os.path.join(workdir, RUN_CONFIG_NAME)
-    previous = None
-    if os.path.exists(path) and not overwrite:
-        with open(path) as f:
-            previous = json.load(f)
-    if previous is not None and previous != fingerprint:
-        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-        raise WorkdirError(f"{workdir} holds a different run (differs in: {', '.join(changed)}); use another "
-                           "--workdir, or pass --overwrite to delete it")
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("claim_workdir")
-    error = None
-    if jax.process_index() == 0:
-        try:
-            if overwrite and os.path.isdir(workdir):
-                for name in os.listdir(workdir):
-                    target = os.path.join(workdir, name)
-                    if os.path.isdir(target) and not os.path.islink(target):
-                        shutil.rmtree(target)
-                    else:
-                        os.remove(target)
-            os.makedirs(workdir, exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump(fingerprint, f, indent=2, sort_keys=True)
-            os.replace(path + ".tmp", path)
-        except OSError as e:
-            error = f"cannot write to the work dir {workdir}: {e.strerror} ({e.filename})"
-    if jax.process_count() > 1 and multihost_utils.process_allgather(np.asarray(error is not None)).any():
-        error = error or f"process 0 could not write the work dir {workdir}"
-    if error:
-        raise WorkdirError(error)
-
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected."""

@@ -1,7 +1,8 @@
 """TensorBoard event files for scalar metrics, written directly: TFRecord framing around `Event` protos.
 
 A writer for what training logs (floats per step) needs no TensorFlow, tensorboard or tensorboardX:
-tensorboardX imports torch when it is installed (1-2 s and ~170 MB of RSS in every training process).
+tensorboardX imports torch when it is installed, which slows the start of every training process and adds
+to its memory (README, Performance).
 The format, as TensorBoard reads it:
 
 * a file named ``events.out.tfevents.<seconds>.<microseconds>.<host>.<pid>`` (TensorBoard reads every

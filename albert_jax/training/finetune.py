@@ -21,7 +21,9 @@ from ml_collections.config_dict import placeholder
 from albert_jax import modeling
 from albert_jax.config import AlbertConfig
 from albert_jax.data.batches import ArrayBatches
-from albert_jax.training import configs, export, initialization, loop
+from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer, check_vocab_size
+from albert_jax import experiment
+from albert_jax.training import export, initialization, loop
 
 FINGERPRINT = ("seed", "batch_size", "task", "model", "data", "optimizer", "total_steps", "init_from",
                "init_from_skip")
@@ -38,7 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 0
     c.checkpoint_every = 1000
     # Used as is without init_from; with init_from, the fields set here override the checkpoint's config.
-    c.model = configs.model_config("albert-base-v2")
+    c.model = experiment.model_section("albert-base-v2")
     c.optimizer = ml_collections.ConfigDict(dict(
         optimizer="adamw", learning_rate=3e-5, warmup_steps=1000, weight_decay=0.01,
         b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1))
@@ -65,7 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass
-class FinetuneData:
+class DownstreamTask:
     """What a downstream task gives the loop: its head, train features, an evaluator and the end-of-run
     outputs (test-set predictions)."""
     head: type
@@ -101,7 +103,7 @@ def _cross_entropy(logits, labels):
 # ---------------------------------------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------------------------------------
-def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> FinetuneData:
+def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> DownstreamTask:
     """GLUE: sequence classification (STS-B: regression), metrics of the official GLUE definitions,
     test-set predictions in the leaderboard format in `workdir/glue_submission/`."""
     from albert_jax.data import glue
@@ -148,15 +150,15 @@ def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Fin
                                         os.path.join(workdir, "glue_submission"))
                 print(f"wrote test-set predictions to {path}")
 
-    return FinetuneData(modeling.AlbertForSequenceClassification, info.num_labels, train, loss,
+    return DownstreamTask(modeling.AlbertForSequenceClassification, info.num_labels, train, loss,
                         lambda out: {"logits": out.logits}, evaluate, finish)
 
 
-def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> FinetuneData:
+def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> DownstreamTask:
     """SQuAD v1.1/v2.0: span prediction over doc_stride windows; the official v2.0 evaluation (best null
     threshold searched on dev); predictions.json, nbest_predictions.json (and null_odds.json) in `workdir`."""
     from albert_jax.data import squad
-    from albert_jax.evaluation.squad import evaluate as squad_evaluate
+    from albert_jax.evaluation.squad import score
     data = config.data
     version = str(data.squad_version)
     v2 = version == "2.0"
@@ -171,9 +173,6 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Fi
                                    **settings)
     dev_examples, dataset = squad.load_squad(version, "dev", tfds_data_dir=data.tfds_data_dir, **files)
     dev_examples = _limit(dev_examples, data.max_eval_examples)
-    kept = {e.qas_id for e in dev_examples}
-    dataset = [{**article, "paragraphs": [{**p, "qas": [q for q in p["qas"] if q["id"] in kept]}
-                                          for p in article["paragraphs"]]} for article in dataset]
     dev, features = squad.featurize(dev_examples, tokenizer, is_training=False, **settings)
 
     def loss(out, batch):
@@ -183,18 +182,16 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Fi
 
     def evaluate(predict):
         logits = predict({k: dev[k] for k in MODEL_INPUTS})
-        answers, nbest, null_odds = squad.postprocess(
-            dev_examples, features, logits["start_logits"], logits["end_logits"], n_best_size=data.n_best_size,
-            max_answer_length=data.max_answer_length, version_2_with_negative=v2)
-        if jax.process_index() == 0:
-            squad.write_predictions(workdir, answers, nbest, null_odds)
-        return dict(squad_evaluate(dataset, answers, null_odds if v2 else None), num_examples=len(dev_examples))
+        metrics = score(dataset, dev_examples, features, logits["start_logits"], logits["end_logits"],
+                        out_dir=workdir if jax.process_index() == 0 else None, n_best_size=data.n_best_size,
+                        max_answer_length=data.max_answer_length, version_2_with_negative=v2)
+        return dict(metrics, num_examples=len(dev_examples))
 
-    return FinetuneData(modeling.AlbertForQuestionAnswering, 2, train, loss,
+    return DownstreamTask(modeling.AlbertForQuestionAnswering, 2, train, loss,
                         lambda out: {"start_logits": out.start_logits, "end_logits": out.end_logits}, evaluate)
 
 
-def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> FinetuneData:
+def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> DownstreamTask:
     """RACE: 4-way multiple choice; accuracy on middle, high and all."""
     from albert_jax.data import race
     from albert_jax.evaluation.race import race_metrics
@@ -212,7 +209,7 @@ def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Fin
         logits = predict({k: dev[k] for k in MODEL_INPUTS})["logits"]
         return dict(race_metrics(logits.argmax(-1), dev["label"], dev["level"]), num_examples=len(dev["label"]))
 
-    return FinetuneData(modeling.AlbertForMultipleChoice, 1, train, lambda out, batch: _cross_entropy(
+    return DownstreamTask(modeling.AlbertForMultipleChoice, 1, train, lambda out, batch: _cross_entropy(
         out.logits, batch["label"]), lambda out: {"logits": out.logits}, evaluate)
 
 
@@ -222,33 +219,36 @@ TASKS = {"glue": glue_data, "squad": squad_data, "race": race_data}
 # ---------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------
-def model_and_tokenizer(config: ml_collections.ConfigDict) -> tuple[AlbertConfig, object]:
-    """The model config to fine-tune (init_from's with the config's `model` fields on top; the preset
+def model_and_tokenizer(config: ml_collections.ConfigDict, init_from: initialization.Pretrained | None
+                        ) -> tuple[AlbertConfig, AlbertTokenizer]:
+    """The model config to fine-tune (`init_from`'s with the config's `model` fields on top; the preset
     without init_from) and the tokenizer (`data.vocab_file`, else init_from's), checked against each other."""
-    from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
-    overrides = configs.model_overrides(config.model)
-    if config.init_from:
-        albert_config = initialization.model_config(config.init_from).replace(**overrides)
+    overrides = experiment.model_overrides(config.model)
+    if init_from is not None:
+        albert_config = init_from.config.replace(**overrides)
     else:
         albert_config = AlbertConfig.from_preset(config.model.preset, **overrides)
-    if config.data.max_seq_length > albert_config.max_position_embeddings:
-        raise ValueError(f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds the model's "
-                         f"max_position_embeddings ({albert_config.max_position_embeddings})")
+    experiment.check_max_seq_length(config, albert_config)
     if config.data.vocab_file:
         tokenizer = AlbertTokenizer(config.data.vocab_file)
-    elif config.init_from:
-        tokenizer = AlbertTokenizer.from_pretrained(initialization.resolve(config.init_from))
+    elif init_from is not None and init_from.tokenizer is not None:
+        tokenizer = init_from.tokenizer
+    elif init_from is not None:
+        raise ValueError(f"config.init_from={config.init_from!r} has no tokenizer ({VOCAB_FILE} in "
+                         f"{init_from.directory}); set config.data.vocab_file")
     else:
         raise ValueError("config.data.vocab_file is needed to fine-tune from scratch (no config.init_from)")
     check_vocab_size(tokenizer, albert_config.vocab_size)
     return albert_config, tokenizer
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Task, AlbertConfig, object]:
-    """(task, model config, tokenizer) for `config`: reads and featurizes the task's data."""
+def build_task(config: ml_collections.ConfigDict, workdir: str, init_from: initialization.Pretrained | None = None
+               ) -> tuple[loop.Task, AlbertConfig, AlbertTokenizer]:
+    """(task, model config, tokenizer) for `config` (and its resolved `init_from`): reads and featurizes the
+    task's data."""
     if config.task not in TASKS:
         raise ValueError(f"config.task must be one of {sorted(TASKS)}, got {config.task!r}")
-    albert_config, tokenizer = model_and_tokenizer(config)
+    albert_config, tokenizer = model_and_tokenizer(config, init_from)
     data = TASKS[config.task](config, tokenizer, workdir)
     albert_config = albert_config.replace(num_labels=data.num_labels)
     model = data.head(albert_config)
@@ -260,13 +260,10 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Ta
         return losses.mean(), dict(loss=losses.sum(), correct=correct.sum(),
                                    count=jnp.asarray(losses.shape[0], jnp.float32))
 
-    seq = config.data.max_seq_length
-    dummy_shape = (1, 1, seq) if data.head is modeling.AlbertForMultipleChoice else (1, seq)
     task = loop.Task(
-        model=model,
         loss_fn=loss_fn,
         summarize=lambda s: dict(loss=float(s["loss"] / s["count"]), accuracy=float(s["correct"] / s["count"])),
-        init_params=lambda rng: model.init(rng, jnp.zeros(dummy_shape, jnp.int32))["params"],
+        init_params=lambda rng: modeling.boxed_params(model, rng, config.data.max_seq_length),
         train_batches=None if data.train is None else ArrayBatches(
             data.train, config.batch_size // config.optimizer.grad_accum_steps, config.seed),
         predict_fn=lambda params, batch: data.outputs(model.apply({"params": params},
@@ -279,9 +276,10 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Ta
 def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, resume: bool = True):
     """Fine-tunes (or, with total_steps=0, evaluates) as configured; writes the task's outputs and
     `final/`. Returns (AlbertConfig, final params as numpy)."""
-    mesh = loop.prepare(config, workdir, configs.fingerprint(config, FINGERPRINT), overwrite)
-    task, albert_config, tokenizer = build_task(config, workdir)
-    state = loop.train(config, workdir, task, mesh, resume=resume)
+    mesh = loop.claim_run(config, workdir, experiment.fingerprint(config, FINGERPRINT), overwrite)
+    init_from = initialization.resolve(config.init_from) if config.init_from else None
+    task, albert_config, tokenizer = build_task(config, workdir, init_from)
+    state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from)
     params = loop.host_params(state.params)
     if jax.process_index() == 0:
         export.save_final(albert_config, params, tokenizer, workdir)

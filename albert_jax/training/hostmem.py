@@ -1,19 +1,17 @@
 """Host memory of training on CPU: each step reuses the last step's scratch memory instead of a fresh block.
 
-XLA's CPU runtime allocates an execution's scratch memory as one block (826 MiB for an ALBERT-base train step
-at batch 8 x 128, ~4 GiB at 8 x 512) and frees it when the execution ends. glibc serves a block that large with
-a fresh `mmap` and gives it back with `munmap`, so every step page-faults all of its scratch memory in again,
-4 KiB at a time, the kernel zeroing each page: ~230,000 faults and 0.45 s of kernel time in a 3.5 s step
-(1.8 million faults, 3 s of a 17 s step at 8 x 512).
+XLA's CPU runtime allocates an execution's scratch memory as one block (hundreds of MiB to GiBs for an
+ALBERT-base train step) and frees it when the execution ends. glibc serves a block that large with a fresh
+`mmap` and gives it back with `munmap`, so every step page-faults all of its scratch memory in again, 4 KiB
+at a time, the kernel zeroing each page: a sizeable share of each step is kernel time.
 
 `reuse_cpu_step_memory` stops that in two parts, both needed:
 - glibc keeps what is freed (no `mmap` for large blocks, no trimming of the heap), so a step's block is made
   of the pages the previous step freed, already mapped;
 - JAX runs CPU computations inline instead of dispatching them asynchronously: asynchronously, step n + 1's
   block is taken while step n still holds its own, so two would be resident at once.
-Measured (ALBERT-base, 2-core EPYC, fresh processes): kernel time per step 0.45 -> 0.07 s and the step 7-11%
-faster at 8 x 128, 3.0 -> 1.4 s and 7% at 8 x 512; the peak resident memory is unchanged, but the process
-keeps its peak resident instead of handing scratch memory back between steps. `run.py` and
+Steps get faster (README, Performance, has the measurements) and the peak resident memory is unchanged,
+but the process keeps its peak resident instead of handing scratch memory back between steps. `run.py` and
 `experiments/ablate.py` call it unless `--noreuse_host_memory`; on GPU only the inline dispatch applies (it
 concerns the CPU client alone).
 """

@@ -7,6 +7,7 @@ huggingface_hub cache only (never downloaded at run time).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -17,10 +18,31 @@ from flax import traverse_util
 
 from albert_jax import pretrained
 from albert_jax.config import AlbertConfig
+from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer
 
 
-def resolve(spec: str) -> str:
-    """The model directory that `spec` names; FileNotFoundError saying what was tried otherwise."""
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A resolved `config.init_from`: the model directory, its AlbertConfig (config.json) and its tokenizer
+    (None when the directory holds no spiece.model)."""
+    directory: str
+    config: AlbertConfig
+    tokenizer: AlbertTokenizer | None
+
+
+def resolve(spec: str) -> Pretrained:
+    """The model that `spec` names, read once (config.json and the tokenizer; the weights are read by
+    `load_into`); FileNotFoundError saying what was tried otherwise."""
+    directory = _directory(spec)
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.init_from={spec!r}: no config.json in {directory}")
+    has_tokenizer = os.path.isfile(os.path.join(directory, VOCAB_FILE))
+    return Pretrained(directory, AlbertConfig.from_json_file(path),
+                      AlbertTokenizer.from_pretrained(directory) if has_tokenizer else None)
+
+
+def _directory(spec: str) -> str:
     if os.path.isdir(spec):
         final = os.path.join(spec, "final")
         if not os.path.isfile(os.path.join(spec, "config.json")) and os.path.isdir(final):
@@ -36,15 +58,6 @@ def resolve(spec: str) -> str:
     raise FileNotFoundError(f"config.init_from={spec!r} is neither a model directory (transformers or "
                             "albert-jax), a pretraining work dir with final/, nor a model in the local "
                             "huggingface_hub cache (download it once with `huggingface-cli download`)")
-
-
-def model_config(spec: str) -> AlbertConfig:
-    """The AlbertConfig of the model `spec` names (reads config.json only)."""
-    directory = resolve(spec)
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.init_from={spec!r}: no config.json in {directory}")
-    return AlbertConfig.from_json_file(path)
 
 
 def merge(fresh: dict, loaded: dict, skip: tuple[str, ...] = ()) -> tuple[dict, list[str], list[str]]:
@@ -71,12 +84,12 @@ def merge(fresh: dict, loaded: dict, skip: tuple[str, ...] = ()) -> tuple[dict, 
     return traverse_util.unflatten_dict(merged, sep="/"), kept, sorted(set(flat_loaded) - taken)
 
 
-def load_into(params: dict, spec: str, skip: tuple[str, ...] = ()) -> dict:
-    """`params` (sharded jax arrays, freshly initialised) with the weights of `spec` loaded where present.
+def load_into(params: dict, directory: str, skip: tuple[str, ...] = ()) -> dict:
+    """`params` (sharded jax arrays, freshly initialised) with the weights of the model in `directory` (a
+    `Pretrained.directory`) loaded where present.
 
     Loaded arrays are placed on the sharding of the array they replace; parameters the checkpoint lacks (a
     new head) or that `skip` names keep their fresh values. Both lists are reported in the log."""
-    directory = resolve(spec)
     _, loaded = pretrained.from_pretrained(directory)
     merged, kept, unused = merge(params, loaded, skip)
 

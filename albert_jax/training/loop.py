@@ -3,7 +3,7 @@
 A `Task` supplies the model, a pure loss function, the batches, a prediction function and an evaluator;
 `train` does the rest: shardings, optimizer, the jitted step with donation, initialisation (resume ->
 `init_from` -> scratch), evaluation, orbax checkpoints (resume, keep-last-K, save on SIGTERM/Ctrl-C) and
-metric writing. `prepare` runs the checks that cost nothing (mesh, batch split, work dir claim) and must be
+metric writing. `claim_run` runs the checks that cost nothing (mesh, batch split, work dir claim) and must be
 called before a job does any expensive work.
 
 Determinism: batch `i` is a pure function of (seed, i) and the dropout key of micro-step `i` is
@@ -31,10 +31,12 @@ from flax import struct
 from jax.experimental import multihost_utils
 from ml_collections.config_dict import placeholder
 
+from albert_jax import experiment
 from albert_jax.data.batches import local_rows
 from albert_jax.training import checkpoints, initialization, optimizers, sharding
 from albert_jax.training.metrics import MetricWriter
 
+RUN_CONFIG_NAME = "run_config.json"  # the claim: the run's fingerprint
 Predict = Callable[[dict], dict]  # all rows of a dict of numpy arrays -> per-row numpy outputs
 
 
@@ -87,7 +89,6 @@ class Task:
       numpy arrays (in padded, sharded batches) and returns the per-row outputs as numpy arrays
     finish(predict) -> None: end-of-run outputs (e.g. test-set predictions), on every process
     """
-    model: nn.Module
     loss_fn: Callable
     summarize: Callable[[dict], dict]
     init_params: Callable[[jax.Array], Any]
@@ -95,7 +96,6 @@ class Task:
     predict_fn: Optional[Callable] = None
     evaluate: Optional[Callable[[Predict], dict]] = None
     finish: Optional[Callable[[Predict], None]] = None
-    tokens_key: str = "attention_mask"
 
 
 class _StopRequested:
@@ -162,9 +162,9 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
     return config.get("eval_batch_size") or config.batch_size // int(config.optimizer.grad_accum_steps)
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, overwrite: bool = False):
+def claim_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, overwrite: bool = False):
     """Everything that can refuse a run cheaply, before any data or vocabulary work: the mesh, the batch
-    split, positive step counts and the work dir claim (see `checkpoints.claim_workdir`). Returns the mesh."""
+    split, positive step counts and the work dir claim (`claim_workdir`). Returns the mesh."""
     for name in ("batch_size", "log_every", "keep_checkpoints"):
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}")
@@ -175,8 +175,28 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, 
                          f"config.init_from), got {config.total_steps}")
     mesh = sharding.create_mesh(config.mesh)
     validate_batch(config, mesh)
-    checkpoints.claim_workdir(workdir, fingerprint, overwrite)
+    claim_workdir(workdir, fingerprint, overwrite)
     return mesh
+
+
+def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
+    """Makes `workdir` this run's: refuses a work dir of another run (a different `fingerprint` in its
+    run_config.json) and one that cannot be written; `overwrite` first deletes everything in it (checkpoints,
+    metrics, caches, vocabulary). Every process decides from the same file before process 0 writes."""
+    experiment.check_claim(workdir, RUN_CONFIG_NAME, fingerprint, overwrite=overwrite, conflict="holds a different run",
+                           fix="use another --workdir, or pass --overwrite to delete it")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("claim_workdir")
+    error = None
+    if jax.process_index() == 0:
+        try:
+            experiment.write_claim(workdir, RUN_CONFIG_NAME, fingerprint, overwrite=overwrite)
+        except OSError as e:
+            error = f"cannot write to the work dir {workdir}: {e.strerror} ({e.filename})"
+    if jax.process_count() > 1 and multihost_utils.process_allgather(np.asarray(error is not None)).any():
+        error = error or f"process 0 could not write the work dir {workdir}"
+    if error:
+        raise experiment.ClaimError(error)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,10 +242,11 @@ def make_predict(jit_predict: Callable, params, mesh, batch_size: int) -> Predic
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
-def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, resume: bool = True
-          ) -> TrainState:
-    """Runs (or resumes) the job described by `config` in `workdir` (claimed by `prepare`, which gave
-    `mesh`); returns the final TrainState (params sharded over `mesh`).
+def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, resume: bool = True,
+          init_from: initialization.Pretrained | None = None) -> TrainState:
+    """Runs (or resumes) the job described by `config` in `workdir` (claimed by `claim_run`, which gave
+    `mesh`); returns the final TrainState (params sharded over `mesh`). A run that does not resume starts
+    from the weights of `init_from` (the job's `initialization.resolve(config.init_from)`), else from scratch.
 
     Config fields used: those of `base_config`.
     """
@@ -264,8 +285,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
                                f"{int(state.step)} disagree")
     else:
         state, data_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)(init_rng), {}
-        if config.get("init_from"):
-            params = initialization.load_into(state.params, config.init_from, tuple(config.init_from_skip))
+        if init_from is not None:
+            params = initialization.load_into(state.params, init_from.directory, tuple(config.init_from_skip))
             opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
             state = state.replace(params=params, opt_state=opt_state)
 
@@ -291,7 +312,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
         with mesh, _StopRequested(mesh) as stop:
             for micro in range(int(state.step), total_micro):
                 host_batch = next(batches)
-                tokens += int(np.asarray(host_batch.get(task.tokens_key, 0)).sum()) * jax.process_count()
+                tokens += int(np.asarray(host_batch.get("attention_mask", 0)).sum()) * jax.process_count()
                 state, sums = jit_train_step(state, sharding.global_batch(host_batch, mesh))
                 pending.append((micro, sums))
                 done_micro = micro + 1

@@ -17,7 +17,8 @@ from ml_collections.config_dict import placeholder
 
 from albert_jax import modeling
 from albert_jax.config import AlbertConfig
-from albert_jax.training import configs, export, loop
+from albert_jax import experiment
+from albert_jax.training import export, initialization, loop
 
 FINGERPRINT = ("seed", "batch_size", "model", "data", "optimizer", "total_steps", "init_from", "init_from_skip")
 # How the data is made and read, not what it is: a run may resume with other values.
@@ -34,7 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 5000
     c.checkpoint_every = 5000
     c.optimizer.warmup_steps = 3125
-    c.model = configs.model_config("albert-base-v2")
+    c.model = experiment.model_section("albert-base-v2")
     c.data = ml_collections.ConfigDict(dict(
         # 'builtin', 'files:<glob>[,<glob>]', 'tfds:<name>[:<split>]' or 'tfrecord:<glob>[,<glob>]' (files of
         # google-research/albert's create_pretraining_data.py, used as they are: needs vocab_file)
@@ -69,18 +70,43 @@ def paper_config(size: str) -> ml_collections.ConfigDict:
     batch 4096, 125k LAMB steps at lr 0.00176 with 3125 warmup steps, 20 predictions per sequence, on
     English Wikipedia from tfds (the paper also used BookCorpus, which tfds does not ship)."""
     c = default_config()
-    c.model = configs.model_config(f"albert-{size}-v2")
+    c.model = experiment.model_section(f"albert-{size}-v2")
     c.data.source = "tfds:wikipedia/20230601.en"
+    return c
+
+
+def demo_config() -> ml_collections.ConfigDict:
+    """The README demo's setup: a small ALBERT (E=64, H=128, 4 shared layers, 6k vocabulary) pretrained for
+    600 steps of 64 x 64 tokens on the built-in corpus, a few minutes on a 2-core CPU."""
+    c = default_config()
+    c.total_steps, c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 600, 64, 25, 200, 200
+    c.model = experiment.model_section("albert-tiny", vocab_size=6000, hidden_size=128, intermediate_size=512,
+                                       num_attention_heads=2)
+    # Docstring documents are short (a 128-token pair would be half padding): 64 tokens, 10 predictions.
+    c.data.max_seq_length, c.data.max_predictions_per_seq = 64, 10
+    c.data.dupe_factor, c.data.spm_sentences, c.data.eval_batches = 5, 200_000, 8
+    c.optimizer.learning_rate, c.optimizer.warmup_steps = 0.01, 60
+    return c
+
+
+def ablation_config(scale: str) -> ml_collections.ConfigDict:
+    """The pretraining setup the paper's ablations share. 'paper': ALBERT-base dims, the paper's 125k
+    steps on tfds Wikipedia. 'demo': the demo's model (`demo_config`) for 150 steps, about a minute per cell
+    on a 2-core CPU."""
+    if scale == "paper":
+        return paper_config("base")
+    if scale != "demo":
+        raise ValueError(f"scale must be 'demo' or 'paper', got {scale!r}")
+    c = demo_config()
+    c.total_steps, c.eval_every, c.checkpoint_every = 150, 150, 50
+    c.data.dupe_factor, c.optimizer.warmup_steps = 2, 15
     return c
 
 
 def validate(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> None:
     """Pretraining config errors caught before any compute."""
-    data = config.data
-    if data.max_seq_length > albert_config.max_position_embeddings:
-        raise ValueError(f"config.data.max_seq_length ({data.max_seq_length}) exceeds the model's "
-                         f"max_position_embeddings ({albert_config.max_position_embeddings})")
-    if data.max_predictions_per_seq > data.max_seq_length:
+    experiment.check_max_seq_length(config, albert_config)
+    if config.data.max_predictions_per_seq > config.data.max_seq_length:
         raise ValueError("config.data.max_predictions_per_seq cannot exceed config.data.max_seq_length")
 
 
@@ -90,7 +116,7 @@ def validate(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> 
 def pretraining_stats(model: modeling.AlbertForPreTraining, params, batch, dropout_rng, deterministic: bool):
     """Per-example statistics [B] of the original ALBERT losses: summed masked-LM NLL, correct and
     counted predictions (weighted), SOP NLL and correctness."""
-    out = model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+    out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                       deterministic=deterministic, rngs={"dropout": dropout_rng},
                       masked_lm_positions=batch["masked_lm_positions"])
     mlm_logp = jax.nn.log_softmax(out.prediction_logits.astype(jnp.float32))
@@ -138,39 +164,38 @@ def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, w
     tokenizer = AlbertTokenizer(os.path.join(directory, prepare.read_manifest(directory)["vocab_file"]))
     check_vocab_size(tokenizer, albert_config.vocab_size)
     micro = config.batch_size // config.optimizer.grad_accum_steps
-    train_data = loader.PretrainingData(directory, "train", config.data, config.seed)
-    eval_data = loader.PretrainingData(directory, "eval", config.data, config.seed + 1)
+    train_data = loader.PretrainingDataset(directory, "train", config.data, config.seed)
+    eval_data = loader.PretrainingDataset(directory, "eval", config.data, config.seed + 1)
     n_eval = min(eval_data.size, config.data.eval_batches * loop.eval_batch_size(config))
     eval_arrays = eval_data.first(n_eval) if n_eval else {}
     model = modeling.AlbertForPreTraining(albert_config)
-    seq = config.data.max_seq_length
 
     def evaluate(predict):
         stats = predict(eval_arrays)
         return dict(summarize_pretraining({k: float(v.sum()) for k, v in stats.items()}), num_examples=n_eval)
 
     task = loop.Task(
-        model=model,
         loss_fn=lambda params, batch, rng, det: pretraining_loss(model, params, batch, rng, det),
         summarize=summarize_pretraining,
-        init_params=lambda rng: model.init(rng, jnp.zeros((1, seq), jnp.int32))["params"],
+        init_params=lambda rng: modeling.boxed_params(model, rng, config.data.max_seq_length),
         train_batches=loader.PretrainingBatches(train_data, micro, workers=config.data.loader_workers),
         predict_fn=lambda params, batch: pretraining_stats(model, params, batch, jax.random.PRNGKey(0), True),
-        evaluate=evaluate if n_eval else None,
-        tokens_key="input_mask")
+        evaluate=evaluate if n_eval else None)
     return task, tokenizer
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, resume: bool = True):
-    """Pretrains as configured; then writes `final/`, exports to HF and prints fill-mask predictions if
-    configured. Returns (AlbertConfig, final params as numpy)."""
-    albert_config = configs.build_model_config(config.model)
+    """Pretrains as configured (continuing from `config.init_from`'s weights when set); then writes
+    `final/`, exports to HF and prints fill-mask predictions if configured. Returns (AlbertConfig, final
+    params as numpy)."""
+    albert_config = experiment.albert_config(config.model)
     validate(config, albert_config)
-    fingerprint = configs.fingerprint(config, FINGERPRINT)
+    fingerprint = experiment.fingerprint(config, FINGERPRINT)
     fingerprint["data"] = {k: v for k, v in fingerprint["data"].items() if k not in _PROCESS_COUNTS}
-    mesh = loop.prepare(config, workdir, fingerprint, overwrite)
+    mesh = loop.claim_run(config, workdir, fingerprint, overwrite)
+    init_from = initialization.resolve(config.init_from) if config.init_from else None
     task, tokenizer = build_task(config, albert_config, workdir)
-    state = loop.train(config, workdir, task, mesh, resume=resume)
+    state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from)
     params = loop.host_params(state.params)
     if jax.process_index() == 0:
         export.save_final(albert_config, params, tokenizer, workdir)

@@ -1,27 +1,10 @@
 """Is the pretraining data pipeline flat in memory and fast enough? Prepare (`albert_jax.data.prepare`) and the
 grain loader (`albert_jax.data.loader`) on a corpus made from the built-in one, 1x vs 10x, at max_seq_length 512
-with dynamic masking. Writes experiments/bench/results/data_pipeline.json and prints a table.
+with dynamic masking: peak RSS of the process trees, examples/s (and per CPU-second) with 0-2 workers, time to
+first batch, and cProfiles of both. Writes experiments/bench/results/data_pipeline.json and prints a table with the
+targets (README, Performance); `--quick` (1x vs 2x, minutes) prints its results without writing the file.
 
-    python experiments/bench/data_pipeline.py [--quick] [--scale 10] [--repeats 3] [--keep DIR]
-
-Measures (the issue's targets in brackets):
-1. prepare's peak RSS, the process tree's (main + spawned workers, summed) and the main process's, sampled
-   every 50 ms from /proc, 1x vs 10x [ratio <= 1.2]; its throughput with 1 and 2 workers;
-2. the loader's peak RSS iterating batches of 32 over the 1x and the 10x directories [flat], and over ~6000
-   hard links of the 10x shards (the paper config's shard count, without preparing such a corpus);
-3. the loader's steady-state examples/s with 0, 1, 2 grain workers, per CPU-second of the process tree
-   [>= 125 examples/s per core] and 1 -> 2 workers [>= 1.7x];
-4. time to first batch: from the start of prepare (10x) until the loader yields its first batch;
-and where the time goes (cProfile in one thread: the loader's decoding + masking + batching, and a prepare
-worker's pair making for one shard).
-
-The corpus: runs of 20 consecutive built-in documents (2811 short ones) joined into long documents (so that
-pairs of 512 pieces are mostly full), written in the original text format; copy k > 0 permutes the sentences
-within each document by a seeded generator, so the 10x corpus is ten different-looking copies. Its
-SentencePiece sample is capped (data.spm_sentences) below the 1x corpus' sentence count, so both train the
-vocabulary on equally many sentences. `--quick` (1x vs 2x, fewer batches, one repeat) checks the harness in
-about two minutes and prints its results without writing the file. The load average goes with every
-measurement: on a shared machine the wall-clock rates follow the load, the rates per CPU-second much less.
+    python -m experiments.bench.data_pipeline [--quick] [--scale 10] [--repeats 3] [--keep DIR]
 """
 
 import argparse
@@ -38,35 +21,36 @@ import threading
 import time
 
 import numpy as np
-from common import environment, write_result
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from albert_jax.data.corpus import builtin_corpus, write_corpus
+
+from .machine import MIB, ROOT, TreeSampler, environment, tree_cpu_seconds
+from .report import write_result
+
 CONFIG = "experiments/configs/pretrain.py:size=base"  # the paper config, its source and sizes overridden
 DOCS_PER_LONG_DOCUMENT = 20
 SEQ, BATCH, SEED = 512, 32, 0
 VOCAB_SIZE = 5000       # the most a 10k-sentence sample of the built-in corpus supports is ~5.9k
 SPM_SENTENCES = 10_000  # < the 1x corpus' ~12.5k training sentences: the sample is capped in every run
 DOCS_PER_SHARD = 16     # long documents per shard: 10 shards at 1x, ~90 at 10x
-MB = 1 << 20
 _PROFILED_PACKAGES = ("albert_jax", "array_record", "sentencepiece")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Corpus
 # ---------------------------------------------------------------------------------------------------------
-def write_corpus(directory: str, copies: int) -> dict:
-    """Writes copies 0..copies-1 of the long-document corpus as copy-NNN.txt; returns its size."""
-    from albert_jax.data.corpus import builtin_corpus
+def write_copies(directory: str, copies: int) -> dict:
+    """Writes copies 0..copies-1 of the long-document corpus as copy-NNN.txt (the original text format); returns
+    its size. A long document is a run of DOCS_PER_LONG_DOCUMENT built-in ones, so that pairs of 512 pieces are
+    mostly full; copy k > 0 permutes the sentences within each by a generator seeded (SEED, k)."""
     documents = builtin_corpus()
     long = [sum(documents[i:i + DOCS_PER_LONG_DOCUMENT], [])
             for i in range(0, len(documents), DOCS_PER_LONG_DOCUMENT)]
     os.makedirs(directory, exist_ok=True)
     for k in range(copies):
         rng = np.random.default_rng([SEED, k])
-        with open(os.path.join(directory, f"copy-{k:03d}.txt"), "w", encoding="utf-8") as f:
-            for document in long:
-                sentences = document if k == 0 else [document[i] for i in rng.permutation(len(document))]
-                f.write("\n".join(sentences) + "\n\n")
+        copy = long if k == 0 else [[document[i] for i in rng.permutation(len(document))] for document in long]
+        write_corpus(copy, os.path.join(directory, f"copy-{k:03d}.txt"))
     sentences = sum(len(d) for d in long)
     return dict(copies=copies, documents=copies * len(long), sentences=copies * sentences,
                 words=copies * sum(len(s.split()) for d in long for s in d),
@@ -74,77 +58,8 @@ def write_corpus(directory: str, copies: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A process tree's memory and CPU, from /proc
+# A subprocess, its process tree sampled
 # ---------------------------------------------------------------------------------------------------------
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (via /proc/<pid>/task/*/children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:  # exited meanwhile
-            pass
-    return out
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (0 if gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError):
-        return 0.0
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    return sum(cpu_seconds(p) for p in descendants(pid))
-
-
-class TreeSampler(threading.Thread):
-    """Samples the summed VmRSS of a process tree every `interval` seconds until `stop()`; keeps the peak sum,
-    the main process's peak, the most processes seen and each process's last CPU seconds."""
-
-    def __init__(self, pid: int, interval: float = 0.05):
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.halt = pid, interval, threading.Event()
-        self.peak_sum = self.peak_main = self.samples = self.processes = 0
-        self.cpu: dict[int, float] = {}
-
-    def run(self):
-        while not self.halt.is_set():
-            pids = descendants(self.pid)
-            rss = {p: rss_bytes(p) for p in pids}
-            self.peak_sum = max(self.peak_sum, sum(rss.values()))
-            self.peak_main = max(self.peak_main, rss.get(self.pid, 0))
-            self.processes = max(self.processes, sum(1 for v in rss.values() if v))
-            self.cpu.update({p: cpu_seconds(p) or self.cpu.get(p, 0.0) for p in pids})
-            self.samples += 1
-            self.halt.wait(self.interval)
-
-    def stop(self) -> dict:
-        self.halt.set()
-        self.join()
-        return dict(peak_tree_mb=self.peak_sum / MB, peak_main_mb=self.peak_main / MB, processes=self.processes,
-                    tree_cpu_seconds=sum(self.cpu.values()), main_cpu_seconds=self.cpu.get(self.pid, 0.0),
-                    samples=self.samples)
-
-
 def run_sampled(command: list[str]) -> tuple[dict, list[tuple[float, str]], str]:
     """Runs `command`, sampling its tree; returns (memory + timing record, timestamped stderr lines, stdout).
     `main_maxrss_mb` is the kernel's peak RSS of the main process (wait4), a check on the 50 ms sampling."""
@@ -164,8 +79,8 @@ def run_sampled(command: list[str]) -> tuple[dict, list[tuple[float, str]], str]
     record = sampler.stop()
     reader.join()
     if proc.returncode:
-        sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n" + "\n".join(l for _, l in lines[-30:]))
-    record.update(main_maxrss_mb=usage.ru_maxrss * 1024 / MB, seconds=seconds, start_wall=start_wall,
+        sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n" + "\n".join(line for _, line in lines[-30:]))
+    record.update(main_maxrss_mb=usage.ru_maxrss * 1024 / MIB, seconds=seconds, start_wall=start_wall,
                   load_1min=[load, os.getloadavg()[0]])
     return record, lines, stdout
 
@@ -198,17 +113,23 @@ def run_prepare(corpus: str, out: str, workers: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Loader (the child runs this file with --loader)
+# Loader (the child runs this module with --loader)
 # ---------------------------------------------------------------------------------------------------------
+def data_config():
+    """The data section of the pretraining config at SEQ: what the loader reads the prepared directories with."""
+    from albert_jax.training.pretrain import default_config
+    config = default_config().data
+    config.max_seq_length = SEQ
+    return config
+
+
 def loader_child(directory: str, workers: int, batches: int, skip: int) -> None:
     """Iterates `batches` batches; prints one JSON line: first-batch time, steady examples/s (after `skip`
     batches) and the tree's CPU seconds over that window."""
-    from albert_jax.data.loader import PretrainingBatches, PretrainingData
-    from albert_jax.training.pretrain import default_config
-    data_config = default_config().data
-    data_config.max_seq_length = SEQ
+    from albert_jax.data.loader import PretrainingBatches, PretrainingDataset
+    config = data_config()
     start = time.perf_counter()
-    data = PretrainingData(directory, "train", data_config, SEED)
+    data = PretrainingDataset(directory, "train", config, SEED)
     iterator = PretrainingBatches(data, BATCH, workers=workers, process_index=0, process_count=1).iterate(0)
     times, cpu = [], {}
     for i in range(batches):
@@ -227,7 +148,7 @@ def loader_child(directory: str, workers: int, batches: int, skip: int) -> None:
                           examples_per_sec=examples / window, window_seconds=window,
                           examples_per_cpu_second=examples / max(cpu["end"] - cpu["start"], 1e-9),
                           train_examples=data.size, shards=len(data.manifest["shards"]),
-                          tokens_per_example=float(batch["input_mask"].sum(1).mean()),
+                          tokens_per_example=float(batch["attention_mask"].sum(1).mean()),
                           predictions_per_example=float(batch["masked_lm_weights"].sum(1).mean()))))
 
 
@@ -253,8 +174,8 @@ def replicate(directory: str, out: str, copies: int) -> str:
 
 
 def run_loader(directory: str, workers: int, batches: int, skip: int) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--loader", directory, "--workers", str(workers),
-               "--batches", str(batches), "--skip", str(skip)]
+    command = [sys.executable, "-m", "experiments.bench.data_pipeline", "--loader", directory, "--workers",
+               str(workers), "--batches", str(batches), "--skip", str(skip)]
     record, _, stdout = run_sampled(command)
     record.update(json.loads(stdout.strip().splitlines()[-1]), workers=workers, batches=batches, skip=skip)
     return record
@@ -282,11 +203,8 @@ def profiled(fn, names: tuple[str, ...]) -> dict:
 
 def profile_loader(directory: str, batches: int) -> dict:
     """Where the loader's time goes: `batches` batches decoded, masked and batched in this thread."""
-    from albert_jax.data.loader import PretrainingData
-    from albert_jax.training.pretrain import default_config
-    data_config = default_config().data
-    data_config.max_seq_length = SEQ
-    dataset = PretrainingData(directory, "train", data_config, SEED).examples().batch(BATCH)
+    from albert_jax.data.loader import PretrainingDataset
+    dataset = PretrainingDataset(directory, "train", data_config(), SEED).examples().batch(BATCH)
     dataset[0]
     out = profiled(lambda: [dataset[i] for i in range(1, batches + 1)],
                    ("__call__", "decode_pair", "choose_masked_spans", "_word_bounds", "__getitem__"))
@@ -324,8 +242,8 @@ def memory_comparison(small: dict, large: dict, scale: int) -> dict:
 
 def run_all(args, work: str) -> dict:
     scale = args.scale
-    corpora = {1: write_corpus(os.path.join(work, "corpus-1x"), 1),
-               scale: write_corpus(os.path.join(work, f"corpus-{scale}x"), scale)}
+    corpora = {1: write_copies(os.path.join(work, "corpus-1x"), 1),
+               scale: write_copies(os.path.join(work, f"corpus-{scale}x"), scale)}
     corpus = {n: os.path.join(work, f"corpus-{n}x") for n in corpora}
     prepared = {n: os.path.join(work, f"prepared-{n}x") for n in corpora}
     runs = {}
@@ -424,7 +342,8 @@ def print_table(result: dict, scale: int) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.data_pipeline",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1x vs 2x, 60 batches, one repeat: checks the harness")
     parser.add_argument("--scale", type=int, default=10, help="copies in the large corpus")
     parser.add_argument("--batches", type=int, default=200)

@@ -1,7 +1,7 @@
 """Is example production a bottleneck? Examples/s of `create_examples` vs examples/s the train step
 consumes, measured in one process on the demo's settings. Writes experiments/bench/results/data_vs_step.json.
 
-    python experiments/bench/data_vs_step.py [--steps 10]
+    python -m experiments.bench.data_vs_step [--steps 10]
 """
 
 import argparse
@@ -10,24 +10,26 @@ import tempfile
 import time
 
 import jax
-from common import write_result
 
+from albert_jax import experiment
 from albert_jax.data.corpus import builtin_corpus
 from albert_jax.data.pretraining import create_examples
-from albert_jax.training import configs, loop, pretrain
+from albert_jax.training import loop, pretrain
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from .machine import ROOT
+from .report import write_result
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.data_vs_step",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    config = configs.load_config(os.path.join(HERE, "..", "configs", "demo.py"))
+    config = experiment.load_config(os.path.join(ROOT, "experiments", "configs", "demo.py"))
     config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = args.steps, args.steps, 0, 0
     with tempfile.TemporaryDirectory() as workdir:
-        mesh = loop.prepare(config, workdir, configs.fingerprint(config, pretrain.FINGERPRINT))
-        task, tokenizer = pretrain.build_task(config, configs.build_model_config(config.model), workdir)
+        mesh = loop.claim_run(config, workdir, experiment.fingerprint(config, pretrain.FINGERPRINT))
+        task, tokenizer = pretrain.build_task(config, experiment.albert_config(config.model), workdir)
         documents = builtin_corpus()
         start = time.perf_counter()
         n = sum(1 for _ in create_examples(documents, tokenizer, max_seq_length=config.data.max_seq_length,
@@ -36,7 +38,7 @@ def main():
         loop.train(config, workdir, task, mesh)  # compile + warm-up
         config.total_steps *= 2
         start = time.perf_counter()
-        loop.prepare(config, workdir, configs.fingerprint(config, pretrain.FINGERPRINT), overwrite=True)
+        loop.claim_run(config, workdir, experiment.fingerprint(config, pretrain.FINGERPRINT), overwrite=True)
         loop.train(config, workdir, task, mesh, resume=False)
         step_seconds = (time.perf_counter() - start) / config.total_steps
     consumed = config.batch_size / step_seconds

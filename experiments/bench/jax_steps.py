@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from workloads import OPTIMIZER, Workload, make_inputs
 
 import albert_jax as aj
 from albert_jax import convert
 from albert_jax.training import loop, optimizers, pretrain
+
+from .workloads import OPTIMIZER, Workload, make_inputs
 
 HEADS = {"backbone": aj.AlbertModel, "pretraining": aj.AlbertForPreTraining, "qa": aj.AlbertForQuestionAnswering}
 
@@ -37,11 +38,8 @@ def loss_fn(model, w: Workload):
     """`w`'s loss as a training Task's loss_fn: (params, inputs, dropout_rng, deterministic) -> (scalar loss,
     {'loss': it}) (see workloads.Workload)."""
     if w.loss == "mlm_masked_sop":
-        def loss(params, x, rng, deterministic):  # the original losses, as albert-jax pretrains
-            batch = dict(input_ids=x["input_ids"], input_mask=x["attention_mask"], segment_ids=x["token_type_ids"],
-                         masked_lm_positions=x["masked_lm_positions"], masked_lm_ids=x["masked_lm_ids"],
-                         masked_lm_weights=x["masked_lm_weights"], sentence_order_label=x["sop_labels"])
-            value = pretrain.pretraining_loss(model, params, batch, rng, deterministic)[0]
+        def loss(params, x, rng, deterministic):  # the original losses, as albert-jax pretrains: x is its batch
+            value = pretrain.pretraining_loss(model, params, x, rng, deterministic)[0]
             return value, {"loss": value}
         return loss
 
@@ -49,7 +47,7 @@ def loss_fn(model, w: Workload):
         out = model.apply({"params": params}, x["input_ids"], x["attention_mask"], x["token_type_ids"],
                           deterministic=deterministic, rngs={"dropout": rng})
         if w.loss == "mlm_all_sop":
-            value = _ce(out.prediction_logits, x["mlm_labels"]) + _ce(out.sop_logits, x["sop_labels"])
+            value = _ce(out.prediction_logits, x["mlm_labels"]) + _ce(out.sop_logits, x["sentence_order_label"])
         elif w.loss == "span":
             value = (_ce(out.start_logits, x["start_positions"]) + _ce(out.end_logits, x["end_positions"])) / 2
         else:

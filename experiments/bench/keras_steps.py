@@ -2,7 +2,7 @@
 from Keras-Hub's own layers (`MaskedLMHead` tied to the token embedding, a Dense SOP classifier), a Dense span
 head for SQuAD, and Keras' standard compiled paths (`predict_on_batch`, `train_on_batch` with AdamW).
 
-KERAS_BACKEND must be 'jax' before keras is first imported: only worker.py imports this module.
+KERAS_BACKEND must be 'jax' before keras is first imported: only the worker (worker.py) imports this module.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import keras_hub
 import numpy as np
 from keras_hub.layers import MaskedLMHead
 from keras_hub.src.utils.keras_utils import gelu_approximate
-from workloads import OPTIMIZER, Workload, decays, make_inputs
 
 from albert_jax.convert import read_hf_tensors
+
+from .workloads import OPTIMIZER, Workload, decays, make_inputs
 
 if keras.config.backend() != "jax":
     raise RuntimeError(f"Keras-Hub must run on the JAX backend here, got {keras.config.backend()!r}: set "
@@ -145,9 +146,9 @@ def _training_model(hf_dir: str, w: Workload):
         if w.loss == "mlm_all_sop":  # every position "masked": Keras-Hub's head gathers them all
             every = np.broadcast_to(np.arange(w.seq, dtype=np.int32), x["input_ids"].shape)
             feed = dict(_inputs(x), mask_positions=every)
-            return model, feed, [x["mlm_labels"], x["sop_labels"]], [1.0, 1.0]
+            return model, feed, [x["mlm_labels"], x["sentence_order_label"]], [1.0, 1.0]
         feed = dict(_inputs(x), mask_positions=x["masked_lm_positions"])
-        return model, feed, [x["masked_lm_ids"], x["sop_labels"]], [1.0, 1.0]
+        return model, feed, [x["masked_lm_ids"], x["sentence_order_label"]], [1.0, 1.0]
     if w.head == "qa":
         logits = keras.layers.Dense(2, name="qa_outputs")(out["sequence_output"])
         model = keras.Model(inputs, [logits[..., 0], logits[..., 1]])

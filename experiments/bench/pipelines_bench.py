@@ -1,12 +1,6 @@
-"""Pipeline throughput, tokenization included: albert-jax's `pipeline` against transformers' `pipeline` on
-the same exported model and tokenizer, fill-mask and feature-extraction over the same sentences.
-
-The sentences are the built-in corpus's (deterministic), 6 to 40 words, taken evenly across it; for fill-mask
-the middle word of each becomes [MASK]. The model has the run's dimensions with a vocabulary trained here on the
-built-in corpus (SentencePiece, `Settings.pipeline_vocab` pieces: the corpus cannot support 30k). Each system's
-batch size is the fastest of `Settings.pipeline_batch_sizes` on the first 128 sentences; then one untimed pass
-over all of them (albert-jax compiles one program per padded shape; transformers warms its caches) and the
-median of `Settings.pipeline_passes` timed passes. Feature extraction returns tensors (`return_tensors=True`) in both.
+"""Item g of the benchmark, pipeline throughput with tokenization: albert-jax's `pipeline` against transformers'
+on the same exported model and tokenizer, fill-mask and feature-extraction (tensors returned in both) over the
+same sentences of the built-in corpus, each system at its fastest batch size (`throughput`).
 """
 
 from __future__ import annotations
@@ -18,12 +12,14 @@ import time
 import jax
 import torch
 import transformers
-from workloads import Settings
 
 import albert_jax as aj
 from albert_jax import convert
 from albert_jax.data.corpus import builtin_corpus
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
+
+from .torch_steps import torch_device
+from .workloads import Settings
 
 SELECT_SENTENCES = 128
 TASKS = {"pipeline_fill_mask": "fill-mask", "pipeline_feature_extraction": "feature-extraction"}
@@ -44,10 +40,11 @@ def sentences(n: int) -> tuple[list[str], list[str]]:
 
 
 def export_model(s: Settings, out_dir: str) -> str:
-    """An HF directory (AlbertForPreTraining weights, config, spiece.model) for the pipelines; returns it."""
+    """An HF directory (AlbertForPreTraining weights, config, spiece.model) for the pipelines; returns it. Its
+    vocabulary is trained here on the built-in corpus, `s.pipeline_vocab` pieces (the corpus cannot support 30k)."""
     plain = [x for doc in builtin_corpus() for x in doc]
     tokenizer = AlbertTokenizer(train_spm(iter(plain), s.pipeline_vocab, os.path.join(out_dir, "spm")))
-    config = s.model_config().replace(vocab_size=tokenizer.vocab_size)
+    config = s.albert_config().replace(vocab_size=tokenizer.vocab_size)
     params = aj.init_params(aj.AlbertForPreTraining(config), jax.random.PRNGKey(0))
     hf_dir = os.path.join(out_dir, "hf")
     convert.save_hf(config, params, hf_dir)
@@ -55,26 +52,27 @@ def export_model(s: Settings, out_dir: str) -> str:
     return hf_dir
 
 
+def _call_kwargs(task: str) -> dict:
+    return {"return_tensors": True} if task == "feature-extraction" else {}
+
+
 def _ours(task: str, hf_dir: str, s: Settings):
     config, params = aj.from_pretrained(hf_dir)
     tokenizer = AlbertTokenizer.from_pretrained(hf_dir)
     model = (config.replace(dtype=s.dtype), params)
-    kwargs = {"return_tensors": True} if task == "feature-extraction" else {}
 
     def make(bs):
         pipe = aj.pipeline(task, model, tokenizer, batch_size=bs)
-        return lambda texts: pipe(texts, **kwargs)
+        return lambda texts: pipe(texts, **_call_kwargs(task))
     return make
 
 
 def _theirs(task: str, hf_dir: str, s: Settings):
-    device = "cuda" if s.device == "gpu" else "cpu"
-    dtype = getattr(torch, s.dtype)
-    kwargs = {"return_tensors": True} if task == "feature-extraction" else {}
+    device, dtype = torch_device(s.device), getattr(torch, s.dtype)
 
     def make(bs):
         pipe = transformers.pipeline(task, model=hf_dir, batch_size=bs, device=device, dtype=dtype)
-        return lambda texts: pipe(texts, **kwargs)
+        return lambda texts: pipe(texts, **_call_kwargs(task))
     return make
 
 

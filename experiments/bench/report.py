@@ -1,10 +1,16 @@
-"""results.json -> results.md: one Markdown table (a row per measurement, a column per system, then the ratios),
-the matmul peaks, the checks that the systems computed the same model, and the run's environment."""
+"""Where results go: a benchmark's JSON in results/<name>.json; the main benchmark's results.json and results.md,
+one Markdown table (a row per measurement, a column per system, then the ratios), the matmul peaks, the checks
+that the systems computed the same model, and the run's environment."""
 
 from __future__ import annotations
 
-from workloads import SYSTEMS
+import json
+import os
+import sys
 
+from .workloads import SYSTEMS
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 NAMES = {"albert_jax": "albert-jax", "transformers": "transformers (PyTorch)", "keras_hub": "Keras-Hub (JAX)"}
 
 
@@ -98,3 +104,22 @@ def markdown(results: dict) -> str:
               "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
               "- environment variables: " + ", ".join(f"{k}={v}" for k, v in env["env"].items() if v), ""]
     return "\n".join(lines)
+
+
+def write_report(results: dict, out_dir: str) -> None:
+    """The main benchmark's `results` as out_dir/results.json and out_dir/results.md."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown(results))
+    print(f"wrote {out_dir}/results.json and results.md", file=sys.stderr)
+
+
+def write_result(name: str, result: dict) -> None:
+    """Writes `result` to results/<name>.json and prints it."""
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))

@@ -2,8 +2,8 @@
 callable (a forward, or a train step returning its loss), and the measurements every system gets the same way
 (step times, compile time, peak memory of a train step, the forward-output equality check).
 
-Only worker.py may build 'keras_hub' runners (KERAS_BACKEND must be set before keras is imported); run.py
-reaches them through `Server` / `RemoteRunner`, which time each call inside the worker.
+Only the worker may build 'keras_hub' runners (KERAS_BACKEND must be set before keras is imported); the main
+process reaches them through `Server` / `RemoteRunner`, which time each call inside the worker.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ import importlib
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
-from common import interleaved, proc_status, reset_peak_rss
-from workloads import Settings, Workload
 
-MIB = 2 ** 20
+from .machine import MIB, ROOT, proc_status, reset_peak_rss
+from .workloads import Settings, Workload
+
 MODULES = {"albert_jax": "jax_steps", "transformers": "torch_steps", "keras_hub": "keras_steps"}
 FORWARD_TOLERANCE = 1e-4  # max abs difference of float32 backbone outputs that counts as the same model
 
@@ -38,7 +40,7 @@ def installed(system: str) -> bool:
 
 def make_runner(system: str, w: Workload, dirs: dict, s: Settings):
     """A `Forward` (no loss) or `TrainStep` of `system` for `w`, from the HF directory of its head."""
-    module = importlib.import_module(MODULES[system])
+    module = importlib.import_module(f".{MODULES[system]}", __package__)
     cls = module.Forward if w.loss is None else module.TrainStep
     hf_dir = dirs["qa" if w.head == "qa" else "pretraining"]
     if system == "transformers":
@@ -59,6 +61,32 @@ def check_outputs(system: str, outputs: dict, reference: dict) -> dict:
         raise ModelMismatch(f"{system} computes a different model than albert-jax from the same weights and inputs: "
                             f"max abs differences {bad} > {FORWARD_TOLERANCE}")
     return diffs
+
+
+def timed(fn) -> tuple[float, object]:
+    """(seconds, value) of one call of `fn`; a RemoteRunner's own measurement, without the message passing."""
+    if isinstance(fn, RemoteRunner):
+        return fn.timed()
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Times each zero-argument blocking callable of `fns` once as warm-up, then `repeats` times, the systems
+    taking turns (so a slow spell of a shared machine hits all of them). Returns per name: first_seconds
+    (the warm-up call: compilation included), first_value (what it returned, e.g. the initial loss), times
+    and seconds (their median)."""
+    out = {}
+    for name, fn in fns.items():
+        seconds, value = timed(fn)
+        out[name] = dict(first_seconds=seconds, first_value=value, times=[])
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            out[name]["times"].append(timed(fn)[0])
+    for record in out.values():
+        record["seconds"] = statistics.median(record["times"])
+    return out
 
 
 def ok(timing: dict, **extra) -> dict:
@@ -144,13 +172,13 @@ def _device_stats(system: str):
 # ---------------------------------------------------------------------------------------------------------
 # Systems in another process
 # ---------------------------------------------------------------------------------------------------------
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+WORKER = "experiments.bench.worker"
 
 
 class Server:
-    """A `worker.py serve` process holding one system's models (Keras-Hub: its backend is fixed at import).
-    `request(op=..., ...)` sends one request and returns the reply; RuntimeError for a failed request (with the
-    worker's message) or a worker that died (with the end of its log)."""
+    """A `python -m experiments.bench.worker serve` process holding one system's models (Keras-Hub: its backend
+    is fixed at import). `request(op=..., ...)` sends one request and returns the reply; RuntimeError for a failed
+    request (with the worker's message) or a worker that died (with the end of its log)."""
 
     def __init__(self, system: str, s: Settings, dirs: dict, work: str):
         spec_path = os.path.join(work, f"{system}.spec.json")
@@ -158,8 +186,8 @@ class Server:
             json.dump(dict(system=system, settings=s.to_dict(), dirs=dirs), f)
         self.system, self.log_path = system, os.path.join(work, f"{system}.log")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, WORKER, "serve", spec_path], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True, env=dict(os.environ))
+        self.proc = subprocess.Popen([sys.executable, "-m", WORKER, "serve", spec_path], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT)
 
     def request(self, **request) -> dict:
         try:
@@ -205,12 +233,13 @@ class RemoteRunner:
 
 
 def run_memory(system: str, s: Settings, dirs: dict, work: str) -> dict:
-    """`memory_record` of `system` in a fresh `worker.py memory` process (an error record if it fails)."""
+    """`memory_record` of `system` in a fresh `experiments.bench.worker memory` process (an error record if it
+    fails)."""
     spec_path, out_path = os.path.join(work, f"memory-{system}.json"), os.path.join(work, f"memory-{system}.out.json")
     with open(spec_path, "w") as f:
         json.dump(dict(system=system, settings=s.to_dict(), dirs=dirs), f)
-    proc = subprocess.run([sys.executable, WORKER, "memory", spec_path, out_path], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    proc = subprocess.run([sys.executable, "-m", WORKER, "memory", spec_path, out_path], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
     if proc.returncode != 0 or not os.path.exists(out_path):
         sys.stderr.write(proc.stderr[-3000:])
         last = (proc.stderr.strip().splitlines() or [""])[-1]

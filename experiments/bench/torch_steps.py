@@ -9,7 +9,8 @@ import os
 import numpy as np
 import torch
 import transformers
-from workloads import OPTIMIZER, Workload, decays, make_inputs
+
+from .workloads import OPTIMIZER, Workload, decays, make_inputs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
@@ -86,11 +87,11 @@ class TrainStep:
         x = _tensors(make_inputs(w, self.model.config.vocab_size), device)
         self.inputs = {k: x[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         if w.loss == "mlm_all_sop":
-            self.inputs.update(labels=x["mlm_labels"].long(), sentence_order_label=x["sop_labels"].long())
+            self.inputs.update(labels=x["mlm_labels"].long(), sentence_order_label=x["sentence_order_label"].long())
         elif w.loss == "mlm_masked_sop":  # transformers has no masked positions: all logits, labels -100 elsewhere
             labels = torch.full_like(x["input_ids"], -100, dtype=torch.long)
             labels.scatter_(1, x["masked_lm_positions"].long(), x["masked_lm_ids"].long())
-            self.inputs.update(labels=labels, sentence_order_label=x["sop_labels"].long())
+            self.inputs.update(labels=labels, sentence_order_label=x["sentence_order_label"].long())
         elif w.loss == "span":
             self.inputs.update(start_positions=x["start_positions"].long(), end_positions=x["end_positions"].long())
         self.device, self.dtype = device, dtype

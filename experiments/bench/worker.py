@@ -1,12 +1,12 @@
-"""Benchmark subprocesses started by run.py.
+"""The benchmark's subprocesses, started by its main process (`python -m experiments.bench`).
 
-    python worker.py serve SPEC.json          # Keras-Hub or albert-jax, driven call by call over stdin/stdout
-    python worker.py memory SPEC.json OUT.json  # one system's peak memory, in a fresh process
+    python -m experiments.bench.worker serve SPEC.json            # Keras-Hub or albert-jax, call by call
+    python -m experiments.bench.worker memory SPEC.json OUT.json  # one system's peak memory, in a fresh process
 
-Keras-Hub cannot share run.py's process (KERAS_BACKEND is read when keras is first imported), nor can albert-jax
+Keras-Hub cannot share the main process (KERAS_BACKEND is read when keras is first imported), nor can albert-jax
 set up as run.py sets itself up (hostmem's allocator setting is process-wide and would speed transformers up
-too), so `serve` keeps one system's models in this process and runs one call per request: run.py then
-interleaves their calls with transformers' exactly as it does its own. Requests and replies are JSON lines:
+too), so `serve` keeps one system's models in this process and runs one call per request over stdin/stdout: the
+main process interleaves their calls with transformers' as it does its own. Requests and replies are JSON lines:
   {"op": "check", "reference": npz} -> {"max_abs_diff": {...}} or {"mismatch": message}: backbone outputs vs
                                       albert-jax's (an npz of last_hidden_state, pooler_output)
   {"op": "outputs", "path": npz}    -> {}: albert-jax's backbone outputs, written to `path` (the reference of the
@@ -14,7 +14,7 @@ interleaves their calls with transformers' exactly as it does its own. Requests 
   {"op": "build", "item": name}    -> {}: the runner of workload `name` (forward, train, pretrain, squad, compile_<L>)
   {"op": "call", "item": name}     -> {"seconds", "value"}: one call (a train step returns its loss)
   {"op": "drop", "item": name}     -> {}
-  {"op": "environment"}            -> common.environment() of the worker and host_memory_reused (hostmem's setting)
+  {"op": "environment"}            -> machine.environment() of the worker and host_memory_reused (hostmem's setting)
 any failure -> {"error": message}. SPEC: {"system", "settings", "dirs" ({"pretraining", "qa"}: HF directories)};
 `memory` writes {"environment", "record"} to OUT.
 """
@@ -32,13 +32,13 @@ sys.modules.setdefault("tensorflow_text", None)
 
 import gc  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
 import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
-import systems  # noqa: E402
-from common import environment  # noqa: E402
-from workloads import Settings, workloads  # noqa: E402
+
+from . import systems  # noqa: E402
+from .machine import environment  # noqa: E402
+from .workloads import Settings, workloads  # noqa: E402
 
 
 def _handle(request: dict, spec: dict, s: Settings, runners: dict) -> dict:
@@ -65,9 +65,8 @@ def _handle(request: dict, spec: dict, s: Settings, runners: dict) -> dict:
         runner(name)
         return {}
     if op == "call":
-        start = time.perf_counter()
-        value = runners[name]()
-        return {"seconds": time.perf_counter() - start, "value": value}
+        seconds, value = systems.timed(runners[name])
+        return {"seconds": seconds, "value": value}
     if op == "drop":
         runners.pop(name, None)
         gc.collect()
@@ -95,7 +94,7 @@ def serve(spec_path: str) -> int:
     for line in sys.stdin:
         try:
             reply = _handle(json.loads(line), spec, s, runners)
-        except Exception as e:  # reported to run.py, which records it for this item and goes on
+        except Exception as e:  # reported to the main process, which records it for this item and goes on
             traceback.print_exc()
             reply = {"error": f"{type(e).__name__}: {e}"[:500]}
         replies.write(json.dumps(reply) + "\n")

@@ -59,7 +59,7 @@ class Settings:
             s.seq = seq
         return s
 
-    def model_config(self):
+    def albert_config(self):
         """The AlbertConfig every system's model has (dropout off; float32 compute: workers set their dtype)."""
         from albert_jax.config import AlbertConfig
         return AlbertConfig.from_preset(self.preset, **self.model).replace(
@@ -69,7 +69,7 @@ class Settings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Settings":
+    def from_dict(cls, d: dict) -> Settings:
         d = dict(d)
         for name in ("compile_layers", "pipeline_batch_sizes"):
             d[name] = tuple(d[name])
@@ -119,9 +119,9 @@ def make_inputs(w: Workload, vocab_size: int) -> dict[str, np.ndarray]:
     """The inputs of `w` (int32 unless noted), a pure function of the workload's shapes and loss:
 
     input_ids, attention_mask (all ones: no padding), token_type_ids (0 then 1, a sentence pair) [B, T];
-    'mlm_all_sop': mlm_labels [B, T], sop_labels [B];
+    'mlm_all_sop': mlm_labels [B, T], sentence_order_label [B];
     'mlm_masked_sop': masked_lm_positions (distinct, sorted, never [CLS]), masked_lm_ids [B, P],
-      masked_lm_weights (float32 ones) [B, P], sop_labels [B];
+      masked_lm_weights (float32 ones) [B, P], sentence_order_label [B];
     'span': start_positions, end_positions [B].
     """
     rng = np.random.RandomState(w.batch * 1_000_003 + w.seq)
@@ -131,7 +131,7 @@ def make_inputs(w: Workload, vocab_size: int) -> dict[str, np.ndarray]:
              token_type_ids=np.broadcast_to(np.arange(t) >= t // 2, (b, t)).astype(np.int32))
     if w.loss == "mlm_all_sop":
         x.update(mlm_labels=rng.randint(5, vocab_size, (b, t)).astype(np.int32),
-                 sop_labels=rng.randint(0, 2, b).astype(np.int32))
+                 sentence_order_label=rng.randint(0, 2, b).astype(np.int32))
     elif w.loss == "mlm_masked_sop":
         if w.positions > t - 2:
             raise ValueError(f"{w.positions} masked positions do not fit in sequences of {t}")
@@ -139,7 +139,7 @@ def make_inputs(w: Workload, vocab_size: int) -> dict[str, np.ndarray]:
                                                for _ in range(b)]).astype(np.int32),
                  masked_lm_ids=rng.randint(5, vocab_size, (b, w.positions)).astype(np.int32),
                  masked_lm_weights=np.ones((b, w.positions), np.float32),
-                 sop_labels=rng.randint(0, 2, b).astype(np.int32))
+                 sentence_order_label=rng.randint(0, 2, b).astype(np.int32))
     elif w.loss == "span":
         start = rng.randint(1, t - 1, b)
         x.update(start_positions=start.astype(np.int32),

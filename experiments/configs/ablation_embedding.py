@@ -11,12 +11,13 @@ all-shared E=64 10M 79.0, E=128 12M 80.1, E=256 16M 79.6, E=768 31M 79.8.
 The table's `paper_parameters` column counts each cell on albert-base-v2 dims (30k vocabulary).
 """
 
-from albert_jax.training.configs import parse_arg
-from albert_jax.training.sweep import ablation_base, sweep_config
+from albert_jax.experiment import parse_arg
+from albert_jax.training.pretrain import ablation_config
+from albert_jax.training.sweep import sweep_config
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, scale="demo")
     cells = {f"E{e}-{sharing}": {"model": {"embedding_size": e, "sharing": sharing}}
              for sharing in ("none", "all") for e in (64, 128, 256, 768)}
-    return sweep_config(ablation_base(arg.scale), cells)
+    return sweep_config(ablation_config(arg.scale), cells)

@@ -10,12 +10,13 @@ E=768: all-shared 31M 79.8, shared-attention 83M 81.6, shared-FFN 57M 79.5, not-
 E=128: all-shared 12M 80.1, shared-attention 64M 81.7, shared-FFN 38M 80.2, not-shared 89M 81.7.
 """
 
-from albert_jax.training.configs import parse_arg
-from albert_jax.training.sweep import ablation_base, sweep_config
+from albert_jax.experiment import parse_arg
+from albert_jax.training.pretrain import ablation_config
+from albert_jax.training.sweep import sweep_config
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, scale="demo")
     cells = {f"E{e}-{sharing}": {"model": {"embedding_size": e, "sharing": sharing}}
              for e in (768, 128) for sharing in ("all", "attention", "ffn", "none")}
-    return sweep_config(ablation_base(arg.scale), cells)
+    return sweep_config(ablation_config(arg.scale), cells)

@@ -16,7 +16,7 @@ runs the paper's batch sizes on small machines.
 ALBERT-base-v2 dev results (model card): MNLI 84.6, SST-2 92.9 (accuracy).
 """
 
-from albert_jax.training.configs import parse_arg
+from albert_jax.experiment import parse_arg
 from albert_jax.training.finetune import default_config
 
 # task: (warmup steps, learning rate, train steps, batch size)

@@ -12,7 +12,7 @@ Paper's result for each size after 125k steps (Table 2, avg of SQuAD1.1/2.0, MNL
 base 80.1, large 82.4, xlarge 85.5, xxlarge 88.7.
 """
 
-from albert_jax.training.configs import parse_arg
+from albert_jax.experiment import parse_arg
 from albert_jax.training.pretrain import paper_config
 
 SIZES = ("base", "large", "xlarge", "xxlarge")

@@ -10,7 +10,7 @@ Or --config.data.source=tfds (race/middle, race/high). Evaluation rows carry acc
 and accuracy_high. ALBERT-base-v2 (model card): RACE 66.8 accuracy.
 """
 
-from albert_jax.training.configs import parse_arg
+from albert_jax.experiment import parse_arg
 from albert_jax.training.finetune import default_config
 
 

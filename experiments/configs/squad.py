@@ -14,7 +14,7 @@ and (v2.0) null_odds.json into the work dir; evaluation rows carry the official 
 ALBERT-base-v2 dev results (model card): SQuAD1.1 90.2/83.2, SQuAD2.0 82.1/79.3 (F1/EM).
 """
 
-from albert_jax.training.configs import parse_arg
+from albert_jax.experiment import parse_arg
 from albert_jax.training.finetune import default_config
 
 # version: (warmup steps, learning rate, train steps)

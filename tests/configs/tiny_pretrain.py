@@ -1,6 +1,6 @@
 """A pretraining run small enough for the test suite (seconds per run on one CPU core)."""
 
-from albert_jax.training.configs import model_config
+from albert_jax.experiment import model_section
 from albert_jax.training.pretrain import default_config
 
 
@@ -11,7 +11,7 @@ def get_config():
     c.log_every = 1
     c.eval_every = 4
     c.checkpoint_every = 2
-    c.model = model_config("albert-tiny", vocab_size=600, embedding_size=16, hidden_size=32,
+    c.model = model_section("albert-tiny", vocab_size=600, embedding_size=16, hidden_size=32,
                            num_attention_heads=2, intermediate_size=64, num_hidden_layers=2,
                            max_position_embeddings=64)
     c.data.max_documents = 150

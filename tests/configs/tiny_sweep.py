@@ -2,7 +2,7 @@
 
 import os
 
-from albert_jax.training.configs import load_config
+from albert_jax.experiment import load_config
 from albert_jax.training.sweep import sweep_config
 
 

@@ -1,5 +1,8 @@
-"""Experiment-config helpers shared by every job: the `model` section, config files with a big_vision
-style argument (`pretrain.py:size=base,runlocal=True`), and the fingerprint that identifies a run."""
+"""What every entry point (run.py, experiments/ablate.py, `python -m albert_jax.data.prepare`) shares about
+experiments: config files with a big_vision style argument (`pretrain.py:size=base,runlocal=True`), the
+`model` section of a config, `--config.*` flag parsing with one-line errors, and claims: the fingerprint that
+identifies a run (or prepared data) recorded in its directory, so that a directory holding another one is
+never reused by mistake."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
 import ml_collections
@@ -15,7 +19,7 @@ from ml_collections.config_dict import placeholder
 from albert_jax.config import AlbertConfig
 
 
-def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
+def model_section(preset: str, **overrides) -> ml_collections.ConfigDict:
     """`model` config: a preset name plus every AlbertConfig field as an overridable placeholder
     (None = the preset's value), e.g. `--config.model.embedding_size=64 --config.model.sharing=ffn`."""
     defaults = AlbertConfig()
@@ -29,13 +33,20 @@ def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def model_overrides(model: ml_collections.ConfigDict) -> dict:
-    """The AlbertConfig fields a `model_config` sets (those not None), without the preset."""
+    """The AlbertConfig fields a `model_section` sets (those not None), without the preset."""
     return {k: v for k, v in model.items() if k != "preset" and v is not None}
 
 
-def build_model_config(model: ml_collections.ConfigDict) -> AlbertConfig:
-    """AlbertConfig from a `model_config` ConfigDict (validated; errors name the field)."""
+def albert_config(model: ml_collections.ConfigDict) -> AlbertConfig:
+    """AlbertConfig from a `model_section` ConfigDict (validated; errors name the field)."""
     return AlbertConfig.from_preset(model.preset, **model_overrides(model))
+
+
+def check_max_seq_length(config: ml_collections.ConfigDict, model: AlbertConfig) -> None:
+    """ValueError when `config.data.max_seq_length` exceeds what the model's position embeddings cover."""
+    if config.data.max_seq_length > model.max_position_embeddings:
+        raise ValueError(f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds the model's "
+                         f"max_position_embeddings ({model.max_position_embeddings})")
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -88,3 +99,51 @@ def fingerprint(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> dic
     another fingerprint is not resumed into."""
     return json.loads(json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
                                   for k in keys if k in config}))
+
+
+class ClaimError(ValueError):
+    """A directory holds another run or other data (a different claim record), or cannot be written."""
+
+
+def check_claim(directory: str, record: str, values: dict, *, overwrite: bool, conflict: str, fix: str,
+                foreign: str | None = None) -> bool:
+    """Whether `directory/record` (a JSON claim record) already holds `values`. Otherwise, unless `overwrite`
+    (`write_claim` then empties the directory), raises ClaimError when the record holds other values, naming
+    the keys that differ ("<directory> <conflict> (differs in: ...); <fix>"), and, with `foreign` set, when
+    the directory is not empty but has no record ("<directory> is not empty and <foreign>")."""
+    path = os.path.join(directory, record)
+    previous = None
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+    if previous == values:
+        return True
+    if overwrite:
+        return False
+    if previous is not None:
+        changed = sorted(k for k in set(previous) | set(values) if previous.get(k) != values.get(k))
+        raise ClaimError(f"{directory} {conflict} (differs in: {', '.join(changed)}); {fix}")
+    if foreign and os.path.isdir(directory) and os.listdir(directory):
+        raise ClaimError(f"{directory} is not empty and {foreign}")
+    return False
+
+
+def write_claim(directory: str, record: str, values: dict, *, overwrite: bool) -> None:
+    """Makes `directory` (first emptying it when `overwrite`) and writes `values` to `directory/record`.
+    Call `check_claim` first."""
+    if overwrite and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            target = os.path.join(directory, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.remove(target)
+    os.makedirs(directory, exist_ok=True)
+    write_json(os.path.join(directory, record), values)
+
+
+def write_json(path: str, value) -> None:
+    """Writes `value` as JSON to `path` atomically (a temporary file renamed): a reader never sees half."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)

@@ -1,22 +1,20 @@
 """albert-jax against transformers (PyTorch) and Keras-Hub (JAX backend) in one run, on identical configs,
 weights and inputs; writes results/results.json and results/results.md (a Markdown table).
 
-    python experiments/bench/run.py                      # ALBERT-base, batch 8 x 128, float32, CPU
-    python experiments/bench/run.py --quick              # tiny dimensions: checks the harness in a few minutes
-    python experiments/bench/run.py --device gpu --dtype bfloat16 --preset albert-xxlarge-v2 --seq 512
-    python experiments/bench/run.py --only forward,train --repeats 10
+    python -m experiments.bench                      # ALBERT-base, batch 8 x 128, float32, CPU
+    python -m experiments.bench --quick              # tiny dimensions: checks the harness in a few minutes
+    python -m experiments.bench --device gpu --dtype bfloat16 --preset albert-xxlarge-v2 --seq 512
+    python -m experiments.bench --only forward,train --repeats 10
 
 Items (--only): peak (matmul peak of XLA and PyTorch, for MFU), forward (a), train (b: MLM over all positions
 + SOP, AdamW), pretrain (c: the original step, MLM at 20 masked positions; transformers computes all positions),
 squad (d: QA, seq 384), compile (e: 12/24/48 layers), memory (f: train step at seq 512, a process per system),
 pipeline (g: fill-mask and feature-extraction over 1,000 sentences).
 
-The systems take turns call by call: transformers in this process, Keras-Hub in a worker process (worker.py;
-KERAS_BACKEND must be set before keras is imported) and albert-jax in another, set up as run.py sets itself up
-(albert_jax.training.hostmem; --no-reuse-host-memory: at the defaults, in this process). Every model is loaded
-from one HF directory written by `albert_jax.convert.save_hf` from `albert_jax.init_params`; the backbone outputs of
-transformers and Keras-Hub must equal albert-jax's within 1e-4 and every training step's first loss must agree
-(float32), or the run stops: equal work must mean equal model.
+The systems take turns call by call: transformers in this process, Keras-Hub and albert-jax in worker processes
+(albert-jax set up as run.py sets itself up; --no-reuse-host-memory: at the defaults, in this process). Every
+model is loaded from one exported HF directory; backbone outputs must agree within 1e-4 and every training step's
+first loss too (float32), or the run stops: equal work must mean equal model.
 """
 
 from __future__ import annotations
@@ -24,19 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import os
 import sys
 import tempfile
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import report  # noqa: E402
-import systems  # noqa: E402
-from common import RESULTS, environment  # noqa: E402
-from workloads import FRAMEWORK, ITEMS, SYSTEMS, Settings, workloads  # noqa: E402
+from . import report, systems
+from .machine import environment
+from .workloads import FRAMEWORK, ITEMS, SYSTEMS, Settings, workloads
 
 WITHOUT_KERAS = ("albert_jax", "transformers")  # the systems measured where Keras-Hub is not installed
 STEP_ITEMS = ("forward", "train", "pretrain", "squad")
@@ -54,7 +47,7 @@ TITLES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny dimensions, to check the harness")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -69,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="timed passes over the sentences of g, after an untimed one (median)")
     parser.add_argument("--no-reuse-host-memory", dest="reuse_host_memory", action="store_false",
                         help="run albert-jax's processes with glibc's and JAX's defaults, not as run.py does")
-    parser.add_argument("--out", default=RESULTS, help="directory for results.json and results.md")
+    parser.add_argument("--out", default=report.RESULTS, help="directory for results.json and results.md")
     args = parser.parse_args(argv)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = sorted(set(args.only) - set(ITEMS))
@@ -90,7 +83,7 @@ def export_checkpoints(s: Settings, work: str, qa: bool) -> dict:
 
     import albert_jax as aj
     from albert_jax import convert
-    config = s.model_config()
+    config = s.albert_config()
     params = aj.init_params(aj.AlbertForPreTraining(config), jax.random.PRNGKey(0))
     dirs = {"pretraining": os.path.join(work, "pretraining")}
     convert.save_hf(config, params, dirs["pretraining"])
@@ -153,7 +146,6 @@ def check_losses(results: dict, dtype: str) -> None:
 def measure_steps(name: str, s: Settings, dirs: dict, servers: dict, runners: dict | None = None) -> dict:
     """Every system on workload `name`, taking turns call by call; `runners`: those already built, `servers`:
     system -> the Server that runs it (the others run in this process)."""
-    from common import interleaved
     w = workloads(s)[name]
     records, runners = {}, dict(runners or {})
     for system in SYSTEMS if "keras_hub" in servers else WITHOUT_KERAS:
@@ -166,7 +158,7 @@ def measure_steps(name: str, s: Settings, dirs: dict, servers: dict, runners: di
             traceback.print_exc()
             records[system] = systems.error(e)
     try:
-        timings = interleaved(runners, s.repeats)
+        timings = systems.interleaved(runners, s.repeats)
         records.update({k: systems.ok(v) for k, v in timings.items()})
     except Exception:  # find out which one fails, keep the others' numbers
         traceback.print_exc()
@@ -182,7 +174,7 @@ def measure_steps(name: str, s: Settings, dirs: dict, servers: dict, runners: di
 def measure_compile(name: str, s: Settings, dirs: dict, keras) -> dict:
     """albert-jax: jit lower + compile of the train step (no call); Keras-Hub: first call - steady call;
     transformers: eager, nothing to compile."""
-    import jax_steps
+    from . import jax_steps
     w = workloads(s)[name]
     records = {"transformers": dict(status="n/a", reason="eager PyTorch: nothing is compiled")}
     try:
@@ -216,7 +208,7 @@ def _release(runners: dict) -> None:
 def matmul_peaks(s: Settings, before: dict | None = None) -> dict:
     """The XLA and PyTorch matmul peaks (float32, and the run's dtype when it is not float32), each the better
     of this measurement and `before` (the same measured at the start of the run)."""
-    import flops
+    from . import flops
     out = {}
     for dtype in dict.fromkeys(("float32", s.dtype)):
         out[f"xla_{dtype}"] = flops.xla_matmul_peak(dtype, s.repeats)
@@ -242,8 +234,8 @@ def new_item(name: str, s: Settings) -> dict:
 
 def derive(results: dict, s: Settings) -> None:
     """Tokens/s, model FLOP/s and MFU of every timed step; ratios (other / albert-jax) of every item."""
-    import flops
-    config = s.model_config()
+    from . import flops
+    config = s.albert_config()
     peaks = results.get("matmul_peak", {})
     for name, item in results["items"].items():
         if item["kind"] == "throughput":
@@ -307,16 +299,6 @@ def notes(s: Settings) -> list[str]:
         "runs for like-for-like arithmetic."] if s.device == "gpu" and s.dtype == "float32" else [])
 
 
-def write(results: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(report.markdown(results))
-    print(f"wrote {out_dir}/results.json and results.md", file=sys.stderr)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------
@@ -368,7 +350,7 @@ def measure_models(results: dict, names: list[str], s: Settings, work: str) -> N
 
 
 def measure_pipelines(results: dict, s: Settings, work: str) -> None:
-    import pipelines_bench
+    from . import pipelines_bench
     print("pipelines", file=sys.stderr, flush=True)
     for name, item in pipelines_bench.run(s, os.path.join(work, "pipeline")).items():
         title = f"g. {item['task']} pipeline, {s.pipeline_sentences} sentences, {item['tokens']:,} tokens"
@@ -379,11 +361,11 @@ def run_meta(argv, s: Settings) -> dict:
     """The command, device, settings, model config, environment and thread settings of this run."""
     import jax
     import torch
-    command = " ".join(["python experiments/bench/run.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    command = " ".join(["python -m experiments.bench"] + (sys.argv[1:] if argv is None else list(argv)))
     device = torch.cuda.get_device_name() if s.device == "gpu" else f"CPU ({jax.devices()[0].device_kind})"
     threads = dict(torch_num_threads=torch.get_num_threads(), torch_num_interop_threads=torch.get_num_interop_threads(),
                    xla_flags=os.environ.get("XLA_FLAGS"), jax_devices=[str(d) for d in jax.devices()])
-    return dict(command=command, device=device, settings=s.to_dict(), model=s.model_config().to_dict(),
+    return dict(command=command, device=device, settings=s.to_dict(), model=s.albert_config().to_dict(),
                 environment=environment(), threads=threads)
 
 
@@ -428,9 +410,9 @@ def main(argv=None) -> int:
         check_losses(results, s.dtype)
     except systems.ModelMismatch as e:  # written for inspection, but the numbers compare different models
         results["mismatch"] = str(e)
-        write(results, args.out)
+        report.write_report(results, args.out)
         raise
-    write(results, args.out)
+    report.write_report(results, args.out)
     failed = [f"{n}/{k}" for n, it in results["items"].items() for k, r in it["systems"].items()
               if r.get("status") == "error"]
     if failed:
