@@ -20,10 +20,14 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete everything in the wor
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
-_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 60, "multi-process: seconds after which a silent "
-                                  "process counts as dead and the whole job ends")
-_REUSE_HOST_MEMORY = flags.DEFINE_bool("reuse_host_memory", True, "CPU: each step reuses the last step's "
-                                       "scratch memory (albert_jax/training/hostmem.py; ~8% faster steps)")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 60, "multi-process: seconds after which a silent process counts as dead and the whole job ends"
+)
+_REUSE_HOST_MEMORY = flags.DEFINE_bool(
+    "reuse_host_memory",
+    True,
+    "CPU: each step reuses the last step's scratch memory (albert_jax/training/hostmem.py; ~8% faster steps)",
+)
 
 
 def main(argv):
@@ -32,6 +36,7 @@ def main(argv):
 
     from albert_jax import experiment
     from albert_jax.training import checkpoints, finetune, hostmem, loop, pretrain, sharding
+
     config = experiment.config_from_flag(_CONFIG)
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
@@ -39,8 +44,9 @@ def main(argv):
     job = config.get("job", "pretrain")
     if job not in jobs:
         sys.exit(f"error: config.job must be one of {sorted(jobs)}, got {job!r}")
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                    heartbeat_timeout=_HEARTBEAT.value)
+    sharding.initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, heartbeat_timeout=_HEARTBEAT.value
+    )
     if _REUSE_HOST_MEMORY.value:  # before the backend starts
         hostmem.reuse_cpu_step_memory()
     logging.set_verbosity(logging.WARNING)
@@ -61,5 +67,10 @@ def main(argv):
 
 if __name__ == "__main__":
     from albert_jax.experiment import parse_flags
-    app.run(main, flags_parser=lambda argv: parse_flags(
-        argv, "python run.py --config=experiments/configs/NAME.py[:arg] [--config.field=value ...] --workdir=DIR"))
+
+    app.run(
+        main,
+        flags_parser=lambda argv: parse_flags(
+            argv, "python run.py --config=experiments/configs/NAME.py[:arg] [--config.field=value ...] --workdir=DIR"
+        ),
+    )

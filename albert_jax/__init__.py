@@ -7,14 +7,21 @@ preparation's worker processes) do not load jax and flax.
 import importlib
 
 _EXPORTS = {
-    "AlbertConfig": "albert_jax.config", "PRESETS": "albert_jax.config",
-    "HEADS": "albert_jax.modeling", "AlbertModel": "albert_jax.modeling",
-    "AlbertForPreTraining": "albert_jax.modeling", "AlbertForMaskedLM": "albert_jax.modeling",
-    "AlbertForSequenceClassification": "albert_jax.modeling", "AlbertForTokenClassification": "albert_jax.modeling",
-    "AlbertForQuestionAnswering": "albert_jax.modeling", "AlbertForMultipleChoice": "albert_jax.modeling",
-    "count_params": "albert_jax.modeling", "init_params": "albert_jax.modeling",
+    "AlbertConfig": "albert_jax.config",
+    "PRESETS": "albert_jax.config",
+    "HEADS": "albert_jax.modeling",
+    "AlbertModel": "albert_jax.modeling",
+    "AlbertForPreTraining": "albert_jax.modeling",
+    "AlbertForMaskedLM": "albert_jax.modeling",
+    "AlbertForSequenceClassification": "albert_jax.modeling",
+    "AlbertForTokenClassification": "albert_jax.modeling",
+    "AlbertForQuestionAnswering": "albert_jax.modeling",
+    "AlbertForMultipleChoice": "albert_jax.modeling",
+    "count_params": "albert_jax.modeling",
+    "init_params": "albert_jax.modeling",
     "pipeline": "albert_jax.pipelines",
-    "from_pretrained": "albert_jax.pretrained", "save_pretrained": "albert_jax.pretrained",
+    "from_pretrained": "albert_jax.pretrained",
+    "save_pretrained": "albert_jax.pretrained",
 }
 __all__ = list(_EXPORTS)
 

@@ -75,9 +75,19 @@ class AlbertConfig:
     # -- validation ---------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raises ValueError naming the field and the rule it breaks."""
-        positive = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_hidden_groups",
-                    "num_attention_heads", "intermediate_size", "inner_group_num", "max_position_embeddings",
-                    "type_vocab_size", "num_labels")
+        positive = (
+            "vocab_size",
+            "embedding_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_hidden_groups",
+            "num_attention_heads",
+            "intermediate_size",
+            "inner_group_num",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "num_labels",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -85,11 +95,13 @@ class AlbertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"AlbertConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})")
+                f"({self.num_attention_heads})"
+            )
         if self.num_hidden_layers % self.num_hidden_groups:
             raise ValueError(
                 f"AlbertConfig.num_hidden_layers ({self.num_hidden_layers}) must be divisible by "
-                f"num_hidden_groups ({self.num_hidden_groups})")
+                f"num_hidden_groups ({self.num_hidden_groups})"
+            )
         if self.sharing not in SHARING_MODES:
             raise ValueError(f"AlbertConfig.sharing must be one of {SHARING_MODES}, got {self.sharing!r}")
         if self.hidden_act not in ACTIVATIONS:
@@ -124,10 +136,11 @@ class AlbertConfig:
             raise ValueError(
                 f"sharing={self.sharing!r} with {self.num_attention_sets} attention and {self.num_ffn_sets} FFN "
                 "parameter sets has no transformers representation (transformers shares whole layers only); "
-                "keep this model in albert-jax checkpoints")
+                "keep this model in albert-jax checkpoints"
+            )
         return self.num_attention_sets
 
-    def replace(self, **changes) -> "AlbertConfig":
+    def replace(self, **changes) -> AlbertConfig:
         """A validated copy with `changes` applied."""
         return dataclasses.replace(self, **changes)
 
@@ -148,7 +161,7 @@ class AlbertConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AlbertConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AlbertConfig:
         """Builds a config from an HF-style dict; unknown keys go to `extra`."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
@@ -170,7 +183,7 @@ class AlbertConfig:
             f.write("\n")
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "AlbertConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> AlbertConfig:
         """Reads an HF `config.json` (or a google-research `albert_config.json`)."""
         try:
             with open(path) as f:
@@ -187,7 +200,7 @@ class AlbertConfig:
             raise ValueError(f"{path}: {e}") from None
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "AlbertConfig":
+    def from_preset(cls, name: str, **overrides) -> AlbertConfig:
         """A released configuration by name (see PRESETS), with optional field overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
@@ -197,20 +210,39 @@ class AlbertConfig:
 def _released(hidden, layers, heads, version):
     v1 = version == "v1"
     dropout = 0.1 if v1 and hidden < 4096 else 0.0
-    return dict(vocab_size=30000, embedding_size=128, hidden_size=hidden, num_hidden_layers=layers,
-                num_attention_heads=heads, intermediate_size=4 * hidden, hidden_act="gelu" if v1 else "gelu_new",
-                hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return dict(
+        vocab_size=30000,
+        embedding_size=128,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        hidden_act="gelu" if v1 else "gelu_new",
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     f"albert-{size}-{version}": _released(hidden, layers, heads, version)
     for size, (hidden, layers, heads) in {
-        "base": (768, 12, 12), "large": (1024, 24, 16), "xlarge": (2048, 24, 16), "xxlarge": (4096, 12, 64),
+        "base": (768, 12, 12),
+        "large": (1024, 24, 16),
+        "xlarge": (2048, 24, 16),
+        "xxlarge": (4096, 12, 64),
     }.items()
     for version in ("v1", "v2")
 }
 PRESETS["bert-base-equivalent"] = dict(
-    _released(768, 12, 12, "v2"), embedding_size=768, sharing="none", hidden_act="gelu")
+    _released(768, 12, 12, "v2"), embedding_size=768, sharing="none", hidden_act="gelu"
+)
 PRESETS["albert-tiny"] = dict(
-    vocab_size=8000, embedding_size=64, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-    intermediate_size=1024, max_position_embeddings=512, hidden_act="gelu_new")
+    vocab_size=8000,
+    embedding_size=64,
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=512,
+    hidden_act="gelu_new",
+)

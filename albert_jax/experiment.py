@@ -45,8 +45,10 @@ def albert_config(model: ml_collections.ConfigDict) -> AlbertConfig:
 def check_max_seq_length(config: ml_collections.ConfigDict, model: AlbertConfig) -> None:
     """ValueError when `config.data.max_seq_length` exceeds what the model's position embeddings cover."""
     if config.data.max_seq_length > model.max_position_embeddings:
-        raise ValueError(f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds the model's "
-                         f"max_position_embeddings ({model.max_position_embeddings})")
+        raise ValueError(
+            f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds the model's "
+            f"max_position_embeddings ({model.max_position_embeddings})"
+        )
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -75,6 +77,7 @@ def parse_flags(argv: list[str], usage: str):
     """absl flag parsing for the command-line entry points, with config typos and bad values reported
     in one line (and `usage`) instead of a traceback."""
     from absl import flags
+
     try:
         return flags.FLAGS(argv)
     except (flags.Error, KeyError, ValueError, TypeError, AttributeError) as e:
@@ -97,16 +100,20 @@ def config_from_flag(holder) -> ml_collections.ConfigDict:
 def fingerprint(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> dict:
     """The config sections `keys` as plain JSON data: what identifies a run, so that a work dir with
     another fingerprint is not resumed into."""
-    return json.loads(json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                                  for k in keys if k in config}))
+    return json.loads(
+        json.dumps(
+            {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys if k in config}
+        )
+    )
 
 
 class ClaimError(ValueError):
     """A directory holds another run or other data (a different claim record), or cannot be written."""
 
 
-def check_claim(directory: str, record: str, values: dict, *, overwrite: bool, conflict: str, fix: str,
-                foreign: str | None = None) -> bool:
+def check_claim(
+    directory: str, record: str, values: dict, *, overwrite: bool, conflict: str, fix: str, foreign: str | None = None
+) -> bool:
     """Whether `directory/record` (a JSON claim record) already holds `values`. Otherwise, unless `overwrite`
     (`write_claim` then empties the directory), raises ClaimError when the record holds other values, naming
     the keys that differ ("<directory> <conflict> (differs in: ...); <fix>"), and, with `foreign` set, when

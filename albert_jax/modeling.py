@@ -20,7 +20,7 @@ index, so compile time does not grow with depth and a shared set receives the su
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,40 +51,41 @@ ACT2FN = {
 @struct.dataclass
 class AlbertModelOutput:
     last_hidden_state: Array
-    pooler_output: Optional[Array] = None
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    pooler_output: Array | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 @struct.dataclass
 class AlbertForPreTrainingOutput:
     prediction_logits: Array
     sop_logits: Array
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 @struct.dataclass
 class MaskedLMOutput:
     logits: Array
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 @struct.dataclass
 class ClassifierOutput:
     """Sequence, token and multiple-choice classification output."""
+
     logits: Array
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 @struct.dataclass
 class QuestionAnsweringOutput:
     start_logits: Array
     end_logits: Array
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -102,8 +103,13 @@ def _matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=
     (lhs_contract, rhs_contract), batch = dimension_numbers
     if tuple(lhs_contract) != (lhs.ndim - 1,) or rhs.ndim != 2 or any(batch):
         raise ValueError(f"_matmul contracts lhs's last axis with a 2-D rhs, not {dimension_numbers}")
-    out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), tuple(rhs_contract)), ((), ())),
-                              precision=precision, preferred_element_type=preferred_element_type)
+    out = jax.lax.dot_general(
+        lhs.reshape(-1, lhs.shape[-1]),
+        rhs,
+        (((1,), tuple(rhs_contract)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     return out.reshape(lhs.shape[:-1] + out.shape[-1:])
 
 
@@ -112,9 +118,15 @@ def _init(config: AlbertConfig, axes: tuple):
 
 
 def _dense(config: AlbertConfig, features: int, axes: tuple, name: str, dtype=None) -> nn.Dense:
-    return nn.Dense(features, dtype=jnp.dtype(dtype or config.dtype), param_dtype=jnp.dtype(config.param_dtype),
-                    kernel_init=_init(config, axes), dot_general=_matmul,
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]), name=name)
+    return nn.Dense(
+        features,
+        dtype=jnp.dtype(dtype or config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=_init(config, axes),
+        dot_general=_matmul,
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+        name=name,
+    )
 
 
 def _logits(config: AlbertConfig, features: int, axes: tuple, name: str) -> nn.Dense:
@@ -123,31 +135,54 @@ def _logits(config: AlbertConfig, features: int, axes: tuple, name: str) -> nn.D
 
 
 def _layer_norm(config: AlbertConfig, axis_name: str, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype),
-                        param_dtype=jnp.dtype(config.param_dtype),
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)), name=name)
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
+        name=name,
+    )
 
 
 class AlbertEmbeddings(nn.Module):
     """word + token-type + position embeddings of size E, LayerNorm, dropout: [B, T] ids -> [B, T, E]."""
+
     config: AlbertConfig
 
     def setup(self):
         c = self.config
         pdt = jnp.dtype(c.param_dtype)
-        self.word_embeddings = nn.Embed(c.vocab_size, c.embedding_size, dtype=jnp.dtype(c.dtype), param_dtype=pdt,
-                                        embedding_init=_init(c, ("vocab", "embed")))
-        self.position_embeddings = nn.Embed(c.max_position_embeddings, c.embedding_size, dtype=jnp.dtype(c.dtype),
-                                            param_dtype=pdt, embedding_init=_init(c, (None, "embed")))
-        self.token_type_embeddings = nn.Embed(c.type_vocab_size, c.embedding_size, dtype=jnp.dtype(c.dtype),
-                                              param_dtype=pdt, embedding_init=_init(c, (None, "embed")))
+        self.word_embeddings = nn.Embed(
+            c.vocab_size,
+            c.embedding_size,
+            dtype=jnp.dtype(c.dtype),
+            param_dtype=pdt,
+            embedding_init=_init(c, ("vocab", "embed")),
+        )
+        self.position_embeddings = nn.Embed(
+            c.max_position_embeddings,
+            c.embedding_size,
+            dtype=jnp.dtype(c.dtype),
+            param_dtype=pdt,
+            embedding_init=_init(c, (None, "embed")),
+        )
+        self.token_type_embeddings = nn.Embed(
+            c.type_vocab_size,
+            c.embedding_size,
+            dtype=jnp.dtype(c.dtype),
+            param_dtype=pdt,
+            embedding_init=_init(c, (None, "embed")),
+        )
         self.LayerNorm = _layer_norm(c, "embed", "LayerNorm")
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
-        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-             + self.position_embeddings(position_ids))
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(position_ids)
+        )
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
     def attend(self, x, bias):
@@ -166,6 +201,7 @@ class AlbertEmbeddings(nn.Module):
 
 class _StackedDense(nn.Module):
     """Dense layer whose kernel [sets, inner, in, out] and bias [sets, inner, out] are indexed per step."""
+
     config: AlbertConfig
     features: int
     num_sets: int
@@ -175,10 +211,18 @@ class _StackedDense(nn.Module):
     def __call__(self, x, index):
         c = self.config
         lead = (self.num_sets, c.inner_group_num)
-        kernel = self.param("kernel", _init(c, ("layers", None) + self.axes), lead + (x.shape[-1], self.features),
-                            jnp.dtype(c.param_dtype))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("layers", None, self.axes[-1])),
-                          lead + (self.features,), jnp.dtype(c.param_dtype))
+        kernel = self.param(
+            "kernel",
+            _init(c, ("layers", None) + self.axes),
+            lead + (x.shape[-1], self.features),
+            jnp.dtype(c.param_dtype),
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("layers", None, self.axes[-1])),
+            lead + (self.features,),
+            jnp.dtype(c.param_dtype),
+        )
         kernel, bias = jnp.asarray(kernel)[index], jnp.asarray(bias)[index]
         dtype = jnp.dtype(c.dtype)
         return _matmul(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ()))) + bias.astype(dtype)
@@ -186,6 +230,7 @@ class _StackedDense(nn.Module):
 
 class _StackedLayerNorm(nn.Module):
     """LayerNorm whose scale and bias [sets, inner, H] are indexed per step; statistics in float32."""
+
     config: AlbertConfig
     num_sets: int
 
@@ -194,10 +239,12 @@ class _StackedLayerNorm(nn.Module):
         c = self.config
         shape = (self.num_sets, c.inner_group_num, x.shape[-1])
         axes = ("layers", None, "hidden")
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, axes), shape,
-                           jnp.dtype(c.param_dtype))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
-                          jnp.dtype(c.param_dtype))
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, axes), shape, jnp.dtype(c.param_dtype)
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, axes), shape, jnp.dtype(c.param_dtype)
+        )
         scale, bias = jnp.asarray(scale)[index], jnp.asarray(bias)[index]
         x32 = x.astype(jnp.float32)
         mean = x32.mean(-1, keepdims=True)
@@ -206,7 +253,7 @@ class _StackedLayerNorm(nn.Module):
         return (y + bias.astype(jnp.float32)).astype(x.dtype)
 
 
-def _fused_attention(dtype, head_dim: int, length: int) -> Optional[str]:
+def _fused_attention(dtype, head_dim: int, length: int) -> str | None:
     """The `implementation` of `jax.nn.dot_product_attention` that attention uses, or None for the explicit
     einsum-softmax-einsum path.
 
@@ -236,8 +283,9 @@ def _explicit_attention(q, k, v, mask, dropout):
     (README, Performance).
     """
     q, v = q.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bhqd,bhdk->bhqk", q, k.transpose(0, 2, 3, 1),
-                        preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
+    scores = jnp.einsum("bhqd,bhdk->bhqk", q, k.transpose(0, 2, 3, 1), preferred_element_type=jnp.float32) / np.sqrt(
+        q.shape[-1]
+    )
     probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min), axis=-1)
     context = jnp.einsum("bhqk,bhkd->bhqd", dropout(probs).astype(q.dtype), v)
     return context.transpose(0, 2, 1, 3), probs
@@ -250,6 +298,7 @@ class _Attention(nn.Module):
     implementation, `jax.nn.dot_product_attention` computes the attention, unless the probabilities are
     needed: to return them (`output_attentions`) or to drop them out (attention dropout in training).
     """
+
     config: AlbertConfig
     deterministic: bool
     output_attentions: bool = False
@@ -273,10 +322,10 @@ class _Attention(nn.Module):
             context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=fused)
         else:
             dropout = nn.Dropout(c.attention_probs_dropout_prob)
-            context, probs = _explicit_attention(q, k, v, mask,
-                                                 lambda p: dropout(p, deterministic=self.deterministic))
+            context, probs = _explicit_attention(q, k, v, mask, lambda p: dropout(p, deterministic=self.deterministic))
         out = _StackedDense(c, c.hidden_size, n, ("heads", "hidden"), name="dense")(
-            context.reshape(batch, length, -1), index)
+            context.reshape(batch, length, -1), index
+        )
         out = nn.Dropout(c.hidden_dropout_prob)(out, deterministic=self.deterministic)
         return _StackedLayerNorm(c, n, name="LayerNorm")(hidden + out, index), probs
 
@@ -287,6 +336,7 @@ class AlbertLayer(nn.Module):
     Called by `nn.scan` as ``(hidden [B,T,H], step, mask [B,1,1,T] bool) -> (hidden, (hidden or None, probs or
     None))`` where `step` holds the int32 indices (attention set, FFN set, inner layer) of this application.
     """
+
     config: AlbertConfig
     deterministic: bool = True
     output_attentions: bool = False
@@ -303,36 +353,45 @@ class AlbertLayer(nn.Module):
         nf = c.num_ffn_sets
 
         attn_out, probs = _Attention(c, self.deterministic, self.output_attentions, name="attention")(
-            hidden, attn_index, mask)
+            hidden, attn_index, mask
+        )
         ffn = _StackedDense(c, c.intermediate_size, nf, ("hidden", "mlp"), name="ffn")(attn_out, ffn_index)
         ffn = _StackedDense(c, c.hidden_size, nf, ("mlp", "hidden"), name="ffn_output")(
-            ACT2FN[c.hidden_act](ffn), ffn_index)
+            ACT2FN[c.hidden_act](ffn), ffn_index
+        )
         hidden = _StackedLayerNorm(c, nf, name="full_layer_layer_norm")(ffn + attn_out, ffn_index)
         return hidden, (hidden if self.output_hidden_states else None, probs if self.output_attentions else None)
 
 
 class AlbertTransformer(nn.Module):
     """E -> H projection, then the scanned layer applied num_hidden_layers * inner_group_num times."""
+
     config: AlbertConfig
 
     @nn.compact
-    def __call__(self, embeddings, mask, deterministic=True, output_attentions=False,
-                 output_hidden_states=False):
+    def __call__(self, embeddings, mask, deterministic=True, output_attentions=False, output_hidden_states=False):
         c = self.config
         hidden = _dense(c, c.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(embeddings)
         layer_of_step = np.arange(c.num_hidden_layers * c.inner_group_num) // c.inner_group_num
-        steps = (jnp.asarray(layer_of_step * c.num_attention_sets // c.num_hidden_layers, jnp.int32),
-                 jnp.asarray(layer_of_step * c.num_ffn_sets // c.num_hidden_layers, jnp.int32),
-                 jnp.asarray(np.arange(len(layer_of_step)) % c.inner_group_num, jnp.int32))
+        steps = (
+            jnp.asarray(layer_of_step * c.num_attention_sets // c.num_hidden_layers, jnp.int32),
+            jnp.asarray(layer_of_step * c.num_ffn_sets // c.num_hidden_layers, jnp.int32),
+            jnp.asarray(np.arange(len(layer_of_step)) % c.inner_group_num, jnp.int32),
+        )
         body = AlbertLayer
         if c.remat_policy != "none":
             body = nn.remat(AlbertLayer, policy=getattr(jax.checkpoint_policies, c.remat_policy), prevent_cse=False)
-        scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
-                       in_axes=(0, nn.broadcast), length=len(layer_of_step))
+        scan = nn.scan(
+            body,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            in_axes=(0, nn.broadcast),
+            length=len(layer_of_step),
+        )
         first = hidden
         hidden, (all_hidden, all_attn) = scan(
-            c, deterministic, output_attentions, output_hidden_states,
-            name="albert_layer_groups")(hidden, steps, mask)
+            c, deterministic, output_attentions, output_hidden_states, name="albert_layer_groups"
+        )(hidden, steps, mask)
         if output_hidden_states:  # transformers: the projected embeddings, then every (inner) layer's output
             all_hidden = (first,) + tuple(all_hidden)
         return hidden, all_hidden, all_attn
@@ -340,6 +399,7 @@ class AlbertTransformer(nn.Module):
 
 class AlbertBackbone(nn.Module):
     """Embeddings + encoder (+ pooler): the `albert` sub-tree shared by every head."""
+
     config: AlbertConfig
     add_pooling_layer: bool = True
 
@@ -349,8 +409,16 @@ class AlbertBackbone(nn.Module):
         if self.add_pooling_layer:
             self.pooler = _dense(self.config, self.config.hidden_size, ("hidden", "hidden_out"), "pooler")
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False) -> AlbertModelOutput:
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic=True,
+        output_hidden_states=False,
+        output_attentions=False,
+    ) -> AlbertModelOutput:
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
@@ -359,13 +427,16 @@ class AlbertBackbone(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         mask = (attention_mask > 0)[:, None, None, :]
-        hidden, all_hidden, all_attn = self.encoder(embeddings, mask, deterministic, output_attentions,
-                                                    output_hidden_states)
+        hidden, all_hidden, all_attn = self.encoder(
+            embeddings, mask, deterministic, output_attentions, output_hidden_states
+        )
         pooled = jnp.tanh(self.pooler(hidden[:, 0])) if self.add_pooling_layer else None
         return AlbertModelOutput(
-            last_hidden_state=hidden, pooler_output=pooled,
+            last_hidden_state=hidden,
+            pooler_output=pooled,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None)
+            attentions=tuple(all_attn) if output_attentions else None,
+        )
 
     def attend(self, x, bias):
         return self.embeddings.attend(x, bias)
@@ -373,6 +444,7 @@ class AlbertBackbone(nn.Module):
 
 class AlbertMLMHead(nn.Module):
     """H -> E dense, activation, LayerNorm, then the tied decoder plus an own bias: [..., H] -> [..., V] float32."""
+
     config: AlbertConfig
 
     @nn.compact
@@ -380,8 +452,12 @@ class AlbertMLMHead(nn.Module):
         c = self.config
         x = _dense(c, c.embedding_size, ("hidden", "embed"), "dense")(hidden)
         x = _layer_norm(c, "embed", "LayerNorm")(ACT2FN[c.hidden_act](x))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                          (c.vocab_size,), jnp.dtype(c.param_dtype))
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+            (c.vocab_size,),
+            jnp.dtype(c.param_dtype),
+        )
         return backbone.attend(x, bias)
 
 
@@ -397,6 +473,7 @@ def _gather_positions(hidden, positions):
 class _Head(nn.Module):
     """Backbone + a head. Subclasses set up their layers in `setup_head` and map the backbone output
     to their output in `head(out, deterministic, **kwargs)`."""
+
     config: AlbertConfig
     add_pooling_layer = True
 
@@ -408,10 +485,26 @@ class _Head(nn.Module):
     def setup_head(self):
         pass
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False, **head_kwargs):
-        out = self.albert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                          output_hidden_states, output_attentions)
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic=True,
+        output_hidden_states=False,
+        output_attentions=False,
+        **head_kwargs,
+    ):
+        out = self.albert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
         return self.head(out, deterministic, **head_kwargs)
 
     def classify(self, features, deterministic):
@@ -449,19 +542,21 @@ class AlbertForPreTraining(_Head):
         return AlbertForPreTrainingOutput(
             prediction_logits=self.predictions(hidden, self.albert),
             sop_logits=self.sop_classifier(out.pooler_output, deterministic),
-            hidden_states=out.hidden_states, attentions=out.attentions)
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
 
 class AlbertForMaskedLM(_Head):
     """MLM head only (no pooler), `logits` [B, T, V]."""
+
     add_pooling_layer = False
 
     def setup_head(self):
         self.predictions = AlbertMLMHead(self.config)
 
     def head(self, out, deterministic) -> MaskedLMOutput:
-        return MaskedLMOutput(self.predictions(out.last_hidden_state, self.albert), out.hidden_states,
-                              out.attentions)
+        return MaskedLMOutput(self.predictions(out.last_hidden_state, self.albert), out.hidden_states, out.attentions)
 
 
 class AlbertForSequenceClassification(_Head):
@@ -476,18 +571,19 @@ class AlbertForSequenceClassification(_Head):
 
 class AlbertForTokenClassification(_Head):
     """Per-token logits [B, T, num_labels] (no pooler)."""
+
     add_pooling_layer = False
 
     def setup_head(self):
         self.classifier = _logits(self.config, self.config.num_labels, ("hidden", None), "classifier")
 
     def head(self, out, deterministic) -> ClassifierOutput:
-        return ClassifierOutput(self.classify(out.last_hidden_state, deterministic), out.hidden_states,
-                                out.attentions)
+        return ClassifierOutput(self.classify(out.last_hidden_state, deterministic), out.hidden_states, out.attentions)
 
 
 class AlbertForQuestionAnswering(_Head):
     """Span logits `start_logits`, `end_logits`, each [B, T] (no pooler)."""
+
     add_pooling_layer = False
 
     def setup_head(self):
@@ -504,21 +600,47 @@ class AlbertForMultipleChoice(_Head):
     def setup_head(self):
         self.classifier = _logits(self.config, 1, ("hidden", None), "classifier")
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
-        return super().__call__(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                                deterministic, output_hidden_states, output_attentions,
-                                num_choices=input_ids.shape[1])
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic=True,
+        output_hidden_states=False,
+        output_attentions=False,
+    ):
+        def flat(x):
+            return None if x is None else x.reshape(-1, x.shape[-1])
+
+        return super().__call__(
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+            num_choices=input_ids.shape[1],
+        )
 
     def head(self, out, deterministic, num_choices) -> ClassifierOutput:
         logits = self.classify(out.pooler_output, deterministic)
         return ClassifierOutput(logits.reshape(-1, num_choices), out.hidden_states, out.attentions)
 
 
-HEADS = {cls.__name__: cls for cls in (
-    AlbertModel, AlbertForPreTraining, AlbertForMaskedLM, AlbertForSequenceClassification,
-    AlbertForTokenClassification, AlbertForQuestionAnswering, AlbertForMultipleChoice)}
+HEADS = {
+    cls.__name__: cls
+    for cls in (
+        AlbertModel,
+        AlbertForPreTraining,
+        AlbertForMaskedLM,
+        AlbertForSequenceClassification,
+        AlbertForTokenClassification,
+        AlbertForQuestionAnswering,
+        AlbertForMultipleChoice,
+    )
+}
 
 
 def boxed_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:

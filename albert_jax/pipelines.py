@@ -53,6 +53,7 @@ class _Pipeline:
     sub-trees the task reads), and implement `_forward` (run as a method of `head`) and `_postprocess`.
     The model is jitted once per pipeline; each new (batch bucket, length bucket) shape compiles once.
     """
+
     task: str
     head: type
     uses: tuple[str, ...]
@@ -66,16 +67,20 @@ class _Pipeline:
 
     def _select(self, params: dict) -> dict:
         """The parameters this task reads; PipelineError naming the missing or mis-shaped ones."""
-        expected = traverse_util.flatten_dict(
-            nn.meta.unbox(modeling.abstract_params(self.model)), sep="/")
+        expected = traverse_util.flatten_dict(nn.meta.unbox(modeling.abstract_params(self.model)), sep="/")
         given = traverse_util.flatten_dict(params, sep="/")
         wanted = [p for p in expected if p.startswith(self.uses)]
         missing = [p for p in wanted if p not in given]
         if missing:
-            raise PipelineError(f"the model has no parameters for {self.task!r} (missing {', '.join(missing)}); "
-                                f"it needs a checkpoint with {', '.join(self.uses)}")
-        bad = [f"{p}: {np.shape(given[p])}, expected {expected[p].shape}" for p in wanted
-               if np.shape(given[p]) != expected[p].shape]
+            raise PipelineError(
+                f"the model has no parameters for {self.task!r} (missing {', '.join(missing)}); "
+                f"it needs a checkpoint with {', '.join(self.uses)}"
+            )
+        bad = [
+            f"{p}: {np.shape(given[p])}, expected {expected[p].shape}"
+            for p in wanted
+            if np.shape(given[p]) != expected[p].shape
+        ]
         if bad:
             raise PipelineError(f"parameters do not match the config: {'; '.join(bad)}")
         return traverse_util.unflatten_dict({p: given[p] for p in wanted}, sep="/")
@@ -92,8 +97,10 @@ class _Pipeline:
             return item["text"], item.get("text_pair")
         if isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
             return item
-        raise PipelineError(f"an input is a str, a (text, text_pair) tuple or a dict with 'text' and "
-                            f"'text_pair'; got {type(item).__name__} {item!r:.80}")
+        raise PipelineError(
+            f"an input is a str, a (text, text_pair) tuple or a dict with 'text' and "
+            f"'text_pair'; got {type(item).__name__} {item!r:.80}"
+        )
 
     def _encode(self, items: list) -> list[dict[str, np.ndarray]]:
         """One row per input: input_ids and token_type_ids (int32 [T]) as the tokenizer makes them."""
@@ -102,15 +109,18 @@ class _Pipeline:
             text, pair = self._as_pair(item)
             row = {k: v[0] for k, v in self.tokenizer(text, pair).items() if k != "attention_mask"}
             if len(row["input_ids"]) > self.config.max_position_embeddings:
-                raise PipelineError(f"input of {len(row['input_ids'])} tokens is longer than the model's "
-                                    f"max_position_embeddings ({self.config.max_position_embeddings}): {text!r:.80}")
+                raise PipelineError(
+                    f"input of {len(row['input_ids'])} tokens is longer than the model's "
+                    f"max_position_embeddings ({self.config.max_position_embeddings}): {text!r:.80}"
+                )
             rows.append(row)
         return rows
 
     def _pad(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """ids, attention mask, token types, each int32 [batch bucket, length bucket]."""
-        length = min(_bucket(max(len(r["input_ids"]) for r in rows), MIN_LENGTH_BUCKET),
-                     self.config.max_position_embeddings)
+        length = min(
+            _bucket(max(len(r["input_ids"]) for r in rows), MIN_LENGTH_BUCKET), self.config.max_position_embeddings
+        )
         shape = (_bucket(len(rows)), length)
         ids = np.full(shape, self.tokenizer.pad_token_id, np.int32)
         mask, types = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
@@ -129,7 +139,7 @@ class _Pipeline:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         results = [None] * len(rows)
         for start in range(0, len(rows), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             for i, result in zip(chunk, self._postprocess([rows[i] for i in chunk], **kwargs)):
                 results[i] = result
         return results[0] if single else results
@@ -143,6 +153,7 @@ class FillMaskPipeline(_Pipeline):
     `targets` (a str or list) restricts the candidates; a target that is not a piece is replaced by its
     first piece, as in transformers. Like transformers, a list holding one text returns that text's result.
     """
+
     task = "fill-mask"
     head = modeling.AlbertForMaskedLM
     uses = ("albert/embeddings/", "albert/encoder/", "predictions/")
@@ -171,8 +182,11 @@ class FillMaskPipeline(_Pipeline):
                     logger.warning("target %r is empty once tokenized; ignoring it", target)
                     continue
                 token_id = pieces[0]
-                logger.warning("target %r is not in the vocabulary; using its first piece %r", target,
-                               self.tokenizer.convert_ids_to_tokens(token_id))
+                logger.warning(
+                    "target %r is not in the vocabulary; using its first piece %r",
+                    target,
+                    self.tokenizer.convert_ids_to_tokens(token_id),
+                )
             ids.add(token_id)
         if not ids:
             raise PipelineError(f"none of the targets {targets!r} gives a token")
@@ -188,7 +202,7 @@ class FillMaskPipeline(_Pipeline):
         ids, mask, types = self._pad(rows)
         gather = np.zeros((len(ids), _bucket(max(map(len, positions)))), np.int32)
         for i, p in enumerate(positions):
-            gather[i, :len(p)] = p
+            gather[i, : len(p)] = p
         probs = np.asarray(self._apply(self.params, ids, mask, types, gather))
         k = top_k if target_ids is None else min(top_k, len(target_ids))
         results = []
@@ -197,9 +211,18 @@ class FillMaskPipeline(_Pipeline):
             for j, position in enumerate(where):
                 candidates = probs[i, j] if target_ids is None else probs[i, j, target_ids]
                 best = np.argsort(-candidates, kind="stable")[:k]
-                per_mask.append([self._proposal(r["input_ids"], position, candidates[b],
-                                                int(b if target_ids is None else target_ids[b]), len(where) == 1)
-                                 for b in best])
+                per_mask.append(
+                    [
+                        self._proposal(
+                            r["input_ids"],
+                            position,
+                            candidates[b],
+                            int(b if target_ids is None else target_ids[b]),
+                            len(where) == 1,
+                        )
+                        for b in best
+                    ]
+                )
             results.append(per_mask[0] if len(where) == 1 else per_mask)
         return results
 
@@ -208,13 +231,18 @@ class FillMaskPipeline(_Pipeline):
         filled[position] = token
         filled = filled[filled != self.tokenizer.pad_token_id]
         # transformers keeps special tokens with several masks, so that the other [MASK]s stay visible
-        return {"score": float(score), "token": token, "token_str": self.tokenizer.decode([token]),
-                "sequence": self.tokenizer.decode(filled, skip_special_tokens=single_mask)}
+        return {
+            "score": float(score),
+            "token": token,
+            "token_str": self.tokenizer.decode([token]),
+            "sequence": self.tokenizer.decode(filled, skip_special_tokens=single_mask),
+        }
 
 
 class FeatureExtractionPipeline(_Pipeline):
     """`__call__(text or list of texts, return_tensors=False)`: per text the last hidden state of every
     token (special tokens included) as a nested list [1, T, H], or float32 numpy with `return_tensors=True`."""
+
     task = "feature-extraction"
     head = modeling.AlbertForMaskedLM  # its backbone has no pooler, which this task does not need
     uses = ("albert/embeddings/", "albert/encoder/")
@@ -228,13 +256,14 @@ class FeatureExtractionPipeline(_Pipeline):
 
     def _postprocess(self, rows, return_tensors):
         hidden = np.asarray(self._apply(self.params, *self._pad(rows)))
-        out = [hidden[i:i + 1, :len(r["input_ids"])] for i, r in enumerate(rows)]
+        out = [hidden[i : i + 1, : len(r["input_ids"])] for i, r in enumerate(rows)]
         return out if return_tensors else [x.tolist() for x in out]
 
 
 class SentenceOrderPipeline(_Pipeline):
     """`__call__((a, b) or list of pairs)`: {'label': 'in_order' | 'swapped', 'score'} per pair, from the
     SOP head's softmax (label 0 of transformers' `sentence_order_label` is 'in_order')."""
+
     task = "sentence-order"
     head = modeling.AlbertForPreTraining
     uses = ("albert/", "sop_classifier/")
@@ -250,12 +279,13 @@ class SentenceOrderPipeline(_Pipeline):
     def _encode(self, items):
         for item in items:
             if isinstance(item, str) or self._as_pair(item)[1] is None:
-                raise PipelineError(f"sentence-order takes pairs of texts, (a, b) or {{'text': a, 'text_pair': b}}; "
-                                    f"got {item!r:.80}")
+                raise PipelineError(
+                    f"sentence-order takes pairs of texts, (a, b) or {{'text': a, 'text_pair': b}}; got {item!r:.80}"
+                )
         return super()._encode(items)
 
     def _postprocess(self, rows):
-        probs = np.asarray(self._apply(self.params, *self._pad(rows)))[:len(rows)]
+        probs = np.asarray(self._apply(self.params, *self._pad(rows)))[: len(rows)]
         return [{"label": SOP_LABELS[int(p.argmax())], "score": float(p.max())} for p in probs]
 
 
@@ -274,6 +304,7 @@ def pipeline(task: str, model, tokenizer=None, batch_size: int = 16) -> _Pipelin
     """
     from albert_jax import pretrained
     from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
+
     if task not in TASKS:
         raise PipelineError(f"unknown task {task!r}; available: {sorted(TASKS)}")
     if isinstance(model, (str, os.PathLike)):
@@ -286,8 +317,7 @@ def pipeline(task: str, model, tokenizer=None, batch_size: int = 16) -> _Pipelin
     if isinstance(tokenizer, (str, os.PathLike)):
         source = os.fspath(tokenizer)
         try:
-            tokenizer = (AlbertTokenizer.from_pretrained(source) if os.path.isdir(source)
-                         else AlbertTokenizer(source))
+            tokenizer = AlbertTokenizer.from_pretrained(source) if os.path.isdir(source) else AlbertTokenizer(source)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}; the pipeline needs the model's spiece.model (or pass tokenizer=)") from None
     try:

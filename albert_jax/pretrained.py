@@ -13,8 +13,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from albert_jax.convert import hf
 from albert_jax.config import AlbertConfig
+from albert_jax.convert import hf
 
 PARAMS_NAME = "albert_jax.safetensors"
 
@@ -23,8 +23,9 @@ def save_pretrained(config: AlbertConfig, params: dict, out_dir: str) -> None:
     """Writes `config.json` + `albert_jax.safetensors` (float32 host copies of `params`) into `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    hf.save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()},
-                             os.path.join(out_dir, PARAMS_NAME))
+    hf.save_safetensors(
+        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}, os.path.join(out_dir, PARAMS_NAME)
+    )
     config.to_json_file(os.path.join(out_dir, "config.json"))
 
 

@@ -24,7 +24,11 @@ import sentencepiece as spm
 VOCAB_FILE = "spiece.model"
 SPIECE_UNDERLINE = "\u2581"
 DEFAULT_SPECIAL_TOKENS = {
-    "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
 }
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
 _CONFIG_KEYS = ("do_lower_case", "remove_space", "keep_accents", "model_max_length")
@@ -41,8 +45,15 @@ class AlbertTokenizer:
       **special_tokens: override the strings of pad/unk/cls/sep/mask_token (ids come from the model).
     """
 
-    def __init__(self, vocab_file: str, do_lower_case: bool = True, remove_space: bool = True,
-                 keep_accents: bool = False, model_max_length: int | None = None, **special_tokens: str):
+    def __init__(
+        self,
+        vocab_file: str,
+        do_lower_case: bool = True,
+        remove_space: bool = True,
+        keep_accents: bool = False,
+        model_max_length: int | None = None,
+        **special_tokens: str,
+    ):
         unknown = set(special_tokens) - set(DEFAULT_SPECIAL_TOKENS)
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
@@ -62,8 +73,10 @@ class AlbertTokenizer:
             token_id = self.sp.piece_to_id(token)
             # piece_to_id answers unk_id for absent pieces, so check the round trip.
             if self.sp.id_to_piece(token_id) != token:
-                raise ValueError(f"{vocab_file} has no piece {token!r} required as {name}; train it with "
-                                 "train_spm or pass the model's own token string")
+                raise ValueError(
+                    f"{vocab_file} has no piece {token!r} required as {name}; train it with "
+                    "train_spm or pass the model's own token string"
+                )
             setattr(self, name, token)
             setattr(self, name + "_id", token_id)
         self.all_special_tokens = [getattr(self, n) for n in DEFAULT_SPECIAL_TOKENS]
@@ -104,12 +117,25 @@ class AlbertTokenizer:
         specials = {name: getattr(self, name) for name in DEFAULT_SPECIAL_TOKENS}
         specials.update(bos_token=self.cls_token, eos_token=self.sep_token)
         # transformers takes each special token's flags (lstrip for [MASK]) from `added_tokens_decoder`.
-        added = {str(getattr(self, n + "_id")): {"content": getattr(self, n), "lstrip": n == "mask_token",
-                                                 "rstrip": False, "normalized": False, "single_word": False,
-                                                 "special": True} for n in DEFAULT_SPECIAL_TOKENS}
-        config = {"tokenizer_class": "AlbertTokenizer", "do_lower_case": self.do_lower_case,
-                  "remove_space": self.remove_space, "keep_accents": self.keep_accents, **specials,
-                  "added_tokens_decoder": added}
+        added = {
+            str(getattr(self, n + "_id")): {
+                "content": getattr(self, n),
+                "lstrip": n == "mask_token",
+                "rstrip": False,
+                "normalized": False,
+                "single_word": False,
+                "special": True,
+            }
+            for n in DEFAULT_SPECIAL_TOKENS
+        }
+        config = {
+            "tokenizer_class": "AlbertTokenizer",
+            "do_lower_case": self.do_lower_case,
+            "remove_space": self.remove_space,
+            "keep_accents": self.keep_accents,
+            **specials,
+            "added_tokens_decoder": added,
+        }
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
         for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
@@ -142,8 +168,12 @@ class AlbertTokenizer:
         spans = [s for i, s in enumerate(spans) if i not in firsts]
         if not self.keep_accents:
             # Per-char NFKD equals whole-string NFKD once combining marks (the only reordered chars) go.
-            pairs = [(d, s) for c, s in zip(chars, spans) for d in unicodedata.normalize("NFKD", c)
-                     if not unicodedata.combining(d)]
+            pairs = [
+                (d, s)
+                for c, s in zip(chars, spans)
+                for d in unicodedata.normalize("NFKD", c)
+                if not unicodedata.combining(d)
+            ]
             chars, spans = [c for c, _ in pairs], [s for _, s in pairs]
         if self.do_lower_case:
             # Whole-string lower() handles the final sigma; it never changes a char's expansion length.
@@ -200,8 +230,10 @@ class AlbertTokenizer:
         out, pos = [], 0
 
         def encode(part, offset):
-            return [(piece, piece_id, span and (span[0] + offset, span[1] + offset))
-                    for piece, piece_id, span in self._encode_text(part, with_spans)]
+            return [
+                (piece, piece_id, span and (span[0] + offset, span[1] + offset))
+                for piece, piece_id, span in self._encode_text(part, with_spans)
+            ]
 
         for match in self._special_re.finditer(text):
             start = match.start()
@@ -258,11 +290,19 @@ class AlbertTokenizer:
         pieces = [self.sp.id_to_piece(int(i)) for i in ids if int(i) not in skip]
         return "".join(p.replace(SPIECE_UNDERLINE, "" if n == 0 else " ") for n, p in enumerate(pieces))
 
-    def __call__(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None, *,
-                 add_special_tokens: bool = True, max_length: int | None = None,
-                 truncation: bool | str | None = None, padding: bool | str = False,
-                 return_offsets_mapping: bool = False, return_overflowing_tokens: bool = False,
-                 stride: int = 0) -> dict[str, np.ndarray]:
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        text_pairs: str | Sequence[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        truncation: bool | str | None = None,
+        padding: bool | str = False,
+        return_offsets_mapping: bool = False,
+        return_overflowing_tokens: bool = False,
+        stride: int = 0,
+    ) -> dict[str, np.ndarray]:
         """Encodes a batch the way transformers' `tokenizer(texts, text_pairs, ...)` does.
 
         A single `str` (and pair) is a batch of one. `truncation`: None/False, True (= 'longest_first'),
@@ -279,13 +319,16 @@ class AlbertTokenizer:
         if isinstance(texts, str):
             texts, text_pairs = [texts], None if text_pairs is None else [text_pairs]
         if not texts or (text_pairs is not None and len(text_pairs) != len(texts)):
-            raise ValueError(f"need a non-empty batch and as many text_pairs as texts; got {len(texts)} texts "
-                             f"and {'no' if text_pairs is None else len(text_pairs)} text_pairs")
+            raise ValueError(
+                f"need a non-empty batch and as many text_pairs as texts; got {len(texts)} texts "
+                f"and {'no' if text_pairs is None else len(text_pairs)} text_pairs"
+            )
         if truncation is True or (max_length is not None and padding is False and truncation is None):
             truncation = "longest_first"
         if truncation and truncation not in TRUNCATION_STRATEGIES:
-            raise ValueError(f"truncation must be None, False, True or one of {TRUNCATION_STRATEGIES}; "
-                             f"got {truncation!r}")
+            raise ValueError(
+                f"truncation must be None, False, True or one of {TRUNCATION_STRATEGIES}; got {truncation!r}"
+            )
         padding = "longest" if padding is True else padding
         if padding not in (False, "longest", "max_length"):
             raise ValueError(f"padding must be False, True, 'longest' or 'max_length'; got {padding!r}")
@@ -310,11 +353,14 @@ class AlbertTokenizer:
         lengths = [len(row) for row in rows]
         width = max_length if padding == "max_length" else max(lengths) if padding else min(lengths)
         if max(lengths) > width:
-            raise ValueError(f"sequences have different lengths ({min(lengths)} to {max(lengths)} tokens); pass "
-                             "padding=True, or padding='max_length' with truncation")
+            raise ValueError(
+                f"sequences have different lengths ({min(lengths)} to {max(lengths)} tokens); pass "
+                "padding=True, or padding='max_length' with truncation"
+            )
         pad = (None, self.pad_token_id, 0, (0, 0))
-        table = np.array([[(i, k, *span) for _, i, k, span in row + [pad] * (width - len(row))] for row in rows],
-                         np.int32).reshape(len(rows), width, 4)
+        table = np.array(
+            [[(i, k, *span) for _, i, k, span in row + [pad] * (width - len(row))] for row in rows], np.int32
+        ).reshape(len(rows), width, 4)
         out = {
             "input_ids": table[..., 0],
             # Padding is masked by position: a "<pad>" written in the text is a real token.
@@ -338,8 +384,10 @@ class AlbertTokenizer:
 def check_vocab_size(tokenizer: AlbertTokenizer, config_vocab_size: int) -> None:
     """Raises ValueError unless the tokenizer's vocabulary has exactly `config_vocab_size` pieces."""
     if tokenizer.vocab_size != config_vocab_size:
-        raise ValueError(f"tokenizer vocabulary has {tokenizer.vocab_size} pieces but the model config has "
-                         f"vocab_size={config_vocab_size}; use the spiece.model the model was trained with")
+        raise ValueError(
+            f"tokenizer vocabulary has {tokenizer.vocab_size} pieces but the model config has "
+            f"vocab_size={config_vocab_size}; use the spiece.model the model was trained with"
+        )
 
 
 def _truncate(a, b, max_len, strategy, stride):
@@ -370,8 +418,10 @@ def _truncate(a, b, max_len, strategy, stride):
         target = a if strategy == "only_first" else b
         keep = len(target) - (total - max_len)
         if keep <= 0:
-            raise ValueError(f"cannot truncate with {strategy!r} to max_length: the other sequence alone "
-                             f"needs {total - len(target)} of the {max_len} tokens")
+            raise ValueError(
+                f"cannot truncate with {strategy!r} to max_length: the other sequence alone "
+                f"needs {total - len(target)} of the {max_len} tokens"
+            )
         windows = _windows(target, keep, stride)
         wa, wb = (windows, [b]) if strategy == "only_first" else ([a], windows)
     return [(wa[0], wb[0])] + [(x, y) for x in wa[1:] for y in wb] + [(wa[0], y) for y in wb[1:]]
@@ -387,13 +437,14 @@ def _windows(seq, max_len, stride):
         raise ValueError(f"stride={stride} must be smaller than the {max_len} tokens a window holds")
     windows = []
     for start in range(0, len(seq), max_len - stride):
-        windows.append(seq[start:start + max_len])
+        windows.append(seq[start : start + max_len])
         if start + max_len >= len(seq):
             return windows
 
 
-def preprocess_text(text: str, do_lower_case: bool = True, remove_space: bool = True,
-                    keep_accents: bool = False) -> str:
+def preprocess_text(
+    text: str, do_lower_case: bool = True, remove_space: bool = True, keep_accents: bool = False
+) -> str:
     """The text SentencePiece sees: ALBERT's `preprocess_text` plus transformers' `` and '' -> " (`_preprocess`)."""
     if remove_space:
         text = " ".join(text.strip().split())
@@ -407,11 +458,20 @@ def preprocess_text(text: str, do_lower_case: bool = True, remove_space: bool = 
 ALBERT_USER_DEFINED_SYMBOLS = ("(", ")", '"', "-", ".", "\u2013", "\u00a3", "\u20ac")
 
 
-def train_spm(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size: int, out_prefix: str, *,
-              model_type: str = "unigram", character_coverage: float = 0.9999,
-              input_sentence_size: int = 1_000_000, seed: int = 0, do_lower_case: bool = True,
-              keep_accents: bool = False, user_defined_symbols: Sequence[str] = (),
-              num_threads: int | None = None) -> str:
+def train_spm(
+    files_or_iterator: str | Sequence[str] | Iterable[str],
+    vocab_size: int,
+    out_prefix: str,
+    *,
+    model_type: str = "unigram",
+    character_coverage: float = 0.9999,
+    input_sentence_size: int = 1_000_000,
+    seed: int = 0,
+    do_lower_case: bool = True,
+    keep_accents: bool = False,
+    user_defined_symbols: Sequence[str] = (),
+    num_threads: int | None = None,
+) -> str:
     """Trains an ALBERT SentencePiece vocabulary and returns the path `<out_prefix>.model`.
 
     `files_or_iterator` is a text file path, a list or tuple of them (one sentence per line; blank lines,
@@ -432,8 +492,10 @@ def train_spm(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size
     if isinstance(files_or_iterator, (list, tuple)):
         missing = [os.fspath(f) for f in files_or_iterator if not os.path.isfile(f)]
         if missing:
-            raise FileNotFoundError(f"training text file(s) not found: {missing[:3]}; a list or tuple names "
-                                    "files, pass sentences as an iterator, e.g. iter(sentences)")
+            raise FileNotFoundError(
+                f"training text file(s) not found: {missing[:3]}; a list or tuple names "
+                "files, pass sentences as an iterator, e.g. iter(sentences)"
+            )
         sentences = _read_lines(files_or_iterator)
     else:
         sentences = iter(files_or_iterator)
@@ -441,17 +503,30 @@ def train_spm(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(_sample(prepared, input_sentence_size, seed)), model_prefix=out_prefix,
-            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
-            normalization_rule_name="nmt_nfkc", pad_id=0, pad_piece="<pad>", unk_id=1, unk_piece="<unk>",
-            bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"],
-            user_defined_symbols=list(user_defined_symbols), num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=1)
+            sentence_iterator=iter(_sample(prepared, input_sentence_size, seed)),
+            model_prefix=out_prefix,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            normalization_rule_name="nmt_nfkc",
+            pad_id=0,
+            pad_piece="<pad>",
+            unk_id=1,
+            unk_piece="<unk>",
+            bos_id=-1,
+            eos_id=-1,
+            control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+            user_defined_symbols=list(user_defined_symbols),
+            num_threads=num_threads or os.cpu_count() or 1,
+            minloglevel=1,
+        )
     except RuntimeError as err:
         if not (too_high := re.search(r"Vocabulary size too high.*", str(err))):
             raise
-        raise ValueError(f"the corpus is too small for a vocabulary of {vocab_size} pieces ({too_high.group()}); "
-                         "lower vocab_size (model.vocab_size in a config) or use a bigger corpus") from None
+        raise ValueError(
+            f"the corpus is too small for a vocabulary of {vocab_size} pieces ({too_high.group()}); "
+            "lower vocab_size (model.vocab_size in a config) or use a bigger corpus"
+        ) from None
     return out_prefix + ".model"
 
 

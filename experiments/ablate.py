@@ -18,14 +18,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config file (ex
 _WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's work dir: one sub-directory per cell, the results")
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run every n-th cell starting at the i-th")
 _CELLS = flags.DEFINE_list("cells", [], "run only these cells (comma-separated names)")
-_REUSE_HOST_MEMORY = flags.DEFINE_bool("reuse_host_memory", True, "CPU: each step reuses the last step's "
-                                       "scratch memory, as in run.py (albert_jax/training/hostmem.py)")
+_REUSE_HOST_MEMORY = flags.DEFINE_bool(
+    "reuse_host_memory",
+    True,
+    "CPU: each step reuses the last step's scratch memory, as in run.py (albert_jax/training/hostmem.py)",
+)
 
 
 def main(argv):
     del argv
     from albert_jax import experiment
     from albert_jax.training import hostmem, reporting, sweep
+
     config = experiment.config_from_flag(_CONFIG)
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
@@ -48,6 +52,12 @@ def main(argv):
 
 if __name__ == "__main__":
     from albert_jax.experiment import parse_flags
-    app.run(main, flags_parser=lambda argv: parse_flags(
-        argv, "python experiments/ablate.py --config=experiments/configs/ablation_X.py[:scale=demo] "
-              "--workdir=DIR [--config.field=value ...] [--shard=i/n] [--cells=a,b]"))
+
+    app.run(
+        main,
+        flags_parser=lambda argv: parse_flags(
+            argv,
+            "python experiments/ablate.py --config=experiments/configs/ablation_X.py[:scale=demo] "
+            "--workdir=DIR [--config.field=value ...] [--shard=i/n] [--cells=a,b]",
+        ),
+    )

@@ -17,8 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_PRETRAIN = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 # A command line that starts one of the project's entry points: run.py, experiments/ablate.py, the benchmark
 # (`python -m experiments.bench[.module]`), `python -m albert_jax.convert` / `albert_jax.data.prepare`, a kernel.
-ENTRY_POINT = re.compile(r"\b(run|ablate)\.py\b|\bexperiments[./](bench|ablate)\b"
-                         r"|\balbert_jax\.(convert|data\.prepare)\b|ipykernel_launcher")
+ENTRY_POINT = re.compile(
+    r"\b(run|ablate)\.py\b|\bexperiments[./](bench|ablate)\b"
+    r"|\balbert_jax\.(convert|data\.prepare)\b|ipykernel_launcher"
+)
 
 
 def pytest_configure(config):
@@ -63,6 +65,7 @@ def tiny_pretrained(tmp_path_factory):
     (albert-jax format + tokenizer) and `hf/` (a transformers directory)."""
     from albert_jax import experiment
     from albert_jax.training import pretrain
+
     workdir = tmp_path_factory.mktemp("tiny_pretrained")
     config = experiment.load_config(TINY_PRETRAIN)
     config.export.hf_dir = "hf"

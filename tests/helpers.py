@@ -22,8 +22,14 @@ def device_env(devices=1):
 
 def run_py(config, workdir, *overrides, devices=1, check=True, timeout=400):
     """Runs `python run.py` in a subprocess with `devices` CPU devices; asserts success when `check`."""
-    result = subprocess.run(run_command(config, workdir, *overrides), env=device_env(devices), capture_output=True,
-                            text=True, timeout=timeout, cwd=ROOT)
+    result = subprocess.run(
+        run_command(config, workdir, *overrides),
+        env=device_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -20,8 +20,14 @@ from experiments.bench.machine import ROOT
 
 # One layer: XLA's cost analysis counts the body of the scan (a while loop) once, whatever its trip count.
 TINY = aj.AlbertConfig.from_preset("albert-tiny").replace(
-    num_hidden_layers=1, vocab_size=1024, embedding_size=128, hidden_size=256, num_attention_heads=4,
-    intermediate_size=1024, max_position_embeddings=128)
+    num_hidden_layers=1,
+    vocab_size=1024,
+    embedding_size=128,
+    hidden_size=256,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=128,
+)
 B, T, P = 2, 128, 20
 
 
@@ -48,16 +54,27 @@ def test_model_flops_matches_xla_cost_analysis():
         return _ce(out.prediction_logits, x) + _ce(out.sop_logits, x[:, 0] % 2)
 
     cases = {
-        "backbone": (lambda p, x: backbone.apply({"params": p}, x).last_hidden_state, {"albert": params["albert"]},
-                     flops.model_flops(TINY, B, T, "backbone")),
-        "pretraining, every position": (lambda p, x: pretraining.apply({"params": p}, x).prediction_logits, params,
-                                        flops.model_flops(TINY, B, T, "pretraining")),
+        "backbone": (
+            lambda p, x: backbone.apply({"params": p}, x).last_hidden_state,
+            {"albert": params["albert"]},
+            flops.model_flops(TINY, B, T, "backbone"),
+        ),
+        "pretraining, every position": (
+            lambda p, x: pretraining.apply({"params": p}, x).prediction_logits,
+            params,
+            flops.model_flops(TINY, B, T, "pretraining"),
+        ),
         "pretraining, masked positions": (
             lambda p, x: pretraining.apply({"params": p}, x, masked_lm_positions=positions).prediction_logits,
-            params, flops.model_flops(TINY, B, T, "pretraining", positions=P)),
+            params,
+            flops.model_flops(TINY, B, T, "pretraining", positions=P),
+        ),
         "qa": (lambda p, x: qa.apply({"params": p}, x).start_logits, qa_params, flops.model_flops(TINY, B, T, "qa")),
-        "pretraining gradient": (jax.grad(train_loss), params,
-                                 flops.model_flops(TINY, B, T, "pretraining", training=True)),
+        "pretraining gradient": (
+            jax.grad(train_loss),
+            params,
+            flops.model_flops(TINY, B, T, "pretraining", training=True),
+        ),
     }
     for name, (fn, p, analytic) in cases.items():
         ratio = xla_flops(fn, p, ids) / analytic
@@ -81,15 +98,28 @@ def test_inputs_are_deterministic_and_masked_positions_distinct():
 
 
 def test_report_names_a_system_that_did_not_run():
-    item = dict(title="a. forward", kind="throughput", ratio={"transformers": 2.0},
-                systems={"albert_jax": dict(status="ok", seconds=0.5, tokens_per_s=100.0, mfu=0.1),
-                         "transformers": dict(status="ok", seconds=1.0, tokens_per_s=50.0),
-                         "keras_hub": dict(status="not installed", reason="pip install -e .[bench]")})
-    meta = dict(command="python -m experiments.bench", device="cpu",
-                settings=dict(dtype="float32", preset="p", quick=True, repeats=1),
-                environment=dict(date="d", cpu="c", cpus_usable=1, cpu_count=1, versions={}, env={}), threads={})
-    row = [line for line in report.markdown(dict(meta=meta, items={"forward": item})).splitlines()
-           if line.startswith("| a. forward")][0]
+    item = dict(
+        title="a. forward",
+        kind="throughput",
+        ratio={"transformers": 2.0},
+        systems={
+            "albert_jax": dict(status="ok", seconds=0.5, tokens_per_s=100.0, mfu=0.1),
+            "transformers": dict(status="ok", seconds=1.0, tokens_per_s=50.0),
+            "keras_hub": dict(status="not installed", reason="pip install -e .[bench]"),
+        },
+    )
+    meta = dict(
+        command="python -m experiments.bench",
+        device="cpu",
+        settings=dict(dtype="float32", preset="p", quick=True, repeats=1),
+        environment=dict(date="d", cpu="c", cpus_usable=1, cpu_count=1, versions={}, env={}),
+        threads={},
+    )
+    row = [
+        line
+        for line in report.markdown(dict(meta=meta, items={"forward": item})).splitlines()
+        if line.startswith("| a. forward")
+    ][0]
     assert "not installed: pip install -e .[bench]" in row and "2.00×" in row and "MFU 10.0%" in row
 
 
@@ -97,9 +127,25 @@ def test_report_names_a_system_that_did_not_run():
 def test_quick_run_writes_every_column(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it
-    result = subprocess.run([sys.executable, "-m", "experiments.bench", "--quick", "--only", "peak,forward,train",
-                             "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
-                            cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.bench",
+            "--quick",
+            "--only",
+            "peak,forward,train",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
@@ -133,10 +179,12 @@ def test_quick_run_writes_every_column(tmp_path):
     assert "| a. forward" in markdown and "| b. train step" in markdown
 
 
-@pytest.mark.parametrize("module", ["experiments.bench", "experiments.bench.data_pipeline",
-                                    "experiments.bench.data_vs_step"])
+@pytest.mark.parametrize(
+    "module", ["experiments.bench", "experiments.bench.data_pipeline", "experiments.bench.data_vs_step"]
+)
 @pytest.mark.integration
 def test_entry_points_run_as_modules_from_the_checkout(module):
-    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-3000:]

@@ -17,8 +17,14 @@ def test_defaults_equal_transformers():
 
 
 def test_hf_json_roundtrip_is_lossless(tmp_path):
-    hf = transformers.AlbertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=99, num_labels=3,
-                                   num_hidden_groups=2, num_hidden_layers=4)
+    hf = transformers.AlbertConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=99,
+        num_labels=3,
+        num_hidden_groups=2,
+        num_hidden_layers=4,
+    )
     hf.save_pretrained(tmp_path)
     original = json.loads((tmp_path / "config.json").read_text())
     config = aj.AlbertConfig.from_json_file(tmp_path / "config.json")
@@ -43,7 +49,12 @@ def test_unknown_fields_are_kept(tmp_path):
 
 def test_presets():
     base = aj.AlbertConfig.from_preset("albert-base-v2")
-    assert (base.hidden_size, base.num_hidden_layers, base.embedding_size, base.hidden_act) == (768, 12, 128, "gelu_new")
+    assert (base.hidden_size, base.num_hidden_layers, base.embedding_size, base.hidden_act) == (
+        768,
+        12,
+        128,
+        "gelu_new",
+    )
     assert aj.AlbertConfig.from_preset("albert-xxlarge-v1").num_attention_heads == 64
     bert = aj.AlbertConfig.from_preset("bert-base-equivalent")
     assert (bert.embedding_size, bert.sharing) == (768, "none")
@@ -52,16 +63,22 @@ def test_presets():
         aj.AlbertConfig.from_preset("albert-huge")
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(hidden_size=100, num_attention_heads=3), r"hidden_size \(100\) must be divisible by num_attention_heads"),
-    (dict(sharing="some"), r"sharing must be one of .*'some'"),
-    (dict(hidden_act="gelu2"), r"hidden_act must be one of .*'gelu2'"),
-    (dict(num_hidden_layers=12, num_hidden_groups=5), r"num_hidden_layers \(12\) must be divisible by num_hidden_groups"),
-    (dict(embedding_size=0), r"embedding_size must be a positive integer, got 0"),
-    (dict(vocab_size=-3), r"vocab_size must be a positive integer"),
-    (dict(hidden_dropout_prob=1.5), r"hidden_dropout_prob must be in \[0, 1\)"),
-    (dict(dtype="float8"), r"dtype must be one of"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(hidden_size=100, num_attention_heads=3), r"hidden_size \(100\) must be divisible by num_attention_heads"),
+        (dict(sharing="some"), r"sharing must be one of .*'some'"),
+        (dict(hidden_act="gelu2"), r"hidden_act must be one of .*'gelu2'"),
+        (
+            dict(num_hidden_layers=12, num_hidden_groups=5),
+            r"num_hidden_layers \(12\) must be divisible by num_hidden_groups",
+        ),
+        (dict(embedding_size=0), r"embedding_size must be a positive integer, got 0"),
+        (dict(vocab_size=-3), r"vocab_size must be a positive integer"),
+        (dict(hidden_dropout_prob=1.5), r"hidden_dropout_prob must be in \[0, 1\)"),
+        (dict(dtype="float8"), r"dtype must be one of"),
+    ],
+)
 def test_invalid_values_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):
         aj.AlbertConfig(**overrides)

@@ -27,12 +27,15 @@ HEAD_PAIRS = [
 
 CONFIGS = {
     "shared-gelu_new": dict(num_hidden_layers=2, num_hidden_groups=1, inner_group_num=1, hidden_act="gelu_new"),
-    "groups-between-inner2-gelu": dict(num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2,
-                                       hidden_act="gelu", num_labels=3),
-    "groups-eq-layers-relu": dict(num_hidden_layers=3, num_hidden_groups=3, inner_group_num=1, hidden_act="relu",
-                                  num_labels=1),
-    "unshared-inner2-gelu_new": dict(num_hidden_layers=2, num_hidden_groups=2, inner_group_num=2,
-                                     hidden_act="gelu_new", embedding_size=24),
+    "groups-between-inner2-gelu": dict(
+        num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2, hidden_act="gelu", num_labels=3
+    ),
+    "groups-eq-layers-relu": dict(
+        num_hidden_layers=3, num_hidden_groups=3, inner_group_num=1, hidden_act="relu", num_labels=1
+    ),
+    "unshared-inner2-gelu_new": dict(
+        num_hidden_layers=2, num_hidden_groups=2, inner_group_num=2, hidden_act="gelu_new", embedding_size=24
+    ),
 }
 TOL = 1e-5
 
@@ -46,8 +49,16 @@ def head_config(head, config_name):
 
 
 def hf_config(**overrides):
-    base = dict(vocab_size=101, embedding_size=16, hidden_size=32, num_attention_heads=4, intermediate_size=37,
-                max_position_embeddings=40, type_vocab_size=2, attn_implementation="eager")
+    base = dict(
+        vocab_size=101,
+        embedding_size=16,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        attn_implementation="eager",
+    )
     base.update(overrides)
     return transformers.AlbertConfig(**base)
 
@@ -65,14 +76,25 @@ def make_inputs(head, seed=0, batch=3, length=11, vocab=101):
 
 def torch_outputs(model, ids, mask, types):
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                     token_type_ids=torch.tensor(types), output_hidden_states=True, output_attentions=True)
+        return model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            token_type_ids=torch.tensor(types),
+            output_hidden_states=True,
+            output_attentions=True,
+        )
 
 
 def our_outputs(head, config, params, ids, mask, types):
     model = aj.HEADS[head](config)
-    return model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types),
-                       output_hidden_states=True, output_attentions=True)
+    return model.apply(
+        {"params": params},
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jnp.asarray(types),
+        output_hidden_states=True,
+        output_attentions=True,
+    )
 
 
 def assert_close(ours, theirs, fields):
@@ -93,7 +115,8 @@ def randomize(params, seed):
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return jax.tree_util.tree_unflatten(
-        tree, [np.asarray(x) + 0.2 * np.asarray(jax.random.normal(k, x.shape)) for k, x in zip(keys, leaves)])
+        tree, [np.asarray(x) + 0.2 * np.asarray(jax.random.normal(k, x.shape)) for k, x in zip(keys, leaves)]
+    )
 
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
@@ -118,7 +141,8 @@ def test_ours_to_hf(tmp_path, head, fields, config_name):
     params = randomize(aj.init_params(model, jax.random.PRNGKey(1)), seed=2)
     convert.save_hf(config, params, str(tmp_path))
     hf_model, info = getattr(transformers, head).from_pretrained(
-        str(tmp_path), output_loading_info=True, attn_implementation="eager")
+        str(tmp_path), output_loading_info=True, attn_implementation="eager"
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     inputs = make_inputs(head, seed=3)
     assert_close(our_outputs(head, config, params, *inputs), torch_outputs(hf_model.eval(), *inputs), fields)
@@ -132,9 +156,12 @@ def test_pretraining_checkpoint_loads_in_every_hf_head(tmp_path):
     convert.save_hf(config, params, str(tmp_path))
     _, info = transformers.AlbertForPreTraining.from_pretrained(str(tmp_path), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    new_heads = {"AlbertModel": set(), "AlbertForMaskedLM": set(),
-                 "AlbertForSequenceClassification": {"classifier.weight", "classifier.bias"},
-                 "AlbertForQuestionAnswering": {"qa_outputs.weight", "qa_outputs.bias"}}
+    new_heads = {
+        "AlbertModel": set(),
+        "AlbertForMaskedLM": set(),
+        "AlbertForSequenceClassification": {"classifier.weight", "classifier.bias"},
+        "AlbertForQuestionAnswering": {"qa_outputs.weight", "qa_outputs.bias"},
+    }
     for head, expected_missing in new_heads.items():
         _, info = getattr(transformers, head).from_pretrained(str(tmp_path), output_loading_info=True)
         assert set(info["missing_keys"]) == expected_missing, (head, info)
@@ -150,8 +177,11 @@ def test_unshared_model_exports_as_groups(tmp_path):
     hf_model = transformers.AlbertModel.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
     assert hf_model.config.num_hidden_groups == 3
     inputs = make_inputs("AlbertModel")
-    assert_close(our_outputs("AlbertModel", config, params, *inputs), torch_outputs(hf_model, *inputs),
-                 [("last_hidden_state", "last_hidden_state")])
+    assert_close(
+        our_outputs("AlbertModel", config, params, *inputs),
+        torch_outputs(hf_model, *inputs),
+        [("last_hidden_state", "last_hidden_state")],
+    )
 
 
 @pytest.mark.parametrize("sharing", ["attention", "ffn"])
@@ -173,8 +203,9 @@ def test_sharded_safetensors_index(tmp_path):
     assert (tmp_path / "model.safetensors.index.json").exists()
     config, params = convert.load_hf(str(tmp_path))
     inputs = make_inputs("AlbertForMaskedLM")
-    assert_close(our_outputs("AlbertForMaskedLM", config, params, *inputs), torch_outputs(model, *inputs),
-                 [("logits", "logits")])
+    assert_close(
+        our_outputs("AlbertForMaskedLM", config, params, *inputs), torch_outputs(model, *inputs), [("logits", "logits")]
+    )
 
 
 def test_cli_roundtrip(tmp_path):
@@ -222,6 +253,7 @@ def test_corrupt_safetensors(hf_dir):
 
 def test_missing_unexpected_and_mismatched_tensors_are_named(hf_dir):
     from safetensors.numpy import load_file, save_file
+
     tensors = load_file(hf_dir / "model.safetensors")
     del tensors["albert.encoder.embedding_hidden_mapping_in.weight"]
     tensors["albert.encoder.extra_thing.weight"] = np.zeros(3, np.float32)

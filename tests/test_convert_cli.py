@@ -6,11 +6,11 @@ References: transformers (its model, tokenizer and fill-mask pipeline read the s
 
 import json
 import os
+import pydoc_data.topics
 import subprocess
 import sys
 
 import numpy as np
-import pydoc_data.topics
 import pytest
 import torch
 import transformers
@@ -35,8 +35,15 @@ def spm_models(tmp_path_factory):
 
 def hf_dir(path, vocab_size, spm_model=None, seed=0):
     """A random transformers AlbertForMaskedLM saved in `path`, with tokenizer files when `spm_model` is given."""
-    config = transformers.AlbertConfig(vocab_size=vocab_size, embedding_size=16, hidden_size=32, num_attention_heads=4,
-                                       intermediate_size=37, max_position_embeddings=40, attn_implementation="eager")
+    config = transformers.AlbertConfig(
+        vocab_size=vocab_size,
+        embedding_size=16,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        attn_implementation="eager",
+    )
     torch.manual_seed(seed)
     transformers.AlbertForMaskedLM(config).save_pretrained(path)
     if spm_model:
@@ -46,8 +53,13 @@ def hf_dir(path, vocab_size, spm_model=None, seed=0):
 
 def run_cli(*args):
     """`python -m albert_jax.convert *args` in a subprocess -> CompletedProcess (text)."""
-    return subprocess.run([sys.executable, "-m", "albert_jax.convert", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "albert_jax.convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 def assert_one_line_error(result, *fragments):
@@ -114,8 +126,9 @@ def test_to_hf_checks_the_weights_against_config_json(tmp_path):
     config, params = convert.load_hf(hf_dir(tmp_path / "hf", 200))
     aj.save_pretrained(config.replace(vocab_size=201), params, str(tmp_path / "ours"))
     result = run_cli("to-hf", "--checkpoint", tmp_path / "ours", "--out", tmp_path / "out")
-    assert_one_line_error(result, "albert.embeddings.word_embeddings.weight: checkpoint (200, 16), model expects "
-                                  "(201, 16)")
+    assert_one_line_error(
+        result, "albert.embeddings.word_embeddings.weight: checkpoint (200, 16), model expects (201, 16)"
+    )
     assert not (tmp_path / "out").exists()
     with pytest.raises(convert.ConversionError, match="word_embeddings.weight: checkpoint"):
         convert.save_hf(config.replace(vocab_size=201), params, str(tmp_path / "direct"))
@@ -148,12 +161,17 @@ def test_help_says_what_to_hf_reads():
     assert "albert_jax.safetensors" in result.stdout and "<workdir>/final" in result.stdout
 
 
-@pytest.mark.parametrize("code", [
-    "import runpy, sys; sys.argv = ['convert', '--help']; runpy.run_module('albert_jax.convert', run_name='__main__')",
-    # as after an in-process `cli.main(...)`, e.g. from a test or a notebook
-    "import albert_jax.convert.cli as c; c.main; import runpy, sys; sys.argv = ['convert', '--help']; "
-    "runpy.run_module('albert_jax.convert', run_name='__main__', alter_sys=True)",
-], ids=["python-m", "after-cli.main"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import runpy, sys; sys.argv = ['convert', '--help']; "
+        "runpy.run_module('albert_jax.convert', run_name='__main__')",
+        # as after an in-process `cli.main(...)`, e.g. from a test or a notebook
+        "import albert_jax.convert.cli as c; c.main; import runpy, sys; sys.argv = ['convert', '--help']; "
+        "runpy.run_module('albert_jax.convert', run_name='__main__', alter_sys=True)",
+    ],
+    ids=["python-m", "after-cli.main"],
+)
 @pytest.mark.integration
 def test_no_runpy_warning(code):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -165,16 +183,20 @@ def test_no_runpy_warning(code):
 def test_errors_are_one_line(tmp_path):
     source = hf_dir(tmp_path / "hf", 200)
     (tmp_path / "a_file").write_text("")
-    assert_one_line_error(run_cli("from-hf", "--hf-dir", source, "--out", tmp_path / "a_file"),
-                          "a_file exists and is not a directory")
-    assert_one_line_error(run_cli("to-hf", "--checkpoint", tmp_path / "missing", "--out", tmp_path / "out"),
-                          "missing is not a directory")
+    assert_one_line_error(
+        run_cli("from-hf", "--hf-dir", source, "--out", tmp_path / "a_file"), "a_file exists and is not a directory"
+    )
+    assert_one_line_error(
+        run_cli("to-hf", "--checkpoint", tmp_path / "missing", "--out", tmp_path / "out"), "missing is not a directory"
+    )
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"vocab_size": 200}))
     (broken / "model.safetensors").write_bytes(b"\x00garbage" * 10)
-    assert_one_line_error(run_cli("from-hf", "--hf-dir", broken, "--out", tmp_path / "out"),
-                          "model.safetensors is not a readable safetensors file")
+    assert_one_line_error(
+        run_cli("from-hf", "--hf-dir", broken, "--out", tmp_path / "out"),
+        "model.safetensors is not a readable safetensors file",
+    )
     (broken / "config.json").write_text("{not json")
     assert_one_line_error(run_cli("to-hf", "--checkpoint", broken, "--out", tmp_path / "out"), "not valid JSON")
     assert not (tmp_path / "out").exists()

@@ -6,12 +6,12 @@ command line, and the result must compute what the transformers model computes.
 """
 
 import json
+import pydoc_data.topics
 import subprocess
 import sys
 
 import jax.numpy as jnp
 import numpy as np
-import pydoc_data.topics
 import pytest
 
 import albert_jax as aj
@@ -29,15 +29,27 @@ CONFIGS = {
     # E == H: the original has no embedding_hidden_mapping_in; transformers' must be the identity
     "embedding-eq-hidden": dict(embedding_size=32, num_hidden_layers=2, num_hidden_groups=1, inner_group_num=1),
 }
-LAYER_PARTS = [("attention_1/self/query", "attention.query"), ("attention_1/self/key", "attention.key"),
-               ("attention_1/self/value", "attention.value"), ("attention_1/output/dense", "attention.dense"),
-               ("ffn_1/intermediate/dense", "ffn"), ("ffn_1/intermediate/output/dense", "ffn_output")]
+LAYER_PARTS = [
+    ("attention_1/self/query", "attention.query"),
+    ("attention_1/self/key", "attention.key"),
+    ("attention_1/self/value", "attention.value"),
+    ("attention_1/output/dense", "attention.dense"),
+    ("ffn_1/intermediate/dense", "ffn"),
+    ("ffn_1/intermediate/output/dense", "ffn_output"),
+]
 
 
 def hf_model(seed, **overrides):
     config = transformers.AlbertConfig(
-        vocab_size=200, hidden_size=32, num_attention_heads=4, intermediate_size=37, max_position_embeddings=40,
-        hidden_act="gelu_new", attn_implementation="eager", **overrides)
+        vocab_size=200,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        hidden_act="gelu_new",
+        attn_implementation="eager",
+        **overrides,
+    )
     torch.manual_seed(seed)
     model = transformers.AlbertForPreTraining(config).eval()
     with torch.no_grad():
@@ -52,10 +64,16 @@ def hf_model(seed, **overrides):
 def original_variables(model):
     """The model's weights under google-research/albert's variable names and layouts."""
     c, sd = model.config, {k: v.numpy() for k, v in model.state_dict().items()}
-    out = {f"bert/embeddings/{n}": sd[f"albert.embeddings.{n}.weight"]
-           for n in ("word_embeddings", "token_type_embeddings", "position_embeddings")}
-    out.update({"bert/embeddings/LayerNorm/gamma": sd["albert.embeddings.LayerNorm.weight"],
-                "bert/embeddings/LayerNorm/beta": sd["albert.embeddings.LayerNorm.bias"]})
+    out = {
+        f"bert/embeddings/{n}": sd[f"albert.embeddings.{n}.weight"]
+        for n in ("word_embeddings", "token_type_embeddings", "position_embeddings")
+    }
+    out.update(
+        {
+            "bert/embeddings/LayerNorm/gamma": sd["albert.embeddings.LayerNorm.weight"],
+            "bert/embeddings/LayerNorm/beta": sd["albert.embeddings.LayerNorm.bias"],
+        }
+    )
     if c.embedding_size != c.hidden_size:
         mapping = "albert.encoder.embedding_hidden_mapping_in"
         out["bert/encoder/embedding_hidden_mapping_in/kernel"] = sd[f"{mapping}.weight"].T
@@ -70,28 +88,48 @@ def original_variables(model):
             for tf_part, hf_part in (("LayerNorm", "attention.LayerNorm"), ("LayerNorm_1", "full_layer_layer_norm")):
                 out[f"{tf_prefix}{tf_part}/gamma"] = sd[f"{hf_prefix}{hf_part}.weight"]
                 out[f"{tf_prefix}{tf_part}/beta"] = sd[f"{hf_prefix}{hf_part}.bias"]
-    out.update({
-        "bert/pooler/dense/kernel": sd["albert.pooler.weight"].T, "bert/pooler/dense/bias": sd["albert.pooler.bias"],
-        "cls/predictions/transform/dense/kernel": sd["predictions.dense.weight"].T,
-        "cls/predictions/transform/dense/bias": sd["predictions.dense.bias"],
-        "cls/predictions/transform/LayerNorm/gamma": sd["predictions.LayerNorm.weight"],
-        "cls/predictions/transform/LayerNorm/beta": sd["predictions.LayerNorm.bias"],
-        "cls/predictions/output_bias": sd["predictions.bias"],
-        "cls/seq_relationship/output_weights": sd["sop_classifier.classifier.weight"],  # [2, H]
-        "cls/seq_relationship/output_bias": sd["sop_classifier.classifier.bias"],
-    })
+    out.update(
+        {
+            "bert/pooler/dense/kernel": sd["albert.pooler.weight"].T,
+            "bert/pooler/dense/bias": sd["albert.pooler.bias"],
+            "cls/predictions/transform/dense/kernel": sd["predictions.dense.weight"].T,
+            "cls/predictions/transform/dense/bias": sd["predictions.dense.bias"],
+            "cls/predictions/transform/LayerNorm/gamma": sd["predictions.LayerNorm.weight"],
+            "cls/predictions/transform/LayerNorm/beta": sd["predictions.LayerNorm.bias"],
+            "cls/predictions/output_bias": sd["predictions.bias"],
+            "cls/seq_relationship/output_weights": sd["sop_classifier.classifier.weight"],  # [2, H]
+            "cls/seq_relationship/output_bias": sd["sop_classifier.classifier.bias"],
+        }
+    )
     return out
 
 
 def original_config(model):
     """albert_config.json as google-research writes it ("gelu" there is the tanh approximation)."""
     c = model.config
-    fields = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_hidden_groups",
-              "num_attention_heads", "intermediate_size", "inner_group_num", "max_position_embeddings",
-              "type_vocab_size", "initializer_range")
-    return {**{f: getattr(c, f) for f in fields}, "hidden_act": "gelu", "hidden_dropout_prob": 0,
-            "attention_probs_dropout_prob": 0, "down_scale_factor": 1, "net_structure_type": 0, "gap_size": 0,
-            "num_memory_blocks": 0}
+    fields = (
+        "vocab_size",
+        "embedding_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_hidden_groups",
+        "num_attention_heads",
+        "intermediate_size",
+        "inner_group_num",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "initializer_range",
+    )
+    return {
+        **{f: getattr(c, f) for f in fields},
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0,
+        "attention_probs_dropout_prob": 0,
+        "down_scale_factor": 1,
+        "net_structure_type": 0,
+        "gap_size": 0,
+        "num_memory_blocks": 0,
+    }
 
 
 def write_tf1_checkpoint(variables, prefix):
@@ -108,10 +146,12 @@ def write_tf1_checkpoint(variables, prefix):
 
 
 def optimizer_slots(variables):
-    return {"global_step": np.int64(1000),
-            "bert/embeddings/word_embeddings/adam_m": np.zeros_like(variables["bert/embeddings/word_embeddings"]),
-            "bert/embeddings/word_embeddings/adam_v": np.ones_like(variables["bert/embeddings/word_embeddings"]),
-            "bert/pooler/dense/kernel/lamb_m": np.zeros_like(variables["bert/pooler/dense/kernel"])}
+    return {
+        "global_step": np.int64(1000),
+        "bert/embeddings/word_embeddings/adam_m": np.zeros_like(variables["bert/embeddings/word_embeddings"]),
+        "bert/embeddings/word_embeddings/adam_v": np.ones_like(variables["bert/embeddings/word_embeddings"]),
+        "bert/pooler/dense/kernel/lamb_m": np.zeros_like(variables["bert/pooler/dense/kernel"]),
+    }
 
 
 def inputs(vocab, seed=0):
@@ -126,14 +166,17 @@ def inputs(vocab, seed=0):
 
 def assert_same_outputs(config, params, model):
     ids, mask, types = inputs(model.config.vocab_size)
-    ours = aj.AlbertForPreTraining(config).apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask),
-                                                 jnp.asarray(types))
+    ours = aj.AlbertForPreTraining(config).apply(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)
+    )
     with torch.no_grad():
-        theirs = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       token_type_ids=torch.tensor(types))
+        theirs = model(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types)
+        )
     for field in ("prediction_logits", "sop_logits"):
-        np.testing.assert_allclose(np.asarray(getattr(ours, field)), getattr(theirs, field).numpy(), atol=TOL,
-                                   rtol=0, err_msg=field)
+        np.testing.assert_allclose(
+            np.asarray(getattr(ours, field)), getattr(theirs, field).numpy(), atol=TOL, rtol=0, err_msg=field
+        )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -143,8 +186,22 @@ def test_cli_converts_an_original_checkpoint(tmp_path, name):
     prefix = write_tf1_checkpoint({**variables, **optimizer_slots(variables)}, str(tmp_path / "tf" / "model.ckpt-7"))
     config_file = tmp_path / "albert_config.json"
     config_file.write_text(json.dumps(original_config(model)))
-    assert cli.main(["from-tf", "--tf-checkpoint", prefix, "--albert-config", str(config_file),
-                         "--out", str(tmp_path / "ours"), "--hf-out", str(tmp_path / "hf")]) == 0
+    assert (
+        cli.main(
+            [
+                "from-tf",
+                "--tf-checkpoint",
+                prefix,
+                "--albert-config",
+                str(config_file),
+                "--out",
+                str(tmp_path / "ours"),
+                "--hf-out",
+                str(tmp_path / "hf"),
+            ]
+        )
+        == 0
+    )
 
     config, params = pretrained.from_pretrained(str(tmp_path / "ours"))
     assert config.hidden_act == "gelu_new" and config.extra["net_structure_type"] == 0
@@ -153,7 +210,8 @@ def test_cli_converts_an_original_checkpoint(tmp_path, name):
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_config["hidden_act"] == "gelu_new" and hf_config["architectures"] == ["AlbertForPreTraining"]
     reloaded, info = transformers.AlbertForPreTraining.from_pretrained(
-        str(tmp_path / "hf"), output_loading_info=True, attn_implementation="eager")
+        str(tmp_path / "hf"), output_loading_info=True, attn_implementation="eager"
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     assert_same_outputs(config, params, reloaded.eval())
 
@@ -168,17 +226,37 @@ def test_checkpoint_directory_heads_optional_and_spiece_model(tmp_path):
     config_file.write_text(json.dumps(original_config(model)))
     docs = "\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
     spm_model = train_spm(iter(docs[:30_000].splitlines()), 200, str(tmp_path / "30k-clean"))
-    assert cli.main(["from-tf", "--tf-checkpoint", str(tmp_path / "tf"), "--albert-config", str(config_file),
-                         "--hf-out", str(tmp_path / "hf"), "--spiece-model", spm_model]) == 0
+    assert (
+        cli.main(
+            [
+                "from-tf",
+                "--tf-checkpoint",
+                str(tmp_path / "tf"),
+                "--albert-config",
+                str(config_file),
+                "--hf-out",
+                str(tmp_path / "hf"),
+                "--spiece-model",
+                spm_model,
+            ]
+        )
+        == 0
+    )
     hf = transformers.AlbertModel.from_pretrained(str(tmp_path / "hf"), attn_implementation="eager").eval()
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["AlbertModel"]
     ids, mask, types = inputs(200)
     with torch.no_grad():
-        expected = model.albert(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                token_type_ids=torch.tensor(types)).last_hidden_state.numpy()
-        np.testing.assert_allclose(hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                      token_type_ids=torch.tensor(types)).last_hidden_state.numpy(),
-                                   expected, atol=TOL, rtol=0)
+        expected = model.albert(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types)
+        ).last_hidden_state.numpy()
+        np.testing.assert_allclose(
+            hf(
+                input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types)
+            ).last_hidden_state.numpy(),
+            expected,
+            atol=TOL,
+            rtol=0,
+        )
     assert AlbertTokenizer.from_pretrained(str(tmp_path / "hf")).vocab_size == 200
     features = aj.pipeline("feature-extraction", model=tmp_path / "hf")("Hello world.", return_tensors=True)
     assert features.shape[0] == 1 and features.shape[2] == 32
@@ -190,8 +268,20 @@ def test_missing_checkpoint_prefix(tmp_path, capsys):
     config_file.write_text(json.dumps(original_config(hf_model(0, **CONFIGS["groups2-inner2"]))))
     with pytest.raises(convert.ConversionError, match="no TF checkpoint at .*model.ckpt-1"):
         convert.load_tf(str(tmp_path / "model.ckpt-1"), str(config_file))
-    assert cli.main(["from-tf", "--tf-checkpoint", str(tmp_path / "nope"), "--albert-config", str(config_file),
-                         "--out", str(tmp_path / "out")]) == 1
+    assert (
+        cli.main(
+            [
+                "from-tf",
+                "--tf-checkpoint",
+                str(tmp_path / "nope"),
+                "--albert-config",
+                str(config_file),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 1
+    )
     assert "no TF checkpoint at" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["from-tf", "--tf-checkpoint", "x", "--albert-config", str(config_file)])
@@ -208,17 +298,24 @@ def test_missing_and_unexpected_variables_are_named(tmp_path):
     with pytest.raises(convert.ConversionError) as err:
         convert.tf_to_hf_state_dict({**variables, **optimizer_slots(variables)}, config)
     message = str(err.value)
-    assert ("missing variables: bert/encoder/transformer/group_1/inner_group_0/ffn_1/intermediate/dense/kernel, "
-            "cls/predictions/output_bias") in message
-    assert ("unexpected variables: bert/encoder/transformer/group_2/inner_group_0/LayerNorm/gamma, "
-            "cls/squad/output_weights") in message
+    assert (
+        "missing variables: bert/encoder/transformer/group_1/inner_group_0/ffn_1/intermediate/dense/kernel, "
+        "cls/predictions/output_bias"
+    ) in message
+    assert (
+        "unexpected variables: bert/encoder/transformer/group_2/inner_group_0/LayerNorm/gamma, cls/squad/output_weights"
+    ) in message
 
     variables = original_variables(model)
     variables["bert/embeddings/word_embeddings"] = variables["bert/embeddings/word_embeddings"][:100]
-    with pytest.raises(convert.ConversionError, match=r"word_embeddings.weight: checkpoint \(100, 16\), model "
-                                                      r"expects \(200, 16\)"):
-        convert.load_tf(write_tf1_checkpoint(variables, str(tmp_path / "tf" / "ckpt")),
-                        str(tmp_path / "albert_config.json"))
+    with pytest.raises(
+        convert.ConversionError,
+        match=r"word_embeddings.weight: checkpoint \(100, 16\), model "
+        r"expects \(200, 16\)",
+    ):
+        convert.load_tf(
+            write_tf1_checkpoint(variables, str(tmp_path / "tf" / "ckpt")), str(tmp_path / "albert_config.json")
+        )
 
 
 def test_unknown_activation(tmp_path):
@@ -248,17 +345,32 @@ def test_group_check_matches_both_formulas_for_every_layer():
 def test_layouts_the_model_cannot_express_are_refused(tmp_path):
     base = original_config(hf_model(0, **CONFIGS["groups2-inner2"]))
     for layers in (12, 24):  # albert-{base,xxlarge} and albert-{large,xlarge}
-        config = convert.tf_config(_write(tmp_path / "released.json", {**base, "num_hidden_layers": layers,
-                                                                         "num_hidden_groups": 1}))
+        config = convert.tf_config(
+            _write(tmp_path / "released.json", {**base, "num_hidden_layers": layers, "num_hidden_groups": 1})
+        )
         assert (config.num_hidden_layers, config.num_hidden_groups) == (layers, 1)
     config_file = _write(tmp_path / "albert_config.json", {**base, "num_hidden_layers": 44, "num_hidden_groups": 22})
-    message = ("num_hidden_layers=44 with num_hidden_groups=22 cannot be imported: the original code puts layer 30 "
-               "in group int(30 / 44 * 22) = 14")
+    message = (
+        "num_hidden_layers=44 with num_hidden_groups=22 cannot be imported: the original code puts layer 30 "
+        "in group int(30 / 44 * 22) = 14"
+    )
     with pytest.raises(convert.ConversionError, match=r"transformers and albert-jax .* cannot represent") as err:
         convert.tf_config(config_file)
     assert message in str(err.value)
-    assert cli.main(["from-tf", "--tf-checkpoint", str(tmp_path / "unused"), "--albert-config", config_file,
-                         "--out", str(tmp_path / "out")]) == 1
+    assert (
+        cli.main(
+            [
+                "from-tf",
+                "--tf-checkpoint",
+                str(tmp_path / "unused"),
+                "--albert-config",
+                config_file,
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 1
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -270,11 +382,27 @@ def test_unreadable_or_missing_checkpoint_is_a_one_line_error(tmp_path):
     data = tmp_path / "tf" / "model.ckpt.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:1000])
     config_file = _write(tmp_path / "albert_config.json", original_config(model))
-    for checkpoint, error in ((prefix, f"error: {prefix} is not a readable TF checkpoint"),
-                              (str(tmp_path / "nope"), "error: no TF checkpoint at")):
-        result = subprocess.run([sys.executable, "-m", "albert_jax.convert", "from-tf", "--tf-checkpoint", checkpoint,
-                                 "--albert-config", config_file, "--hf-out", str(tmp_path / "hf")],
-                                capture_output=True, text=True, timeout=300)
+    for checkpoint, error in (
+        (prefix, f"error: {prefix} is not a readable TF checkpoint"),
+        (str(tmp_path / "nope"), "error: no TF checkpoint at"),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "albert_jax.convert",
+                "from-tf",
+                "--tf-checkpoint",
+                checkpoint,
+                "--albert-config",
+                config_file,
+                "--hf-out",
+                str(tmp_path / "hf"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith(error), result.stderr
     assert not (tmp_path / "hf").exists()

@@ -6,11 +6,11 @@ an example tells which document, sentence and position it came from.
 """
 
 import json
+import pydoc_data.topics
 import string
 
 import ml_collections
 import numpy as np
-import pydoc_data.topics
 import pytest
 
 from albert_jax.data import prepare, records
@@ -99,7 +99,7 @@ def restore(example):
 def split_segments(ids):
     seps = np.flatnonzero(ids == SEP)
     assert ids[0] == CLS and len(seps) == 2 and seps[1] == len(ids) - 1
-    return ids[1:seps[0]], ids[seps[0] + 1:seps[1]]
+    return ids[1 : seps[0]], ids[seps[0] + 1 : seps[1]]
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +112,23 @@ def dynamic_data(directory, docs, tok, max_seq_length, max_predictions, seed):
     dtype = records.record_dtype(tok.vocab_size, max_seq_length)
     (directory / "examples").mkdir(parents=True)
     pairs = create_pairs(docs, tok, max_seq_length=max_seq_length, seed=1)
-    count = prepare._write_records(str(directory / "examples" / "train-00000.array_record"),
-                                   (records.encode_pair(a, b, swapped, dtype) for a, b, swapped in pairs))
-    manifest = dict(masking="dynamic", record_dtype=dtype.str, max_seq_length=max_seq_length, settings={},
-                    special_ids=special_ids(tok), vocab_size=tok.vocab_size,
-                    shards=[dict(name="train-00000", split="train", examples=count)])
+    count = prepare._write_records(
+        str(directory / "examples" / "train-00000.array_record"),
+        (records.encode_pair(a, b, swapped, dtype) for a, b, swapped in pairs),
+    )
+    manifest = dict(
+        masking="dynamic",
+        record_dtype=dtype.str,
+        max_seq_length=max_seq_length,
+        settings={},
+        special_ids=special_ids(tok),
+        vocab_size=tok.vocab_size,
+        shards=[dict(name="train-00000", split="train", examples=count)],
+    )
     (directory / prepare.MANIFEST).write_text(json.dumps(manifest))
-    data = ml_collections.ConfigDict(dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions,
-                                          masked_lm_prob=0.15, ngram=3))
+    data = ml_collections.ConfigDict(
+        dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions, masked_lm_prob=0.15, ngram=3)
+    )
     return PretrainingDataset(str(directory), "train", data, seed)
 
 
@@ -150,8 +159,9 @@ def test_dynamic_masking_draws_new_masks_every_epoch_deterministically(corpus, d
     assert len(first) > 2000
     for a, b in zip(first, second):
         np.testing.assert_array_equal(restore(a), restore(b))  # the same pair, other masks
-    different = np.mean([not np.array_equal(a["masked_lm_positions"], b["masked_lm_positions"])
-                         for a, b in zip(first, second)])
+    different = np.mean(
+        [not np.array_equal(a["masked_lm_positions"], b["masked_lm_positions"]) for a, b in zip(first, second)]
+    )
     assert different > 0.9
     docs, tok = corpus
     again = dynamic_data(tmp_path / "again", docs, tok, 128, 20, seed=3)
@@ -159,18 +169,30 @@ def test_dynamic_masking_draws_new_masks_every_epoch_deterministically(corpus, d
     for a, b in zip(first[:200], epoch(again, 0)[:200]):
         for key in FEATURES:
             np.testing.assert_array_equal(a[key], b[key])
-    assert np.mean([not np.array_equal(a["input_ids"], b["input_ids"])
-                    for a, b in zip(first[:200], epoch(other_seed, 0)[:200])]) > 0.9
+    assert (
+        np.mean(
+            [
+                not np.array_equal(a["input_ids"], b["input_ids"])
+                for a, b in zip(first[:200], epoch(other_seed, 0)[:200])
+            ]
+        )
+        > 0.9
+    )
 
 
 def test_format_shapes_dtypes(sample):
     assert len(sample) > 2000
     arrays = examples_to_arrays(sample)
     n = len(sample)
-    expected = {"input_ids": ((n, 128), np.int32), "attention_mask": ((n, 128), np.int32),
-                "token_type_ids": ((n, 128), np.int32), "masked_lm_positions": ((n, 20), np.int32),
-                "masked_lm_ids": ((n, 20), np.int32), "masked_lm_weights": ((n, 20), np.float32),
-                "sentence_order_label": ((n,), np.int32)}
+    expected = {
+        "input_ids": ((n, 128), np.int32),
+        "attention_mask": ((n, 128), np.int32),
+        "token_type_ids": ((n, 128), np.int32),
+        "masked_lm_positions": ((n, 20), np.int32),
+        "masked_lm_ids": ((n, 20), np.int32),
+        "masked_lm_weights": ((n, 20), np.float32),
+        "sentence_order_label": ((n,), np.int32),
+    }
     assert set(arrays) == set(FEATURES) == set(expected)
     for key, (shape, dtype) in expected.items():
         assert arrays[key].shape == shape and arrays[key].dtype == dtype, key
@@ -188,7 +210,7 @@ def test_special_tokens_segments_and_padding(sample):
         assert len(a) >= 1 and len(b) >= 1
         assert not SPECIALS & (set(a.tolist()) | set(b.tolist()))
         expected_segments = np.zeros(128, np.int32)
-        expected_segments[len(a) + 2:length] = 1
+        expected_segments[len(a) + 2 : length] = 1
         np.testing.assert_array_equal(ex["token_type_ids"], expected_segments)
         # The specials stay in place: masking never touches [CLS]/[SEP].
         assert ids[0] == CLS and ids[len(a) + 1] == SEP and ids[length - 1] == SEP
@@ -196,8 +218,9 @@ def test_special_tokens_segments_and_padding(sample):
 
 def test_masked_positions_and_labels(corpus, sample):
     docs, tok = corpus
-    unmasked = list(create_examples(docs, tok, max_seq_length=128, max_predictions_per_seq=20, seed=1,
-                                    masked_lm_prob=0.0))
+    unmasked = list(
+        create_examples(docs, tok, max_seq_length=128, max_predictions_per_seq=20, seed=1, masked_lm_prob=0.0)
+    )
     assert len(unmasked) == len(sample)
     for ex, plain in zip(sample, unmasked):
         assert plain["masked_lm_weights"].sum() == 0
@@ -225,7 +248,7 @@ def test_whole_words_are_masked(corpus, sample):
             word = np.cumsum(starts)
             multi_piece_words += int((np.bincount(word) > 1).sum())
             for w in np.unique(word):
-                flags = masked[offset:offset + len(segment)][word == w]
+                flags = masked[offset : offset + len(segment)][word == w]
                 assert flags.all() or not flags.any(), "a word is masked whole or not at all"
     assert multi_piece_words > 10_000, "the corpus has words of several pieces"
 
@@ -397,19 +420,36 @@ def test_examples_of_a_document_do_not_depend_on_other_documents(corpus):
 def original_is_start_piece(piece):
     """google-research/albert create_pretraining_data.py `_is_start_piece_sp`, transcribed as it runs
     under Python 3 (six.ensure_str is the identity on str; the bytes it adds never equal a str)."""
-    special_pieces = set(list('!"#$%&\"()*+,-./:;?@[\\]^_`{|}~'))
-    special_pieces.add("€".encode("utf-8"))
-    special_pieces.add("£".encode("utf-8"))
+    special_pieces = set(list('!"#$%&"()*+,-./:;?@[\\]^_`{|}~'))
+    special_pieces.add("€".encode())
+    special_pieces.add("£".encode())
     english_chars = set(list("abcdefghijklmnopqrstuvwxyz"))
-    return bool(piece.startswith("▁") or piece.startswith("<") or piece in special_pieces
-                or not all([str(i).lower() in english_chars.union(special_pieces) for i in piece]))
+    return bool(
+        piece.startswith("▁")
+        or piece.startswith("<")
+        or piece in special_pieces
+        or not all([str(i).lower() in english_chars.union(special_pieces) for i in piece])
+    )
 
 
 # Pieces on which the former rule ("the first character is not an ASCII letter or digit") and the
 # original disagreed: digits anywhere make a start, "'" "=" "<" ">" are not in the original's punctuation
 # set, and a piece of several punctuation characters (or "[MASK]") is a continuation.
-FORMERLY_WRONG = {"1": True, "100": True, "3.14": True, "x2": True, "a=": True, "s'": True,
-                  "..": False, "--": False, '",': False, ").": False, "()": False, "[MASK]": False, "": False}
+FORMERLY_WRONG = {
+    "1": True,
+    "100": True,
+    "3.14": True,
+    "x2": True,
+    "a=": True,
+    "s'": True,
+    "..": False,
+    "--": False,
+    '",': False,
+    ").": False,
+    "()": False,
+    "[MASK]": False,
+    "": False,
+}
 
 
 def test_is_start_piece():
@@ -453,10 +493,13 @@ def test_documents_of_one_sentence_give_a_clear_error():
     one_sentence_each = [["▁a ▁b"], ["▁c"], ["▁a", "[SEP]"]]  # a sentence of specials only is empty
     message = r"No pretraining example .* 3 documents: .* at least two \(non-empty\) sentences"
     with pytest.raises(ValueError, match=message):
-        examples_to_arrays(list(create_examples(one_sentence_each, tok, max_seq_length=16,
-                                                max_predictions_per_seq=2)))
-    assert len(list(create_examples([*one_sentence_each, ["▁a", "▁b"]], tok, max_seq_length=16,
-                                    max_predictions_per_seq=2))) == 1
+        examples_to_arrays(list(create_examples(one_sentence_each, tok, max_seq_length=16, max_predictions_per_seq=2)))
+    assert (
+        len(
+            list(create_examples([*one_sentence_each, ["▁a", "▁b"]], tok, max_seq_length=16, max_predictions_per_seq=2))
+        )
+        == 1
+    )
 
 
 def test_builtin_corpus_with_trained_tokenizer(tmp_path):

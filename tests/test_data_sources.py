@@ -36,7 +36,7 @@ def test_builtin_corpus_size_and_english(tmp_path):
 
 
 def test_clean_document_drops_code_and_markup():
-    doc = '''Short summary of :func:`foo` and ``bar``.
+    doc = """Short summary of :func:`foo` and ``bar``.
 
     Longer text with *emphasis* and **strong** words. It has a second sentence, e.g. this one!
 
@@ -53,7 +53,7 @@ def test_clean_document_drops_code_and_markup():
     .. versionadded:: 3.2
 
     * A list item that is prose.
-    '''
+    """
     assert clean_document(doc) == [
         "Short summary of foo and bar.",
         "Longer text with emphasis and strong words.",
@@ -61,7 +61,10 @@ def test_clean_document_drops_code_and_markup():
         "A list item that is prose.",
     ]
     assert split_sentences("One two three. Four five six?  Seven (etc.) eight.") == [
-        "One two three.", "Four five six?", "Seven (etc.) eight."]
+        "One two three.",
+        "Four five six?",
+        "Seven (etc.) eight.",
+    ]
 
 
 def test_text_files_round_trip_and_globs(tmp_path):
@@ -105,8 +108,11 @@ def test_invalid_utf8_names_file_line_and_column(tmp_path):
 
 def test_tfds_without_tensorflow_datasets_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes `import tensorflow_datasets` fail
-    with pytest.raises(ImportError, match='need tensorflow-datasets .*; install them with: pip install "albert-jax'
-                                          r'\[tfds\]"') as error:
+    with pytest.raises(
+        ImportError,
+        match='need tensorflow-datasets .*; install them with: pip install "albert-jax'
+        r'\[tfds\]"',
+    ) as error:
         load_source("tfds:imdb_reviews")
     assert "tensorflow_datasets" in str(error.value)
     assert error.value.__cause__ is None and error.value.__suppress_context__  # no ModuleNotFoundError traceback
@@ -121,8 +127,7 @@ def test_load_source_specs():
 
 
 def test_text_to_sentences():
-    assert text_to_sentences("Line one. Still line one!\n\nLine two\n") == [
-        "Line one.", "Still line one!", "Line two"]
+    assert text_to_sentences("Line one. Still line one!\n\nLine two\n") == ["Line one.", "Still line one!", "Line two"]
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +139,16 @@ def tiny_tfds(tmp_path_factory):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "title": tfds.features.Text(), "text": tfds.features.Text(), "label": tfds.features.Scalar(np.int64)}))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "title": tfds.features.Text(),
+                        "text": tfds.features.Text(),
+                        "label": tfds.features.Scalar(np.int64),
+                    }
+                ),
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples(4), "test": self._generate_examples(2, offset=10)}
@@ -160,7 +173,8 @@ def test_tfds_text(tiny_tfds):
     assert sorted(titles) == [["Title 10."], ["Title 11."]]
     assert load_source(f"tfds:{name}", data_dir=data_dir) == docs
     assert sorted(load_source(f"tfds:{name}:1.0.0:test", data_dir=data_dir)) == sorted(
-        [[f"Document {i} starts here.", "It goes on!", f"A new line {i}."] for i in (10, 11)])
+        [[f"Document {i} starts here.", "It goes on!", f"A new line {i}."] for i in (10, 11)]
+    )
     assert len(load_source(f"tfds:{name}:train[:2]", data_dir=data_dir)) <= 2
     with pytest.raises(ValueError, match="no_such_feature"):
         load_tfds_text(name, data_dir=data_dir, text_key="no_such_feature")

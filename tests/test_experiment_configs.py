@@ -11,11 +11,17 @@ from albert_jax.training import finetune, pretrain, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
-SPECS = ["demo.py"] + [f"ablation_{a}.py:scale={s}" for a in ("embedding", "sharing") for s in ("demo", "paper")] + [f"pretrain.py:size={s}{r}" for s in ("base", "large", "xlarge", "xxlarge")
-                       for r in ("", ",runlocal=True")] + [
-    f"glue.py:task={t}{r}" for t in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-    for r in ("", ",runlocal=True")] + ["squad.py:version=1.1", "squad.py:version=2.0,runlocal=True",
-                                        "race.py", "race.py:runlocal=True"]
+SPECS = (
+    ["demo.py"]
+    + [f"ablation_{a}.py:scale={s}" for a in ("embedding", "sharing") for s in ("demo", "paper")]
+    + [f"pretrain.py:size={s}{r}" for s in ("base", "large", "xlarge", "xxlarge") for r in ("", ",runlocal=True")]
+    + [
+        f"glue.py:task={t}{r}"
+        for t in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+        for r in ("", ",runlocal=True")
+    ]
+    + ["squad.py:version=1.1", "squad.py:version=2.0,runlocal=True", "race.py", "race.py:runlocal=True"]
+)
 
 
 def load(spec):
@@ -46,10 +52,12 @@ def test_config_builds(spec):
 def test_ablation_grids_are_the_papers_tables_3_and_4():
     embedding = load("ablation_embedding.py:scale=paper")
     assert {(c["model"]["embedding_size"], c["model"]["sharing"]) for c in sweep.cells(embedding).values()} == {
-        (e, s) for e in (64, 128, 256, 768) for s in ("all", "none")}
+        (e, s) for e in (64, 128, 256, 768) for s in ("all", "none")
+    }
     sharing = load("ablation_sharing.py:scale=paper")
     assert {(c["model"]["embedding_size"], c["model"]["sharing"]) for c in sweep.cells(sharing).values()} == {
-        (e, s) for e in (768, 128) for s in ("all", "attention", "ffn", "none")}
+        (e, s) for e in (768, 128) for s in ("all", "attention", "ffn", "none")
+    }
     assert experiment.albert_config(sweep.cell_config(sharing, "E768-none").model).hidden_size == 768
 
 
@@ -61,18 +69,35 @@ def test_paper_settings():
     assert experiment.albert_config(load("pretrain.py:size=xxlarge").model).hidden_size == 4096
     mnli = load("glue.py:task=mnli")
     assert (mnli.optimizer.warmup_steps, mnli.optimizer.learning_rate, mnli.total_steps, mnli.batch_size) == (
-        1000, 3e-5, 10000, 128)
+        1000,
+        3e-5,
+        10000,
+        128,
+    )
     squad = load("squad.py:version=1.1")
     assert (squad.batch_size, squad.data.max_seq_length, squad.data.doc_stride, squad.data.max_query_length) == (
-        48, 384, 128, 64)
+        48,
+        384,
+        128,
+        64,
+    )
     race = load("race.py")
     assert (race.optimizer.learning_rate, race.batch_size, race.total_steps, race.optimizer.warmup_steps) == (
-        1e-5, 32, 12000, 1000)
+        1e-5,
+        32,
+        12000,
+        1000,
+    )
 
 
-@pytest.mark.parametrize("spec,message", [("pretrain.py:size=huge", "size must be one of"),
-                                          ("glue.py:task=mnlii", "task must be one of"),
-                                          ("glue.py:tsk=mnli", "'tsk' is not one of")])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("pretrain.py:size=huge", "size must be one of"),
+        ("glue.py:task=mnlii", "task must be one of"),
+        ("glue.py:tsk=mnli", "'tsk' is not one of"),
+    ],
+)
 def test_bad_config_argument(spec, message):
     with pytest.raises(ValueError, match=message):
         load(spec)

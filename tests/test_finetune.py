@@ -12,8 +12,10 @@ import helpers
 from albert_jax import pretrained
 
 CONFIGS = os.path.join(helpers.ROOT, "experiments", "configs")
-FILLER = ("the function returns a list of values from each module and its name is used for this object "
-          "when we call it with an argument or with none").split()
+FILLER = (
+    "the function returns a list of values from each module and its name is used for this object "
+    "when we call it with an argument or with none"
+).split()
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +61,7 @@ def glue_overrides(glue_dir, init_from, *extra):
 
 
 @pytest.mark.parametrize("source", ["final", "hf"])
-def test_glue_learns_from_a_pretraining_run_and_from_a_transformers_dir(tiny_pretrained, glue_dir, tmp_path,
-                                                                        source):
+def test_glue_learns_from_a_pretraining_run_and_from_a_transformers_dir(tiny_pretrained, glue_dir, tmp_path, source):
     workdir = tmp_path / "sst2"
     result = run_py("glue.py:task=sst2,runlocal=True", workdir, *glue_overrides(glue_dir, tiny_pretrained / source))
     assert "freshly initialised: classifier/bias, classifier/kernel" in result.stderr
@@ -77,11 +78,20 @@ def test_glue_learns_from_a_pretraining_run_and_from_a_transformers_dir(tiny_pre
 
 def test_glue_eval_only_reproduces_the_final_evaluation(tiny_pretrained, glue_dir, tmp_path):
     trained = tmp_path / "trained"
-    run_py("glue.py:task=sst2,runlocal=True", trained, *glue_overrides(glue_dir, tiny_pretrained / "final"),
-           "--config.total_steps=20", "--config.eval_every=0")
+    run_py(
+        "glue.py:task=sst2,runlocal=True",
+        trained,
+        *glue_overrides(glue_dir, tiny_pretrained / "final"),
+        "--config.total_steps=20",
+        "--config.eval_every=0",
+    )
     evaluated = tmp_path / "evaluated"
-    run_py("glue.py:task=sst2,runlocal=True", evaluated, *glue_overrides(glue_dir, trained / "final"),
-           "--config.total_steps=0")
+    run_py(
+        "glue.py:task=sst2,runlocal=True",
+        evaluated,
+        *glue_overrides(glue_dir, trained / "final"),
+        "--config.total_steps=0",
+    )
     final, again = read_metrics(trained)[-1], read_metrics(evaluated)
     assert [r["step"] for r in again] == [0]
     assert again[0]["accuracy"] == final["accuracy"] and again[0]["num_examples"] == 100
@@ -92,12 +102,12 @@ def test_glue_eval_only_reproduces_the_final_evaluation(tiny_pretrained, glue_di
 def test_sigkill_and_restart_is_bit_exact_in_finetuning(tiny_pretrained, glue_dir, tmp_path):
     """Like pretraining: a fine-tuning run killed after a checkpoint and restarted ends with the
     parameters of an uninterrupted run, bit for bit."""
-    overrides = glue_overrides(glue_dir, tiny_pretrained / "final", "--config.checkpoint_every=5",
-                               "--config.eval_every=0")
+    overrides = glue_overrides(
+        glue_dir, tiny_pretrained / "final", "--config.checkpoint_every=5", "--config.eval_every=0"
+    )
     run_py("glue.py:task=sst2,runlocal=True", tmp_path / "reference", *overrides)
     killed = tmp_path / "killed"
-    command = helpers.run_command(os.path.join(CONFIGS, "glue.py:task=sst2,runlocal=True"), killed, TINY_LR,
-                                  *overrides)
+    command = helpers.run_command(os.path.join(CONFIGS, "glue.py:task=sst2,runlocal=True"), killed, TINY_LR, *overrides)
     helpers.kill_after_checkpoint(command, killed / "checkpoints", min_step=10)
     run_py("glue.py:task=sst2,runlocal=True", killed, *overrides)
     _, want = pretrained.from_pretrained(str(tmp_path / "reference" / "final"))
@@ -140,8 +150,14 @@ def race_dir(tmp_path_factory):
 
 
 def test_race_learns(tiny_pretrained, race_dir, tmp_path):
-    run_py("race.py:runlocal=True", tmp_path, f"--config.init_from={tiny_pretrained / 'final'}",
-           f"--config.data.race_dir={race_dir}", "--config.total_steps=80", "--config.eval_every=0")
+    run_py(
+        "race.py:runlocal=True",
+        tmp_path,
+        f"--config.init_from={tiny_pretrained / 'final'}",
+        f"--config.data.race_dir={race_dir}",
+        "--config.total_steps=80",
+        "--config.eval_every=0",
+    )
     final = read_metrics(tmp_path)[-1]
     assert final["num_examples"] == 80 and final["num_middle"] == final["num_high"] == 40
     assert final["accuracy"] == pytest.approx((final["accuracy_middle"] + final["accuracy_high"]) / 2)
@@ -156,10 +172,11 @@ def squad_file(path, rng, n, version_2):
         prefix = " ".join(rng.choice(FILLER, 10)) + " "
         context, start = key_sentence(rng, key)
         context, start = prefix + context, len(prefix) + start
-        assert context[start:start + len(key)] == key
+        assert context[start : start + len(key)] == key
         impossible = version_2 and i % 4 == 0
-        qa = dict(id=f"q{i}", question="what is the key ?", answers=[] if impossible else [
-            dict(text=key, answer_start=start)])
+        qa = dict(
+            id=f"q{i}", question="what is the key ?", answers=[] if impossible else [dict(text=key, answer_start=start)]
+        )
         if version_2:
             qa["is_impossible"] = impossible
             if impossible:
@@ -175,9 +192,14 @@ def test_squad_learns(tiny_pretrained, tmp_path, version, steps):
     squad_file(tmp_path / "train.json", rng, 400, v2)
     squad_file(tmp_path / "dev.json", rng, 60, v2)
     workdir = tmp_path / "run"
-    run_py(f"squad.py:version={version},runlocal=True", workdir, f"--config.init_from={tiny_pretrained / 'final'}",
-           f"--config.data.squad_train_file={tmp_path / 'train.json'}",
-           f"--config.data.squad_dev_file={tmp_path / 'dev.json'}", f"--config.total_steps={steps}")
+    run_py(
+        f"squad.py:version={version},runlocal=True",
+        workdir,
+        f"--config.init_from={tiny_pretrained / 'final'}",
+        f"--config.data.squad_train_file={tmp_path / 'train.json'}",
+        f"--config.data.squad_dev_file={tmp_path / 'dev.json'}",
+        f"--config.total_steps={steps}",
+    )
     final = read_metrics(workdir)[-1]
     assert final["num_examples"] == 60 and final["total"] == 60
     # A random span scores F1 ~5 here. The tiny backbone (8 pretraining steps) is close to its random
@@ -185,7 +207,8 @@ def test_squad_learns(tiny_pretrained, tmp_path, version, steps):
     assert final["f1"] >= 70 and final["exact"] >= 60, final
     predictions = json.loads((workdir / "predictions.json").read_text())
     assert len(predictions) == 60 and set(json.loads((workdir / "nbest_predictions.json").read_text())) == set(
-        predictions)
+        predictions
+    )
     if v2:
         assert set(json.loads((workdir / "null_odds.json").read_text())) == set(predictions)
         assert final["NoAns_total"] == 15 and "best_f1_thresh" in final

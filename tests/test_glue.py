@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from albert_jax.data import glue as glue_data
-from albert_jax.data.glue import (
-    TASKS, GlueExample, featurize, get_task, load_glue, read_glue_tfds, read_glue_tsv,
-)
+from albert_jax.data.glue import TASKS, GlueExample, featurize, get_task, load_glue, read_glue_tfds, read_glue_tsv
 from albert_jax.evaluation.glue import glue_metrics, write_submission
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
 
@@ -26,11 +24,22 @@ def _row(*fields):
 
 _MRPC_HEADER = _row("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
 _MRPC_TEST_HEADER = _row("index", "#1 ID", "#2 ID", "#1 String", "#2 String")
-_STSB_HEADER = _row("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
-                    "sentence2", "score")
+_STSB_HEADER = _row(
+    "index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"
+)
 _QQP_HEADER = _row("id", "qid1", "qid2", "question1", "question2", "is_duplicate")
-_MNLI_HEAD = ("index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2")
+_MNLI_HEAD = (
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+)
 _PARSES = ("( ( A ) B )", "( C D )", "(ROOT (S (NP A) B))", "(ROOT (S C D))")
 _NLI_HEADER = _row("index", "sentence1", "sentence2", "label")
 _NLI_TEST_HEADER = _row("index", "sentence1", "sentence2")
@@ -38,118 +47,243 @@ _NLI_TEST_HEADER = _row("index", "sentence1", "sentence2")
 # The official download's files (relative path -> lines) and what each split reads as:
 # (guid, text_a, text_b, label).
 FILES = {
-    "CoLA/train.tsv": [_row("gj04", "1", "", "Our friends won't buy this analysis, let alone the next one."),
-                       _row("clc95", "0", "*", QUOTE)],
+    "CoLA/train.tsv": [
+        _row("gj04", "1", "", "Our friends won't buy this analysis, let alone the next one."),
+        _row("clc95", "0", "*", QUOTE),
+    ],
     "CoLA/dev.tsv": [_row("gj04", "1", "", "The sailors rode the breeze clear of the rocks.")],
     "CoLA/test.tsv": ["index\tsentence", _row("0", QUOTE), _row("1", "Bill whistled past the house.")],
-    "SST-2/train.tsv": ["sentence\tlabel", _row("hide new secretions from the parental units ", "0"),
-                        _row(QUOTE, "1"), _row("contains no wit , only labored gags ", "0")],
+    "SST-2/train.tsv": [
+        "sentence\tlabel",
+        _row("hide new secretions from the parental units ", "0"),
+        _row(QUOTE, "1"),
+        _row("contains no wit , only labored gags ", "0"),
+    ],
     "SST-2/dev.tsv": ["sentence\tlabel", _row("it 's a charming and often affecting journey . ", "1")],
     "SST-2/test.tsv": ["index\tsentence", _row("0", "uneasy mishmash of styles and genres ."), _row("1", QUOTE)],
     "MRPC/train.tsv": [
         _MRPC_HEADER,
-        _row("1", "702876", "702977", 'Amrozi accused his brother , whom he called " the witness " , of lying .',
-             'Referring to him as only " the witness " , Amrozi accused his brother of lying .'),
-        _row("0", "2108705", "2108831", QUOTE, "Yucaipa bought Dominick 's in 1995 for $ 693 million .")],
+        _row(
+            "1",
+            "702876",
+            "702977",
+            'Amrozi accused his brother , whom he called " the witness " , of lying .',
+            'Referring to him as only " the witness " , Amrozi accused his brother of lying .',
+        ),
+        _row("0", "2108705", "2108831", QUOTE, "Yucaipa bought Dominick 's in 1995 for $ 693 million ."),
+    ],
     "MRPC/dev.tsv": [_MRPC_HEADER, _row("1", "1355540", "1355592", "He is a doctor .", "He is a physician .")],
-    "MRPC/test.tsv": [_MRPC_TEST_HEADER, _row("0", "1089874", "1089925", QUOTE, "Ms Stewart left ."),
-                      _row("1", "3019446", "3019327", "Shares rose .", "The stock went up .")],
+    "MRPC/test.tsv": [
+        _MRPC_TEST_HEADER,
+        _row("0", "1089874", "1089925", QUOTE, "Ms Stewart left ."),
+        _row("1", "3019446", "3019327", "Shares rose .", "The stock went up ."),
+    ],
     "STS-B/train.tsv": [
         _STSB_HEADER,
-        _row("0", "main-captions", "MSRvid", "2012test", "0001", "none", "none", "A plane is taking off.",
-             "An air plane is taking off.", "5.000"),
-        _row("1", "main-captions", "MSRvid", "2012test", "0004", "none", "none", QUOTE, "A man left.", "0.500")],
-    "STS-B/dev.tsv": [_STSB_HEADER, _row("0", "main-captions", "MSRvid", "2012test", "0000", "none", "none",
-                                         "A man is dancing.", "A man wearing a hat is dancing.", "3.800")],
-    "STS-B/test.tsv": [_STSB_HEADER.rsplit("\t", 1)[0],
-                       _row("0", "main-news", "headlines", "2016", "0001", "none", "none", QUOTE, "Rain falls."),
-                       _row("1", "main-news", "headlines", "2016", "0002", "none", "none", "Sun.", "Moon.")],
+        _row(
+            "0",
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            "0001",
+            "none",
+            "none",
+            "A plane is taking off.",
+            "An air plane is taking off.",
+            "5.000",
+        ),
+        _row("1", "main-captions", "MSRvid", "2012test", "0004", "none", "none", QUOTE, "A man left.", "0.500"),
+    ],
+    "STS-B/dev.tsv": [
+        _STSB_HEADER,
+        _row(
+            "0",
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            "0000",
+            "none",
+            "none",
+            "A man is dancing.",
+            "A man wearing a hat is dancing.",
+            "3.800",
+        ),
+    ],
+    "STS-B/test.tsv": [
+        _STSB_HEADER.rsplit("\t", 1)[0],
+        _row("0", "main-news", "headlines", "2016", "0001", "none", "none", QUOTE, "Rain falls."),
+        _row("1", "main-news", "headlines", "2016", "0002", "none", "none", "Sun.", "Moon."),
+    ],
     "QQP/train.tsv": [
         _QQP_HEADER,
         _row("133273", "213221", "213222", "How is the life of a math student?", "Which level is enough?", "0"),
         # A question with a line break in it: two rows of the wrong width, which the original skips.
-        _row("363362", "7", "8", "What is"), _row("a split question?", "Why?", "1"),
-        _row("402555", "536040", "536041", QUOTE, "How do I get a job?", "1")],
+        _row("363362", "7", "8", "What is"),
+        _row("a split question?", "Why?", "1"),
+        _row("402555", "536040", "536041", QUOTE, "How do I get a job?", "1"),
+    ],
     "QQP/dev.tsv": [_QQP_HEADER, _row("1", "3", "4", "Why is the sky blue?", "What makes the sky blue?", "1")],
     "QQP/test.tsv": ["id\tquestion1\tquestion2", _row("0", QUOTE, "Is it so?"), _row("1", "Why?", "Why not?")],
     "MNLI/train.tsv": [
         _row(*_MNLI_HEAD, "label1", "gold_label"),
-        _row("0", "31193", "31193n", "government", *_PARSES, "Conceptually cream skimming has two dimensions.",
-             "Product and geography are what make cream skimming work. ", "neutral", "neutral"),
-        _row("1", "101457", "101457e", "telephone", *_PARSES, QUOTE, "He stayed.", "contradiction",
-             "contradiction")],
+        _row(
+            "0",
+            "31193",
+            "31193n",
+            "government",
+            *_PARSES,
+            "Conceptually cream skimming has two dimensions.",
+            "Product and geography are what make cream skimming work. ",
+            "neutral",
+            "neutral",
+        ),
+        _row("1", "101457", "101457e", "telephone", *_PARSES, QUOTE, "He stayed.", "contradiction", "contradiction"),
+    ],
     # label1 differs from gold_label: the reader must take the last column.
     "MNLI/dev_matched.tsv": [
         _row(*_MNLI_HEAD, "label1", "label2", "label3", "label4", "label5", "gold_label"),
-        _row("0", "63735", "63735n", "slate", *_PARSES, "The new rights are nice enough",
-             "Everyone really likes the newest benefits ", "entailment", "neutral", "neutral", "neutral",
-             "contradiction", "neutral")],
+        _row(
+            "0",
+            "63735",
+            "63735n",
+            "slate",
+            *_PARSES,
+            "The new rights are nice enough",
+            "Everyone really likes the newest benefits ",
+            "entailment",
+            "neutral",
+            "neutral",
+            "neutral",
+            "contradiction",
+            "neutral",
+        ),
+    ],
     "MNLI/dev_mismatched.tsv": [
         _row(*_MNLI_HEAD, "label1", "label2", "label3", "label4", "label5", "gold_label"),
-        _row("0", "75290", "75290c", "letters", *_PARSES, QUOTE, "He left.", "entailment", "entailment",
-             "entailment", "neutral", "entailment", "entailment")],
-    "MNLI/test_matched.tsv": [_row(*_MNLI_HEAD), _row("0", "31193", "31193c", "government", *_PARSES, QUOTE, "No."),
-                              _row("1", "31194", "31194c", "slate", *_PARSES, "Yes.", "Maybe.")],
+        _row(
+            "0",
+            "75290",
+            "75290c",
+            "letters",
+            *_PARSES,
+            QUOTE,
+            "He left.",
+            "entailment",
+            "entailment",
+            "entailment",
+            "neutral",
+            "entailment",
+            "entailment",
+        ),
+    ],
+    "MNLI/test_matched.tsv": [
+        _row(*_MNLI_HEAD),
+        _row("0", "31193", "31193c", "government", *_PARSES, QUOTE, "No."),
+        _row("1", "31194", "31194c", "slate", *_PARSES, "Yes.", "Maybe."),
+    ],
     "MNLI/test_mismatched.tsv": [_row(*_MNLI_HEAD), _row("0", "1", "1n", "letters", *_PARSES, "Hi.", "Bye.")],
     "QNLI/train.tsv": [
         _row("index", "question", "sentence", "label"),
         _row("0", "When did the third Digimon series begin?", QUOTE, "not_entailment"),
-        _row("1", "Which missile batteries were deployed?", "Patriot batteries were deployed.", "entailment")],
-    "QNLI/dev.tsv": [_row("index", "question", "sentence", "label"), _row("0", "What came into force?",
-                                                                          "The constitution.", "entailment")],
+        _row("1", "Which missile batteries were deployed?", "Patriot batteries were deployed.", "entailment"),
+    ],
+    "QNLI/dev.tsv": [
+        _row("index", "question", "sentence", "label"),
+        _row("0", "What came into force?", "The constitution.", "entailment"),
+    ],
     "QNLI/test.tsv": [_row("index", "question", "sentence"), _row("0", "What?", QUOTE)],
-    "RTE/train.tsv": [_NLI_HEADER, _row("0", "No Weapons of Mass Destruction Found in Iraq Yet.",
-                                        "Weapons of Mass Destruction Found in Iraq.", "not_entailment")],
+    "RTE/train.tsv": [
+        _NLI_HEADER,
+        _row(
+            "0",
+            "No Weapons of Mass Destruction Found in Iraq Yet.",
+            "Weapons of Mass Destruction Found in Iraq.",
+            "not_entailment",
+        ),
+    ],
     "RTE/dev.tsv": [_NLI_HEADER, _row("0", QUOTE, "He left.", "entailment")],
     "RTE/test.tsv": [_NLI_TEST_HEADER, _row("0", "Mangla was a dam.", QUOTE), _row("1", "A.", "B.")],
-    "WNLI/train.tsv": [_NLI_HEADER, _row("0", "I stuck a pin through a carrot. It had a hole.",
-                                         "The carrot had a hole.", "1"), _row("1", QUOTE, "He left.", "0")],
+    "WNLI/train.tsv": [
+        _NLI_HEADER,
+        _row("0", "I stuck a pin through a carrot. It had a hole.", "The carrot had a hole.", "1"),
+        _row("1", QUOTE, "He left.", "0"),
+    ],
     "WNLI/dev.tsv": [_NLI_HEADER, _row("0", "The drain is clogged with hair.", "The hair has to be removed.", "1")],
     "WNLI/test.tsv": [_NLI_TEST_HEADER, _row("0", "Maude and Dora had seen the trains.", "The trains rushed.")],
 }
 
 EXPECTED = {
-    ("cola", "train"): [("train-0", "Our friends won't buy this analysis, let alone the next one.", None, "1"),
-                        ("train-1", QUOTE, None, "0")],
+    ("cola", "train"): [
+        ("train-0", "Our friends won't buy this analysis, let alone the next one.", None, "1"),
+        ("train-1", QUOTE, None, "0"),
+    ],
     ("cola", "dev"): [("dev-0", "The sailors rode the breeze clear of the rocks.", None, "1")],
     ("cola", "test"): [("0", QUOTE, None, None), ("1", "Bill whistled past the house.", None, None)],
-    ("sst2", "train"): [("train-0", "hide new secretions from the parental units ", None, "0"),
-                        ("train-1", QUOTE, None, "1"), ("train-2", "contains no wit , only labored gags ", None, "0")],
+    ("sst2", "train"): [
+        ("train-0", "hide new secretions from the parental units ", None, "0"),
+        ("train-1", QUOTE, None, "1"),
+        ("train-2", "contains no wit , only labored gags ", None, "0"),
+    ],
     ("sst2", "dev"): [("dev-0", "it 's a charming and often affecting journey . ", None, "1")],
     ("sst2", "test"): [("0", "uneasy mishmash of styles and genres .", None, None), ("1", QUOTE, None, None)],
     ("mrpc", "train"): [
-        ("train-0", 'Amrozi accused his brother , whom he called " the witness " , of lying .',
-         'Referring to him as only " the witness " , Amrozi accused his brother of lying .', "1"),
-        ("train-1", QUOTE, "Yucaipa bought Dominick 's in 1995 for $ 693 million .", "0")],
+        (
+            "train-0",
+            'Amrozi accused his brother , whom he called " the witness " , of lying .',
+            'Referring to him as only " the witness " , Amrozi accused his brother of lying .',
+            "1",
+        ),
+        ("train-1", QUOTE, "Yucaipa bought Dominick 's in 1995 for $ 693 million .", "0"),
+    ],
     ("mrpc", "dev"): [("dev-0", "He is a doctor .", "He is a physician .", "1")],
     ("mrpc", "test"): [("0", QUOTE, "Ms Stewart left .", None), ("1", "Shares rose .", "The stock went up .", None)],
-    ("stsb", "train"): [("train-0", "A plane is taking off.", "An air plane is taking off.", 5.0),
-                        ("train-1", QUOTE, "A man left.", 0.5)],
+    ("stsb", "train"): [
+        ("train-0", "A plane is taking off.", "An air plane is taking off.", 5.0),
+        ("train-1", QUOTE, "A man left.", 0.5),
+    ],
     ("stsb", "dev"): [("dev-0", "A man is dancing.", "A man wearing a hat is dancing.", 3.8)],
     ("stsb", "test"): [("0", QUOTE, "Rain falls.", None), ("1", "Sun.", "Moon.", None)],
-    ("qqp", "train"): [("train-0", "How is the life of a math student?", "Which level is enough?", "0"),
-                       ("train-3", QUOTE, "How do I get a job?", "1")],
+    ("qqp", "train"): [
+        ("train-0", "How is the life of a math student?", "Which level is enough?", "0"),
+        ("train-3", QUOTE, "How do I get a job?", "1"),
+    ],
     ("qqp", "dev"): [("dev-0", "Why is the sky blue?", "What makes the sky blue?", "1")],
     ("qqp", "test"): [("0", QUOTE, "Is it so?", None), ("1", "Why?", "Why not?", None)],
-    ("mnli", "train"): [("train-0", "Conceptually cream skimming has two dimensions.",
-                         "Product and geography are what make cream skimming work. ", "neutral"),
-                        ("train-1", QUOTE, "He stayed.", "contradiction")],
-    ("mnli", "dev_matched"): [("dev_matched-0", "The new rights are nice enough",
-                               "Everyone really likes the newest benefits ", "neutral")],
+    ("mnli", "train"): [
+        (
+            "train-0",
+            "Conceptually cream skimming has two dimensions.",
+            "Product and geography are what make cream skimming work. ",
+            "neutral",
+        ),
+        ("train-1", QUOTE, "He stayed.", "contradiction"),
+    ],
+    ("mnli", "dev_matched"): [
+        ("dev_matched-0", "The new rights are nice enough", "Everyone really likes the newest benefits ", "neutral")
+    ],
     ("mnli", "dev_mismatched"): [("dev_mismatched-0", QUOTE, "He left.", "entailment")],
     ("mnli", "test_matched"): [("0", QUOTE, "No.", None), ("1", "Yes.", "Maybe.", None)],
     ("mnli", "test_mismatched"): [("0", "Hi.", "Bye.", None)],
-    ("qnli", "train"): [("train-0", "When did the third Digimon series begin?", QUOTE, "not_entailment"),
-                        ("train-1", "Which missile batteries were deployed?", "Patriot batteries were deployed.",
-                         "entailment")],
+    ("qnli", "train"): [
+        ("train-0", "When did the third Digimon series begin?", QUOTE, "not_entailment"),
+        ("train-1", "Which missile batteries were deployed?", "Patriot batteries were deployed.", "entailment"),
+    ],
     ("qnli", "dev"): [("dev-0", "What came into force?", "The constitution.", "entailment")],
     ("qnli", "test"): [("0", "What?", QUOTE, None)],
-    ("rte", "train"): [("train-0", "No Weapons of Mass Destruction Found in Iraq Yet.",
-                        "Weapons of Mass Destruction Found in Iraq.", "not_entailment")],
+    ("rte", "train"): [
+        (
+            "train-0",
+            "No Weapons of Mass Destruction Found in Iraq Yet.",
+            "Weapons of Mass Destruction Found in Iraq.",
+            "not_entailment",
+        )
+    ],
     ("rte", "dev"): [("dev-0", QUOTE, "He left.", "entailment")],
     ("rte", "test"): [("0", "Mangla was a dam.", QUOTE, None), ("1", "A.", "B.", None)],
-    ("wnli", "train"): [("train-0", "I stuck a pin through a carrot. It had a hole.", "The carrot had a hole.", "1"),
-                        ("train-1", QUOTE, "He left.", "0")],
+    ("wnli", "train"): [
+        ("train-0", "I stuck a pin through a carrot. It had a hole.", "The carrot had a hole.", "1"),
+        ("train-1", QUOTE, "He left.", "0"),
+    ],
     ("wnli", "dev"): [("dev-0", "The drain is clogged with hair.", "The hair has to be removed.", "1")],
     ("wnli", "test"): [("0", "Maude and Dora had seen the trains.", "The trains rushed.", None)],
 }
@@ -170,6 +304,7 @@ def glue_dir(tmp_path_factory):
 
 # --- tasks ------------------------------------------------------------------------------------------
 
+
 def test_task_table():
     assert list(TASKS) == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
     assert {t.dir_name for t in TASKS.values()} == {path.split("/")[0] for path in FILES}
@@ -177,12 +312,24 @@ def test_task_table():
     assert TASKS["stsb"].labels is None and TASKS["stsb"].num_labels == 1
     assert TASKS["rte"].labels == ("entailment", "not_entailment") and TASKS["cola"].num_labels == 2
     # Every split of every task has a fixture file and an expectation.
-    assert sorted(EXPECTED) == sorted((t.name, s) for t in TASKS.values()
-                                      for s in ("train", *t.eval_splits, *t.test_splits))
+    assert sorted(EXPECTED) == sorted(
+        (t.name, s) for t in TASKS.values() for s in ("train", *t.eval_splits, *t.test_splits)
+    )
 
 
-@pytest.mark.parametrize("alias, name", [("SST-2", "sst2"), ("sst-2", "sst2"), ("sst2", "sst2"), ("STS-B", "stsb"),
-                                         ("sts-b", "stsb"), ("MNLI", "mnli"), ("CoLA", "cola"), ("qqp", "qqp")])
+@pytest.mark.parametrize(
+    "alias, name",
+    [
+        ("SST-2", "sst2"),
+        ("sst-2", "sst2"),
+        ("sst2", "sst2"),
+        ("STS-B", "stsb"),
+        ("sts-b", "stsb"),
+        ("MNLI", "mnli"),
+        ("CoLA", "cola"),
+        ("qqp", "qqp"),
+    ],
+)
 def test_get_task_aliases(alias, name):
     assert get_task(alias) is TASKS[name]
 
@@ -193,6 +340,7 @@ def test_get_task_unknown_lists_names():
 
 
 # --- TSV --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task, split", sorted(EXPECTED))
 def test_read_tsv(glue_dir, task, split):
@@ -230,7 +378,7 @@ def _malformed_cases():
 def test_row_with_missing_column_is_an_error(tmp_path, caplog, task, name):
     lines = FILES[name] + [FILES[name][-1].rsplit("\t", 1)[0]]
     _write_files(tmp_path, {name: lines})
-    split = name.split("/")[1][:-len(".tsv")]
+    split = name.split("/")[1][: -len(".tsv")]
     columns = len(FILES[name][-1].split("\t"))
     if task == "qqp" and split == "dev":
         with caplog.at_level(logging.WARNING, logger="albert_jax.data.glue"):
@@ -243,9 +391,14 @@ def test_row_with_missing_column_is_an_error(tmp_path, caplog, task, name):
 
 
 def test_other_malformed_files(tmp_path):
-    _write_files(tmp_path, {"STS-B/dev.tsv": FILES["STS-B/dev.tsv"] + [FILES["STS-B/dev.tsv"][1][:-5] + "n/a"],
-                            "MNLI/dev_matched.tsv": ["index\tsentence1\tlabel", "0\tA\tneutral"],
-                            "RTE/dev.tsv": []})
+    _write_files(
+        tmp_path,
+        {
+            "STS-B/dev.tsv": FILES["STS-B/dev.tsv"] + [FILES["STS-B/dev.tsv"][1][:-5] + "n/a"],
+            "MNLI/dev_matched.tsv": ["index\tsentence1\tlabel", "0\tA\tneutral"],
+            "RTE/dev.tsv": [],
+        },
+    )
     with pytest.raises(ValueError, match=r"STS-B/dev.tsv line 3: expected a number as the STS-B score, got 'n/a'"):
         read_glue_tsv(str(tmp_path), "stsb", "dev")
     with pytest.raises(ValueError, match=r"dev_matched.tsv line 1: expected a header of at least 10 .* got 3"):
@@ -267,8 +420,10 @@ def test_missing_file_and_unknown_split(tmp_path, glue_dir):
 
 # Rows tfds' glue builder yields (its feature names; its class ids, -1 on test), per (config, tfds split).
 TFDS_ROWS = {
-    ("mnli", "train"): [{"premise": "P é.", "hypothesis": "H.", "label": 2, "idx": 0},
-                        {"premise": QUOTE, "hypothesis": "Q.", "label": 0, "idx": 1}],
+    ("mnli", "train"): [
+        {"premise": "P é.", "hypothesis": "H.", "label": 2, "idx": 0},
+        {"premise": QUOTE, "hypothesis": "Q.", "label": 0, "idx": 1},
+    ],
     ("mnli", "validation_mismatched"): [{"premise": "A.", "hypothesis": "B.", "label": 1, "idx": 0}],
     ("mnli", "test_matched"): [{"premise": "A.", "hypothesis": "B.", "label": -1, "idx": 7}],
     ("cola", "validation"): [{"sentence": "Bill left.", "label": 1, "idx": 3}],
@@ -300,8 +455,7 @@ def mock_tfds():
 
     def as_dataset(self, split, **kwargs):
         rows = TFDS_ROWS[self.builder_config.name, str(split)]
-        return tf.data.Dataset.from_generator(lambda: iter(rows),
-                                              output_signature=self.info.features.get_tensor_spec())
+        return tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=self.info.features.get_tensor_spec())
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
         yield
@@ -322,12 +476,14 @@ def test_tfds_label_names_are_checked(mock_tfds, monkeypatch):
 
 # --- featurize --------------------------------------------------------------------------------------
 
-_WORDS = ("the cat dog bird sat ran on a mat log tree quickly slowly red blue green big small house river and but "
-          "then it was is very happy sad old new man woman child saw heard liked yes no maybe question answer "
-          "government letters fiction travel telephone weapons found iraq plane taking off air dancing wearing "
-          "hat brother witness accused evidence shares rose stock went up drain clogged hair removed carrot pin "
-          "hole trains rushed station morning evening winter summer paper table window door garden kitchen "
-          "teacher student school lesson music painting quietly loudly because although never always").split()
+_WORDS = (
+    "the cat dog bird sat ran on a mat log tree quickly slowly red blue green big small house river and but "
+    "then it was is very happy sad old new man woman child saw heard liked yes no maybe question answer "
+    "government letters fiction travel telephone weapons found iraq plane taking off air dancing wearing "
+    "hat brother witness accused evidence shares rose stock went up drain clogged hair removed carrot pin "
+    "hole trains rushed station morning evening winter summer paper table window door garden kitchen "
+    "teacher student school lesson music painting quietly loudly because although never always"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -337,9 +493,11 @@ def tokenizer(tmp_path_factory):
     return AlbertTokenizer(train_spm(iter(sentences), 100, str(tmp_path_factory.mktemp("spm") / "spiece")))
 
 
-PAIRS = [GlueExample("dev-0", "The cat sat on a mat.", "A dog ran.", "entailment"),
-         GlueExample("dev-1", "Big red house " * 6, "small blue river " * 5, "not_entailment"),
-         GlueExample("7", "It was old.", "It is new.", None)]
+PAIRS = [
+    GlueExample("dev-0", "The cat sat on a mat.", "A dog ran.", "entailment"),
+    GlueExample("dev-1", "Big red house " * 6, "small blue river " * 5, "not_entailment"),
+    GlueExample("7", "It was old.", "It is new.", None),
+]
 
 
 def test_featurize_pairs_match_the_tokenizer(tokenizer):
@@ -355,8 +513,9 @@ def test_featurize_pairs_match_the_tokenizer(tokenizer):
         ids = [tokenizer.cls_token_id, *a, tokenizer.sep_token_id, *b, tokenizer.sep_token_id]
         pad = 64 - len(ids)
         np.testing.assert_array_equal(features["input_ids"][row], ids + [tokenizer.pad_token_id] * pad)
-        np.testing.assert_array_equal(features["token_type_ids"][row], [0] * (len(a) + 2) + [1] * (len(b) + 1)
-                                      + [0] * pad)
+        np.testing.assert_array_equal(
+            features["token_type_ids"][row], [0] * (len(a) + 2) + [1] * (len(b) + 1) + [0] * pad
+        )
         np.testing.assert_array_equal(features["attention_mask"][row], [1] * len(ids) + [0] * pad)
 
 
@@ -367,13 +526,18 @@ def test_featurize_truncates_longest_first(tokenizer):
     assert features["attention_mask"][1].all()
     # [CLS] a' [SEP] b' [SEP]: both long texts cut to prefixes that share the 13-token budget evenly.
     first_sep = long_row.index(tokenizer.sep_token_id)
-    a, b = long_row[1:first_sep], long_row[first_sep + 1:-1]
+    a, b = long_row[1:first_sep], long_row[first_sep + 1 : -1]
     assert long_row[0] == tokenizer.cls_token_id and long_row[-1] == tokenizer.sep_token_id
-    assert a == tokenizer.encode(PAIRS[1].text_a, add_special_tokens=False)[:len(a)]
-    assert b == tokenizer.encode(PAIRS[1].text_b, add_special_tokens=False)[:len(b)]
+    assert a == tokenizer.encode(PAIRS[1].text_a, add_special_tokens=False)[: len(a)]
+    assert b == tokenizer.encode(PAIRS[1].text_b, add_special_tokens=False)[: len(b)]
     assert len(a) + len(b) == 13 and abs(len(a) - len(b)) <= 1
-    expected = tokenizer([e.text_a for e in PAIRS], [e.text_b for e in PAIRS], max_length=16,
-                         truncation="longest_first", padding="max_length")
+    expected = tokenizer(
+        [e.text_a for e in PAIRS],
+        [e.text_b for e in PAIRS],
+        max_length=16,
+        truncation="longest_first",
+        padding="max_length",
+    )
     for key, value in expected.items():
         np.testing.assert_array_equal(features[key], value)
 
@@ -437,7 +601,8 @@ def test_accuracy_only_tasks():
 def test_stsb_correlations():
     # Hand-computed: ranks differ by one swap, d^2 sums to 2: spearman = 1 - 6*2 / (4*15) = 0.8.
     assert glue_metrics("stsb", np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(
-        {"pearson": 0.8, "spearman": 0.8, "corr": 0.8})
+        {"pearson": 0.8, "spearman": 0.8, "corr": 0.8}
+    )
     rng = np.random.default_rng(0)
     labels = rng.uniform(0, 5, 50)
     preds = labels + rng.normal(0, 1, 50)
@@ -464,6 +629,7 @@ def test_metric_errors():
 
 # --- submissions ------------------------------------------------------------------------------------
 
+
 def _read(path):
     with open(path, encoding="utf-8") as f:
         return f.read().splitlines()
@@ -478,11 +644,14 @@ def test_submission_mnli_matched_and_mismatched(tmp_path, glue_dir):
     assert path == str(tmp_path / "new" / "MNLI-mm.tsv") and _read(path) == ["index\tprediction", "0\tentailment"]
 
 
-@pytest.mark.parametrize("task, predictions, rows", [
-    ("rte", [1, 0], ["not_entailment", "entailment"]),
-    ("sst2", [1, 0], ["1", "0"]),
-    ("stsb", [-0.2, 5.7], ["0.000", "5.000"]),
-])
+@pytest.mark.parametrize(
+    "task, predictions, rows",
+    [
+        ("rte", [1, 0], ["not_entailment", "entailment"]),
+        ("sst2", [1, 0], ["1", "0"]),
+        ("stsb", [-0.2, 5.7], ["0.000", "5.000"]),
+    ],
+)
 def test_submission_labels(tmp_path, glue_dir, task, predictions, rows):
     guids = [e.guid for e in read_glue_tsv(str(glue_dir), task, "test")]
     path = write_submission(task, "test", guids, np.array(predictions), str(tmp_path))

@@ -1,9 +1,10 @@
 """hostmem: a jitted step's scratch memory is reused from one call to the next instead of faulted in afresh.
 
 Each case runs in a fresh process (the setting must precede the CPU backend, and it changes the allocator of
-the whole process): a gradient step whose XLA scratch memory is 80 MiB (16 MiB activations) runs 12 times; the minor page faults of
-each call are counted (getrusage). The allocator settles within the first 2-5 calls, and a settled process still
-faults a block in now and then (a call in 30, seen once): the checks take the median of the last 8 calls."""
+the whole process): a gradient step whose XLA scratch memory is 80 MiB (16 MiB activations) runs 12 times; the
+minor page faults of each call are counted (getrusage). The allocator settles within the first 2-5 calls, and a
+settled process still faults a block in now and then (a call in 30, seen once): the checks take the median of the
+last 8 calls."""
 
 import json
 import statistics
@@ -45,8 +46,9 @@ print(json.dumps(dict(reused=reused, faults=faults, temp_pages=temp // resource.
 
 
 def probe(mode):
-    result = subprocess.run([sys.executable, "-c", PROBE, mode], env=device_env(), capture_output=True, text=True,
-                            timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], env=device_env(), capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -66,6 +68,7 @@ def test_steps_reuse_their_scratch_memory_instead_of_faulting_it_in():
 def test_no_glibc_leaves_the_allocator_alone(monkeypatch):
     def no_such_name(name):
         raise ValueError(name)
+
     monkeypatch.setattr(hostmem.os, "confstr", no_such_name)
     assert hostmem.glibc() is None
     assert hostmem.keep_freed_memory() is False

@@ -18,9 +18,16 @@ import albert_jax as aj
 from albert_jax import convert, experiment
 from albert_jax.training import checkpoints, initialization, loop, optimizers, sharding
 
-TINY = aj.AlbertConfig.from_preset("albert-tiny", vocab_size=64, embedding_size=8, hidden_size=16,
-                                   num_attention_heads=2, intermediate_size=32, num_hidden_layers=2,
-                                   max_position_embeddings=32)
+TINY = aj.AlbertConfig.from_preset(
+    "albert-tiny",
+    vocab_size=64,
+    embedding_size=8,
+    hidden_size=16,
+    num_attention_heads=2,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    max_position_embeddings=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +71,7 @@ def test_init_from_skip_and_shape_mismatch(pretrained_dirs):
     merged, kept, _ = initialization.merge(fresh, jax.device_get(params), skip=(r"pooler",))
     assert "albert/pooler/kernel" in kept and "albert/pooler/bias" in kept
     np.testing.assert_array_equal(flat(merged)["albert/pooler/kernel"], flat(fresh)["albert/pooler/kernel"])
-    wider = aj.init_params(aj.AlbertModel(TINY.replace(hidden_size=24, intermediate_size=24)),
-                           jax.random.PRNGKey(0))
+    wider = aj.init_params(aj.AlbertModel(TINY.replace(hidden_size=24, intermediate_size=24)), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=r"albert/.* has shape .* in the checkpoint but .* in the model"):
         initialization.merge(fresh, wider)
 
@@ -95,6 +101,7 @@ def test_init_from_hub_name_uses_the_local_cache_only(pretrained_dirs, tmp_path,
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     resolved = initialization.resolve("someone/tiny-albert")
     assert resolved.directory == str(snapshot) and resolved.config.hidden_size == TINY.hidden_size
@@ -111,8 +118,10 @@ def test_restore_reshards_onto_another_mesh(tmp_path):
     saver = checkpoints.Checkpointer(str(tmp_path))
     saver.save(3, state, {"micro_step": 3})
     saver.close()
-    target = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(two, PartitionSpec("data"))),
-              "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(two, PartitionSpec()))}
+    target = {
+        "w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(two, PartitionSpec("data"))),
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(two, PartitionSpec())),
+    }
     restored, data = checkpoints.Checkpointer(str(tmp_path)).restore_latest(target)
     np.testing.assert_array_equal(restored["w"], value)
     assert restored["w"].sharding == target["w"].sharding and len(restored["w"].sharding.device_set) == 2
@@ -175,11 +184,19 @@ def step_setup(grad_accum_steps):
     rng = np.random.RandomState(0)
     params = {"hidden": {"kernel": rng.randn(4, 8), "bias": rng.randn(8)}, "out": {"kernel": rng.randn(8, 2)}}
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
-    config = ml_collections.ConfigDict(dict(loop.base_config().optimizer, learning_rate=0.05, warmup_steps=0,
-                                            total_steps=10, grad_accum_steps=grad_accum_steps))
+    config = ml_collections.ConfigDict(
+        dict(
+            loop.base_config().optimizer,
+            learning_rate=0.05,
+            warmup_steps=0,
+            total_steps=10,
+            grad_accum_steps=grad_accum_steps,
+        )
+    )
     tx = optimizers.create_optimizer(config, params)
-    step = jax.jit(functools.partial(loop.train_step, loss_fn=regression_loss, tx=tx,
-                                     dropout_root=jax.random.PRNGKey(0)))
+    step = jax.jit(
+        functools.partial(loop.train_step, loss_fn=regression_loss, tx=tx, dropout_root=jax.random.PRNGKey(0))
+    )
     return step, loop.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), tx
 
 
@@ -204,7 +221,7 @@ def test_accumulated_micro_steps_take_the_step_of_the_whole_batch():
         assert_trees(close, full.params, params)
         before = accum.params
         for i in range(k):
-            accum, sums = accum_step(accum, {key: v[i * 2:(i + 1) * 2] for key, v in batch.items()})
+            accum, sums = accum_step(accum, {key: v[i * 2 : (i + 1) * 2] for key, v in batch.items()})
             assert float(sums["nonfinite"]) == 0 and float(sums["rows"]) == 2
             if i < k - 1:
                 assert_trees(np.testing.assert_array_equal, accum.params, before)
@@ -234,5 +251,8 @@ def test_a_nonfinite_micro_step_changes_nothing_but_the_step(grad_accum_steps, b
         never_poisoned, _ = step(never_poisoned, regression_batch(seed))
         assert float(sums["nonfinite"]) == 0 and np.isfinite(float(sums["grad_norm"])) and float(sums["rows"]) == 8
     assert not np.allclose(resumed.params["out"]["kernel"], state.params["out"]["kernel"])
-    assert_trees(np.testing.assert_array_equal, (resumed.params, resumed.opt_state),
-                 (never_poisoned.params, never_poisoned.opt_state))
+    assert_trees(
+        np.testing.assert_array_equal,
+        (resumed.params, resumed.opt_state),
+        (never_poisoned.params, never_poisoned.opt_state),
+    )

@@ -30,8 +30,11 @@ def test_crc32c_check_value():
 
 
 def test_tensorboard_events_hold_every_finite_scalar(tmp_path):
-    rows = [dict(step=1, loss=5.25, mlm_accuracy=0.125), dict(step=2, loss=float("nan"), mlm_accuracy=0.25),
-            dict(step=2, split="eval", loss=4.5)]
+    rows = [
+        dict(step=1, loss=5.25, mlm_accuracy=0.125),
+        dict(step=2, loss=float("nan"), mlm_accuracy=0.25),
+        dict(step=2, split="eval", loss=4.5),
+    ]
     writer = MetricWriter(str(tmp_path), total_steps=2, stream=io.StringIO())
     for row in rows:
         writer.write(row)
@@ -41,9 +44,11 @@ def test_tensorboard_events_hold_every_finite_scalar(tmp_path):
     assert got[0].file_version == "brain.Event:2"
     assert got[1].session_log.status == tf.compat.v1.SessionLog.START and got[1].step == 1
     scalars = [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in got[2:]]
-    assert scalars == [(1, {"train/loss": 5.25, "train/mlm_accuracy": 0.125}),
-                       (2, {"train/mlm_accuracy": 0.25}),  # NaN is left out of TensorBoard
-                       (2, {"eval/loss": 4.5})]
+    assert scalars == [
+        (1, {"train/loss": 5.25, "train/mlm_accuracy": 0.125}),
+        (2, {"train/mlm_accuracy": 0.25}),  # NaN is left out of TensorBoard
+        (2, {"eval/loss": 4.5}),
+    ]
     assert all(e.wall_time > 1e9 for e in got)
     with open(tmp_path / "metrics.jsonl") as f:
         assert [json.loads(line)["loss"] for line in f] == [5.25, None, 4.5]

@@ -22,9 +22,17 @@ def hf_param_count(config: aj.AlbertConfig) -> int:
         return sum(p.numel() for p in transformers.AlbertModel(hf).parameters())
 
 
-@pytest.mark.parametrize("preset,paper_millions", [
-    ("albert-base-v2", 12), ("albert-large-v2", 18), ("albert-xlarge-v2", 59), ("albert-xxlarge-v2", 223),
-    ("albert-base-v1", 12), ("bert-base-equivalent", 110)])
+@pytest.mark.parametrize(
+    "preset,paper_millions",
+    [
+        ("albert-base-v2", 12),
+        ("albert-large-v2", 18),
+        ("albert-xlarge-v2", 59),
+        ("albert-xxlarge-v2", 223),
+        ("albert-base-v1", 12),
+        ("bert-base-equivalent", 110),
+    ],
+)
 def test_param_count_matches_transformers_and_paper(preset, paper_millions):
     config = aj.AlbertConfig.from_preset(preset)
     count = aj.count_params(config)
@@ -35,8 +43,8 @@ def test_param_count_matches_transformers_and_paper(preset, paper_millions):
 def block_sizes(e, h=768, i=3072, v=30000, positions=512, types=2):
     """Parameter counts of ALBERT-base's parts, from the layer shapes (independent of the model code)."""
     embeddings = (v + positions + types) * e + 2 * e + e * h + h  # tables, LayerNorm, E->H projection
-    attention = 4 * (h * h + h) + 2 * h                           # q, k, v, output + LayerNorm
-    ffn = (h * i + i) + (i * h + h) + 2 * h                       # two dense layers + LayerNorm
+    attention = 4 * (h * h + h) + 2 * h  # q, k, v, output + LayerNorm
+    ffn = (h * i + i) + (i * h + h) + 2 * h  # two dense layers + LayerNorm
     pooler = h * h + h
     return embeddings, attention, ffn, pooler
 
@@ -57,8 +65,10 @@ def test_partial_sharing_counts(e, attention_shared, ffn_shared):
     """Paper, Table 4: shared-attention and shared-FFN ALBERT-base. Counts follow from the block sizes;
     the paper's rounding is matched within 1M (it does not say how the pooler/embeddings were counted)."""
     embeddings, attention, ffn, pooler = block_sizes(e)
-    expected = {"attention": embeddings + attention + 12 * ffn + pooler,
-                "ffn": embeddings + 12 * attention + ffn + pooler}
+    expected = {
+        "attention": embeddings + attention + 12 * ffn + pooler,
+        "ffn": embeddings + 12 * attention + ffn + pooler,
+    }
     for sharing, millions in (("attention", attention_shared), ("ffn", ffn_shared)):
         count = aj.count_params(aj.AlbertConfig.from_preset("albert-base-v2", embedding_size=e, sharing=sharing))
         assert count == expected[sharing]
@@ -66,8 +76,15 @@ def test_partial_sharing_counts(e, attention_shared, ffn_shared):
 
 
 def tiny(**overrides):
-    base = dict(vocab_size=60, embedding_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                intermediate_size=24, max_position_embeddings=16)
+    base = dict(
+        vocab_size=60,
+        embedding_size=8,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=16,
+    )
     return aj.AlbertConfig(**{**base, **overrides})
 
 
@@ -88,10 +105,14 @@ def test_shared_gradient_is_sum_over_layers():
 
     unrolled = aj.AlbertForMaskedLM(tiny(sharing="none"))
     layer_path = ("albert", "encoder", "albert_layer_groups")
-    tile = lambda x: jnp.tile(x, (3,) + (1,) * (x.ndim - 1))
+
+    def tile(x):
+        return jnp.tile(x, (3,) + (1,) * (x.ndim - 1))
+
     unrolled_params = jax.tree_util.tree_map(lambda x: x, params)
     unrolled_params["albert"]["encoder"]["albert_layer_groups"] = jax.tree_util.tree_map(
-        tile, params["albert"]["encoder"]["albert_layer_groups"])
+        tile, params["albert"]["encoder"]["albert_layer_groups"]
+    )
     unrolled_grads = jax.grad(lambda p: mlm_loss(unrolled, p, ids, mask))(unrolled_params)
 
     shared = grads[layer_path[0]][layer_path[1]][layer_path[2]]
@@ -123,6 +144,7 @@ def test_shared_gradient_matches_torch(tmp_path):
 @pytest.mark.parametrize("sharing", ["all", "none", "attention"])
 def test_compiled_size_does_not_grow_with_depth(sharing):
     """One layer body is scanned: the lowered HLO of 24 layers is the 2-layer HLO plus a small constant."""
+
     def hlo_size(layers):
         config = tiny(num_hidden_layers=layers, sharing=sharing)
         model = aj.AlbertForPreTraining(config)
@@ -131,7 +153,9 @@ def test_compiled_size_does_not_grow_with_depth(sharing):
 
         def loss(p, x):
             return model.apply({"params": p}, x).prediction_logits.sum()
+
         return len(jax.jit(jax.grad(loss)).lower(params, ids).as_text())
+
     small, large = hlo_size(2), hlo_size(24)
     assert large <= small + 2000, (small, large)
 
@@ -163,8 +187,15 @@ def test_bfloat16_compute_normalises_in_float32():
     assert {dtype for dtype, _ in reductions} == {"f32"}
 
 
-@pytest.mark.parametrize("head", [aj.AlbertForSequenceClassification, aj.AlbertForTokenClassification,
-                                  aj.AlbertForQuestionAnswering, aj.AlbertForMultipleChoice])
+@pytest.mark.parametrize(
+    "head",
+    [
+        aj.AlbertForSequenceClassification,
+        aj.AlbertForTokenClassification,
+        aj.AlbertForQuestionAnswering,
+        aj.AlbertForMultipleChoice,
+    ],
+)
 def test_bfloat16_compute_gives_float32_logits(head):
     model = head(aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, num_hidden_layers=1, dtype="bfloat16"))
     ids = jnp.ones((2, 2, 6) if head is aj.AlbertForMultipleChoice else (2, 6), jnp.int32)
@@ -187,17 +218,20 @@ def test_bfloat16_compute_trains_float32_params():
             out = model.apply({"params": p}, ids, mask)
             mlm = jnp.mean(jax.nn.log_softmax(out.prediction_logits)[..., 7])
             return -mlm - jax.nn.log_softmax(out.sop_logits)[0, 1]
+
         leaves = jax.tree_util.tree_leaves(jax.grad(loss)(params))
         assert {g.dtype for g in leaves} == {jnp.dtype("float32")}
         return jnp.concatenate([g.ravel() for g in leaves])
+
     grads16, grads32 = flat_grads(model16), flat_grads(aj.AlbertForPreTraining(config))
     assert bool(jnp.all(jnp.isfinite(grads16)))
     assert float(grads16 @ grads32 / (jnp.linalg.norm(grads16) * jnp.linalg.norm(grads32))) > 0.99
 
 
 def test_bfloat16_params():
-    config = aj.AlbertConfig.from_preset("albert-tiny", vocab_size=100, num_hidden_layers=2,
-                                         param_dtype="bfloat16", dtype="bfloat16")
+    config = aj.AlbertConfig.from_preset(
+        "albert-tiny", vocab_size=100, num_hidden_layers=2, param_dtype="bfloat16", dtype="bfloat16"
+    )
     params = aj.init_params(aj.AlbertForPreTraining(config), jax.random.PRNGKey(0))
     assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {jnp.dtype("bfloat16")}
 
@@ -208,8 +242,10 @@ def test_dropout_needs_rng_and_changes_outputs():
     params = aj.init_params(model, jax.random.PRNGKey(0))
     ids = jnp.ones((2, 5), jnp.int32)
     eval_out = model.apply({"params": params}, ids).logits
-    train = [model.apply({"params": params}, ids, deterministic=False,
-                         rngs={"dropout": jax.random.PRNGKey(s)}).logits for s in (1, 2)]
+    train = [
+        model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(s)}).logits
+        for s in (1, 2)
+    ]
     assert not np.allclose(train[0], train[1]) and not np.allclose(train[0], eval_out)
     np.testing.assert_array_equal(eval_out, model.apply({"params": params}, ids).logits)
 
@@ -239,8 +275,13 @@ def test_matmul_equals_dot_general_and_its_gradients(lead, rhs_axis):
     x = jax.random.normal(jax.random.PRNGKey(0), lead + (6,))
     w = jax.random.normal(jax.random.PRNGKey(1), (6, 4) if rhs_axis == 0 else (4, 6))
     dims = (((x.ndim - 1,), (rhs_axis,)), ((), ()))
-    ours, reference = (lambda x, w: jnp.sum(jnp.sin(f(x, w, dims)))
-                       for f in (modeling._matmul, jax.lax.dot_general))
+
+    def ours(x, w):
+        return jnp.sum(jnp.sin(modeling._matmul(x, w, dims)))
+
+    def reference(x, w):
+        return jnp.sum(jnp.sin(jax.lax.dot_general(x, w, dims)))
+
     np.testing.assert_allclose(modeling._matmul(x, w, dims), jax.lax.dot_general(x, w, dims), rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(reference, (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -264,11 +305,17 @@ def test_remat_policy_changes_memory_not_results(policy):
     def grads(config):
         model = aj.AlbertForMaskedLM(config)
         params = aj.init_params(model, jax.random.PRNGKey(0))
-        loss = lambda p: jnp.mean(model.apply({"params": p}, ids, mask, deterministic=False,
-                                              rngs={"dropout": jax.random.PRNGKey(3)}).logits ** 2)
+
+        def loss(p):
+            out = model.apply({"params": p}, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)})
+            return jnp.mean(out.logits**2)
+
         return jax.grad(loss)(params)
-    for a, b in zip(jax.tree_util.tree_leaves(grads(default)),
-                    jax.tree_util.tree_leaves(grads(default.replace(remat_policy=policy)))):
+
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grads(default)),
+        jax.tree_util.tree_leaves(grads(default.replace(remat_policy=policy))),
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
@@ -299,6 +346,7 @@ def test_fused_attention_matches_explicit_path(heads, dtype, tolerance, fused_at
     def loss(p, explicit):
         logits = model.apply({"params": p}, ids, mask, output_attentions=explicit).logits
         return jnp.mean(jax.nn.log_softmax(logits)[..., 7]), logits
+
     fused_attention_calls.clear()
     (_, fused_logits), fused_grads = jax.value_and_grad(loss, has_aux=True)(params, False)
     assert fused_attention_calls and all(k["implementation"] == "xla" for k in fused_attention_calls)

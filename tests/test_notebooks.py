@@ -20,14 +20,36 @@ KERNEL = "albert-jax-test"
 # Per notebook: sizes that run it in under a minute on a 2-core CPU (WORK_DIR is added by the test).
 TINY = {
     "01_model_and_conversion.ipynb": dict(
-        SPM_SENTENCES=1500, VOCAB_SIZE=300, EMBEDDING_SIZE=16, HIDDEN_SIZE=32, NUM_LAYERS=2, BATCH_SIZE=2,
-        SEQ_LENGTH=8),
+        SPM_SENTENCES=1500, VOCAB_SIZE=300, EMBEDDING_SIZE=16, HIDDEN_SIZE=32, NUM_LAYERS=2, BATCH_SIZE=2, SEQ_LENGTH=8
+    ),
     "02_pretrain_and_ablate.ipynb": dict(
-        MAX_DOCUMENTS=150, VOCAB_SIZE=600, SPM_SENTENCES=5000, EMBEDDING_SIZE=16, HIDDEN_SIZE=32, NUM_LAYERS=2,
-        SEQ_LENGTH=32, BATCH_SIZE=8, STEPS=8, LOG_EVERY=2, EVAL_EVERY=4, EVAL_BATCHES=2, SWEEP_STEPS=4),
+        MAX_DOCUMENTS=150,
+        VOCAB_SIZE=600,
+        SPM_SENTENCES=5000,
+        EMBEDDING_SIZE=16,
+        HIDDEN_SIZE=32,
+        NUM_LAYERS=2,
+        SEQ_LENGTH=32,
+        BATCH_SIZE=8,
+        STEPS=8,
+        LOG_EVERY=2,
+        EVAL_EVERY=4,
+        EVAL_BATCHES=2,
+        SWEEP_STEPS=4,
+    ),
     "03_finetune.ipynb": dict(
-        NUM_TRAIN=400, NUM_DEV=100, NUM_TEST=20, MAX_DOCUMENTS=150, VOCAB_SIZE=600, HIDDEN_SIZE=32,
-        PRETRAIN_STEPS=8, PRETRAIN_BATCH_SIZE=8, FINETUNE_STEPS=60, FINETUNE_BATCH_SIZE=16, MAX_SEQ_LENGTH=32),
+        NUM_TRAIN=400,
+        NUM_DEV=100,
+        NUM_TEST=20,
+        MAX_DOCUMENTS=150,
+        VOCAB_SIZE=600,
+        HIDDEN_SIZE=32,
+        PRETRAIN_STEPS=8,
+        PRETRAIN_BATCH_SIZE=8,
+        FINETUNE_STEPS=60,
+        FINETUNE_BATCH_SIZE=16,
+        MAX_SEQ_LENGTH=32,
+    ),
 }
 
 pytestmark = pytest.mark.integration
@@ -69,11 +91,20 @@ def kernel_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("jupyter")
     spec = root / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "albert-jax tests", "language": "python", "env": env}))
+    env = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "albert-jax tests",
+                "language": "python",
+                "env": env,
+            }
+        )
+    )
     return root
 
 
@@ -86,8 +117,9 @@ def execute(name, workdir, kernel_dir, monkeypatch):
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(index + 1, injected)
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300,
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=300, resources={"metadata": {"path": str(workdir)}}
+    )
     client.execute()
     text = []
     for cell in nb.cells:
@@ -107,8 +139,9 @@ def test_model_notebook_counts_parameters_converts_both_ways_and_runs_pipelines(
     _, text = execute("01_model_and_conversion.ipynb", tmp_path, kernel_dir, monkeypatch)
     assert re.search(r"albert-base-v2\s+12\s+768\s+128\s+all\s+12M\s+12M", text), text[:2000]
     assert re.search(r"albert-xxlarge-v2 .* 223M\s+235M", text)
-    diffs = re.findall(r"(transformers -> albert-jax|albert-jax -> transformers): max \|logit difference\| = (\S+)",
-                       text)
+    diffs = re.findall(
+        r"(transformers -> albert-jax|albert-jax -> transformers): max \|logit difference\| = (\S+)", text
+    )
     assert [d for d, _ in diffs] == ["transformers -> albert-jax", "albert-jax -> transformers"]
     assert all(float(value) < 1e-4 for _, value in diffs), diffs
     export = tmp_path / "hf_export"

@@ -6,10 +6,10 @@ tokenizer from the same directory (tokenizers backend; the texts avoid digit-com
 """
 
 import os
+import pydoc_data.topics
 import shutil
 
 import numpy as np
-import pydoc_data.topics
 import pytest
 
 import albert_jax as aj
@@ -33,9 +33,11 @@ FILL_CASES = [
     ("Hello I'm a [MASK] model.", {"targets": ["class", "the", "zzzq"], "top_k": 2}),
     ("[MASK] is a name.", {"targets": "def", "top_k": 10}),
 ]
-PAIRS = [("The first sentence comes first.", "Then the second one follows."),
-         ("Then the second one follows.", "The first sentence comes first."),
-         ("A list is mutable.", "A tuple is not.")]
+PAIRS = [
+    ("The first sentence comes first.", "Then the second one follows."),
+    ("Then the second one follows.", "The first sentence comes first."),
+    ("A list is mutable.", "A tuple is not."),
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +45,16 @@ def hf_dir(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipelines")
     tokenizer = AlbertTokenizer(train_spm(iter(DOCS[:60_000].splitlines()), 300, str(work / "spm")))
     config = transformers.AlbertConfig(
-        vocab_size=tokenizer.vocab_size, embedding_size=16, hidden_size=32, num_attention_heads=4,
-        intermediate_size=37, num_hidden_layers=2, max_position_embeddings=64, initializer_range=0.2,
-        attn_implementation="eager")
+        vocab_size=tokenizer.vocab_size,
+        embedding_size=16,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
     torch.manual_seed(0)
     transformers.AlbertForPreTraining(config).save_pretrained(work / "hf")
     tokenizer.save_pretrained(work / "hf")
@@ -70,8 +79,10 @@ def test_fill_mask_matches_transformers(hf_dir, inputs, kwargs):
 
 
 def test_feature_extraction_matches_transformers(hf_dir):
-    ours, theirs = aj.pipeline("feature-extraction", model=hf_dir), transformers.pipeline(
-        "feature-extraction", model=str(hf_dir))
+    ours, theirs = (
+        aj.pipeline("feature-extraction", model=hf_dir),
+        transformers.pipeline("feature-extraction", model=str(hf_dir)),
+    )
     texts = ["Hello world.", "A much longer sentence about the assignment statement and its targets."]
     single = ours(texts[0])
     assert np.shape(single) == np.shape(theirs(texts[0]))
@@ -84,8 +95,13 @@ def test_feature_extraction_matches_transformers(hf_dir):
 def test_batches_of_sorted_lengths_come_back_in_input_order(hf_dir):
     """Chunks are cut from the inputs sorted by length: with batch_size 2 every chunk mixes other inputs
     than the given order would, and the results must still be each input's own, in the input order."""
-    texts = ["A much longer sentence about the [MASK] statement and its many targets in a module.", "x [MASK]",
-             "The [MASK] is defined here.", "[MASK] y", "A function is [MASK] by the def statement of a class."]
+    texts = [
+        "A much longer sentence about the [MASK] statement and its many targets in a module.",
+        "x [MASK]",
+        "The [MASK] is defined here.",
+        "[MASK] y",
+        "A function is [MASK] by the def statement of a class.",
+    ]
     fill = aj.pipeline("fill-mask", model=hf_dir, batch_size=2)
     assert_same_predictions(fill(texts, top_k=2), [fill(t, top_k=2) for t in texts])
     assert_same_predictions(fill(texts, top_k=2), transformers.pipeline("fill-mask", model=str(hf_dir))(texts, top_k=2))
@@ -163,8 +179,9 @@ def test_top_k_and_batch_size_must_be_positive_ints(hf_dir):
 
 def test_vocabulary_size_mismatch(hf_dir, tmp_path):
     other = train_spm(iter(DOCS[:30_000].splitlines()), 200, str(tmp_path / "other"))
-    with pytest.raises(PipelineError, match="tokenizer vocabulary has 200 pieces but the model config has "
-                                            "vocab_size=300"):
+    with pytest.raises(
+        PipelineError, match="tokenizer vocabulary has 200 pieces but the model config has vocab_size=300"
+    ):
         aj.pipeline("fill-mask", model=hf_dir, tokenizer=other)
 
 

@@ -9,15 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT
-from test_tfrecord import make_instances, write_original_example_files
 
+from albert_jax import experiment
 from albert_jax.data import prepare, records
 from albert_jax.data.loader import PretrainingBatches, PretrainingDataset
 from albert_jax.data.pretraining import FEATURES, create_examples, create_pairs
 from albert_jax.data.sources import load_source
 from albert_jax.tokenizer import AlbertTokenizer
-from albert_jax import experiment
+from helpers import ROOT
+from test_tfrecord import make_instances, write_original_example_files
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 VOCAB = 600
@@ -40,11 +40,14 @@ def shard_documents(config):
     for i, document in enumerate(documents):
         splits["eval" if prepare.is_eval(i, config.data.eval_fraction, offset) else "train"].append(document)
     per = config.data.docs_per_shard
-    return {f"{split}-{k // per:05d}": docs[k:k + per] for split, docs in splits.items() for k in range(0, len(docs), per)}
+    return {
+        f"{split}-{k // per:05d}": docs[k : k + per] for split, docs in splits.items() for k in range(0, len(docs), per)
+    }
 
 
 def read_records(directory, name):
     from array_record.python.array_record_module import ArrayRecordReader
+
     reader = ArrayRecordReader(os.path.join(directory, "examples", name + ".array_record"))
     out = reader.read_all()
     reader.close()
@@ -71,13 +74,23 @@ def test_shards_hold_create_examples_of_their_documents(prepared):
     data = config.data
     for shard in manifest["shards"]:
         split, number = shard["name"].split("-")
-        examples = list(create_examples(
-            expected[shard["name"]], tokenizer, max_seq_length=data.max_seq_length,
-            max_predictions_per_seq=data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob,
-            short_seq_prob=data.short_seq_prob, ngram=data.ngram, dupe_factor=data.dupe_factor,
-            seed=prepare.shard_seed(config.seed, split, int(number))))
-        stored = [records.decode_example(r, dtype, data.max_seq_length, data.max_predictions_per_seq, 0)
-                  for r in read_records(directory, shard["name"])]
+        examples = list(
+            create_examples(
+                expected[shard["name"]],
+                tokenizer,
+                max_seq_length=data.max_seq_length,
+                max_predictions_per_seq=data.max_predictions_per_seq,
+                masked_lm_prob=data.masked_lm_prob,
+                short_seq_prob=data.short_seq_prob,
+                ngram=data.ngram,
+                dupe_factor=data.dupe_factor,
+                seed=prepare.shard_seed(config.seed, split, int(number)),
+            )
+        )
+        stored = [
+            records.decode_example(r, dtype, data.max_seq_length, data.max_predictions_per_seq, 0)
+            for r in read_records(directory, shard["name"])
+        ]
         assert shard["examples"] == len(stored) == len(examples) > 0
         for got, want in zip(stored, examples):
             for key in FEATURES:
@@ -91,9 +104,15 @@ def test_dynamic_shards_hold_the_unmasked_pairs(tmp_path):
     manifest = prepare.read_manifest(str(tmp_path))
     tokenizer = AlbertTokenizer(str(tmp_path / "spiece.model"))
     name = "train-00000"
-    pairs = list(create_pairs(shard_documents(config)[name], tokenizer, max_seq_length=config.data.max_seq_length,
-                              short_seq_prob=config.data.short_seq_prob,
-                              seed=prepare.shard_seed(config.seed, "train", 0)))
+    pairs = list(
+        create_pairs(
+            shard_documents(config)[name],
+            tokenizer,
+            max_seq_length=config.data.max_seq_length,
+            short_seq_prob=config.data.short_seq_prob,
+            seed=prepare.shard_seed(config.seed, "train", 0),
+        )
+    )
     stored = [records.decode_pair(r, np.dtype(manifest["record_dtype"])) for r in read_records(str(tmp_path), name)]
     assert stored == pairs and pairs
 
@@ -145,17 +164,27 @@ def test_an_interrupted_prepare_resumes_with_the_missing_shards(prepared, tmp_pa
 @pytest.mark.integration
 def test_other_settings_are_refused_unless_overwrite(prepared, tmp_path):
     _, directory = prepared
-    base = [sys.executable, "-m", "albert_jax.data.prepare", f"--config={TINY}", f"--out={tmp_path}",
-            "--config.data.docs_per_shard=40", "--config.data.prepare_workers=1"]
+    base = [
+        sys.executable,
+        "-m",
+        "albert_jax.data.prepare",
+        f"--config={TINY}",
+        f"--out={tmp_path}",
+        "--config.data.docs_per_shard=40",
+        "--config.data.prepare_workers=1",
+    ]
     first = subprocess.run(base, capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr
-    assert json.load(open(tmp_path / prepare.MANIFEST))["settings_hash"] == \
-        prepare.read_manifest(directory)["settings_hash"]
+    assert (
+        json.load(open(tmp_path / prepare.MANIFEST))["settings_hash"]
+        == prepare.read_manifest(directory)["settings_hash"]
+    )
     changed = subprocess.run(base + ["--config.data.masked_lm_prob=0.2"], capture_output=True, text=True, cwd=ROOT)
     assert changed.returncode != 0
     assert changed.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path} holds pretraining data prepared with other settings (differs in: masked_lm_prob); "
-        "use --overwrite to prepare it anew, or another directory")
+        "use --overwrite to prepare it anew, or another directory"
+    )
     config = tiny_config(masked_lm_prob=0.2)  # not the module fixture's config: other tests share it
     manifest = prepare.prepare(config, str(tmp_path), VOCAB, overwrite=True)
     assert manifest["settings"]["masked_lm_prob"] == 0.2
@@ -167,8 +196,15 @@ def test_a_concurrent_prepare_waits_for_the_first_then_reuses_it(prepared, tmp_p
     _, directory = prepared
     config = tiny_config()
     out = tmp_path / "data"
-    command = [sys.executable, "-m", "albert_jax.data.prepare", f"--config={TINY}", f"--out={out}",
-               "--config.data.docs_per_shard=40", "--config.data.prepare_workers=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "albert_jax.data.prepare",
+        f"--config={TINY}",
+        f"--out={out}",
+        "--config.data.docs_per_shard=40",
+        "--config.data.prepare_workers=1",
+    ]
     with prepare._exclusive(str(out)):  # another prepare of the directory holds it
         second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         for line in second.stderr:
@@ -213,21 +249,26 @@ def test_epochs_visit_every_example_once_in_a_new_order(prepared):
     stream = data.examples()
     keys = [stream[i]["input_ids"].tobytes() for i in range(2 * data.size)]
     stored = {data.examples(shuffle=False)[i]["input_ids"].tobytes() for i in range(data.size)}
-    assert set(keys[:data.size]) == set(keys[data.size:]) == stored
-    assert keys[:data.size] != keys[data.size:]
+    assert set(keys[: data.size]) == set(keys[data.size :]) == stored
+    assert keys[: data.size] != keys[data.size :]
     np.testing.assert_array_equal(batches.batch(1)["input_ids"][0], stream[4]["input_ids"])
 
 
 def test_original_tfrecords_train(tmp_path, prepared):
     """Files in google-research/albert's layout are converted as they are and pretrain a model."""
     from albert_jax.training import pretrain
+
     _, directory = prepared
     instances, piece_tokenizer = make_instances(60, max_seq_length=32, max_predictions_per_seq=3)
     assert piece_tokenizer.vocab_size <= VOCAB
     files = [str(tmp_path / f"part-{i}.tfrecord") for i in range(2)]
     write_original_example_files(instances, piece_tokenizer, 32, 3, files)
-    config = tiny_config(source=f"tfrecord:{tmp_path}/part-*.tfrecord", vocab_file=os.path.join(directory, "spiece.model"),
-                         eval_fraction=0.1, max_predictions_per_seq=3)
+    config = tiny_config(
+        source=f"tfrecord:{tmp_path}/part-*.tfrecord",
+        vocab_file=os.path.join(directory, "spiece.model"),
+        eval_fraction=0.1,
+        max_predictions_per_seq=3,
+    )
     config.total_steps = 6
     pretrain.run(config, str(tmp_path / "run"))
     manifest = prepare.read_manifest(str(tmp_path / "run" / "data"))
@@ -242,10 +283,13 @@ def test_original_tfrecords_train(tmp_path, prepared):
     assert stored <= written and len(stored) == data.size
 
 
-@pytest.mark.parametrize("data, message", [
-    (dict(source="tfrecord:{tmp}/*.tfrecord"), "masking='static' and config.data.vocab_file"),
-    (dict(masking="per-epoch"), "config.data.masking must be 'static' or 'dynamic', got 'per-epoch'"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (dict(source="tfrecord:{tmp}/*.tfrecord"), "masking='static' and config.data.vocab_file"),
+        (dict(masking="per-epoch"), "config.data.masking must be 'static' or 'dynamic', got 'per-epoch'"),
+    ],
+)
 def test_unpreparable_settings_are_refused_before_anything_is_written(tmp_path, data, message):
     config = tiny_config(**{k: v.format(tmp=tmp_path) for k, v in data.items()})
     with pytest.raises(ValueError, match=message):
@@ -256,8 +300,12 @@ def test_unpreparable_settings_are_refused_before_anything_is_written(tmp_path, 
 def test_a_corpus_without_two_sentence_documents_is_named(tmp_path, prepared):
     _, directory = prepared
     (tmp_path / "corpus.txt").write_text("".join(f"Sentence number {i} stands alone.\n\n" for i in range(20)))
-    config = tiny_config(source=f"files:{tmp_path}/corpus.txt", vocab_file=os.path.join(directory, "spiece.model"),
-                         max_documents=None)
-    with pytest.raises(ValueError, match=r"No train pretraining example can be made from files:.*corpus\.txt: .* "
-                                         r"at least two \(non-empty\) sentences"):
+    config = tiny_config(
+        source=f"files:{tmp_path}/corpus.txt", vocab_file=os.path.join(directory, "spiece.model"), max_documents=None
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"No train pretraining example can be made from files:.*corpus\.txt: .* "
+        r"at least two \(non-empty\) sentences",
+    ):
         prepare.prepare(config, str(tmp_path / "out"), VOCAB)

@@ -20,41 +20,89 @@ from albert_jax.tokenizer import AlbertTokenizer, train_spm
 FILES = {  # (split, level, file name) -> the file's JSON, as in RACE.tar.gz
     ("dev", "middle", "2.txt"): {
         "answers": ["B", "D"],
-        "options": [["in the park", "on the mat", "at school", "under the tree"],
-                    ["a dog", "a bird", "a fish", "a cat"]],
+        "options": [
+            ["in the park", "on the mat", "at school", "under the tree"],
+            ["a dog", "a bird", "a fish", "a cat"],
+        ],
         "questions": ["Where did the cat sit?", "The story is mainly about _ ."],
         "article": "The cat sat on the mat. It was a sunny day and the cat was happy.",
-        "id": "middle2.txt"},
+        "id": "middle2.txt",
+    },
     ("dev", "middle", "10.txt"): {
         "answers": ["A"],
         "options": [["happy", "sad", "angry", "tired"]],
         "questions": ["How did Tom feel?"],
         "article": "Tom went to school early. He met his friends and played football.",
-        "id": "middle10.txt"},
+        "id": "middle10.txt",
+    },
     ("dev", "high", "7.txt"): {
         "answers": ["C", "A", "B"],
-        "options": [["one", "two", "three", "four"], ["yes", "no", "maybe", "never"],
-                    ["the sea", "the river", "the lake", "the sky"]],
+        "options": [
+            ["one", "two", "three", "four"],
+            ["yes", "no", "maybe", "never"],
+            ["the sea", "the river", "the lake", "the sky"],
+        ],
         "questions": ["How many boats were there?", "Did the boats come back?", "The boats sailed on _ and _ ."],
         "article": "Three boats sailed on the river at dawn. They came back at night.",
-        "id": "high7.txt"},
+        "id": "high7.txt",
+    },
     ("train", "middle", "1.txt"): {
-        "answers": ["D"], "options": [["a", "b", "c", "d"]], "questions": ["Pick one."],
-        "article": "A short text.", "id": "middle1.txt"},
+        "answers": ["D"],
+        "options": [["a", "b", "c", "d"]],
+        "questions": ["Pick one."],
+        "article": "A short text.",
+        "id": "middle1.txt",
+    },
 }
 DEV = [  # read_race_dir(dev): levels middle then high, files sorted by name ("10.txt" < "2.txt")
-    RaceExample("middle/10.txt-0", FILES["dev", "middle", "10.txt"]["article"], "How did Tom feel?",
-                ("happy", "sad", "angry", "tired"), 0, "middle"),
-    RaceExample("middle/2.txt-0", FILES["dev", "middle", "2.txt"]["article"], "Where did the cat sit?",
-                ("in the park", "on the mat", "at school", "under the tree"), 1, "middle"),
-    RaceExample("middle/2.txt-1", FILES["dev", "middle", "2.txt"]["article"], "The story is mainly about _ .",
-                ("a dog", "a bird", "a fish", "a cat"), 3, "middle"),
-    RaceExample("high/7.txt-0", FILES["dev", "high", "7.txt"]["article"], "How many boats were there?",
-                ("one", "two", "three", "four"), 2, "high"),
-    RaceExample("high/7.txt-1", FILES["dev", "high", "7.txt"]["article"], "Did the boats come back?",
-                ("yes", "no", "maybe", "never"), 0, "high"),
-    RaceExample("high/7.txt-2", FILES["dev", "high", "7.txt"]["article"], "The boats sailed on _ and _ .",
-                ("the sea", "the river", "the lake", "the sky"), 1, "high"),
+    RaceExample(
+        "middle/10.txt-0",
+        FILES["dev", "middle", "10.txt"]["article"],
+        "How did Tom feel?",
+        ("happy", "sad", "angry", "tired"),
+        0,
+        "middle",
+    ),
+    RaceExample(
+        "middle/2.txt-0",
+        FILES["dev", "middle", "2.txt"]["article"],
+        "Where did the cat sit?",
+        ("in the park", "on the mat", "at school", "under the tree"),
+        1,
+        "middle",
+    ),
+    RaceExample(
+        "middle/2.txt-1",
+        FILES["dev", "middle", "2.txt"]["article"],
+        "The story is mainly about _ .",
+        ("a dog", "a bird", "a fish", "a cat"),
+        3,
+        "middle",
+    ),
+    RaceExample(
+        "high/7.txt-0",
+        FILES["dev", "high", "7.txt"]["article"],
+        "How many boats were there?",
+        ("one", "two", "three", "four"),
+        2,
+        "high",
+    ),
+    RaceExample(
+        "high/7.txt-1",
+        FILES["dev", "high", "7.txt"]["article"],
+        "Did the boats come back?",
+        ("yes", "no", "maybe", "never"),
+        0,
+        "high",
+    ),
+    RaceExample(
+        "high/7.txt-2",
+        FILES["dev", "high", "7.txt"]["article"],
+        "The boats sailed on _ and _ .",
+        ("the sea", "the river", "the lake", "the sky"),
+        1,
+        "high",
+    ),
 ]
 
 
@@ -82,11 +130,11 @@ def tokenizer(tmp_path_factory):
     # the fixture's texts plus a few hundred sentences of the built-in corpus
     texts = [r["article"] + " " + " ".join(r["questions"]) for r in FILES.values()]
     sentences = texts + [s for doc in builtin_corpus()[:60] for s in doc][:400]
-    return AlbertTokenizer(train_spm(iter(sentences), 200, str(tmp_path_factory.mktemp("spm") / "sp"),
-                                     num_threads=1))
+    return AlbertTokenizer(train_spm(iter(sentences), 200, str(tmp_path_factory.mktemp("spm") / "sp"), num_threads=1))
 
 
 # --- readers --------------------------------------------------------------------------------------------------
+
 
 def test_read_race_dir(race_dir):
     assert read_race_dir(race_dir, "dev") == DEV
@@ -109,20 +157,25 @@ def test_read_race_dir_bad_arguments(race_dir, tmp_path):
 GOOD = FILES["dev", "middle", "2.txt"]
 
 
-@pytest.mark.parametrize("record, message", [
-    ('{"answers": ["A"], "options": [', "not a JSON object"),
-    (json.dumps([GOOD]), "expected a JSON object, got list"),
-    ({k: v for k, v in GOOD.items() if k != "article"}, r"missing key\(s\) \['article'\]"),
-    ({**GOOD, "options": [GOOD["options"][0], ["a", "b", "c"]]}, "question 1: needs 4 option strings"),
-    ({**GOOD, "answers": ["B", "E"]}, "question 1: answer 'E' is not one of A, B, C, D"),
-    ({**GOOD, "answers": ["B", "AB"]}, "question 1: answer 'AB'"),
-    ({**GOOD, "answers": ["B"]}, "questions, options and answers must be lists of one length"),
-    ({**GOOD, "options": GOOD["options"][:1]}, "questions, options and answers must be lists of one length"),
-    ({**GOOD, "questions": [GOOD["questions"][0], None]}, "question 1: the question must be a string"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ('{"answers": ["A"], "options": [', "not a JSON object"),
+        (json.dumps([GOOD]), "expected a JSON object, got list"),
+        ({k: v for k, v in GOOD.items() if k != "article"}, r"missing key\(s\) \['article'\]"),
+        ({**GOOD, "options": [GOOD["options"][0], ["a", "b", "c"]]}, "question 1: needs 4 option strings"),
+        ({**GOOD, "answers": ["B", "E"]}, "question 1: answer 'E' is not one of A, B, C, D"),
+        ({**GOOD, "answers": ["B", "AB"]}, "question 1: answer 'AB'"),
+        ({**GOOD, "answers": ["B"]}, "questions, options and answers must be lists of one length"),
+        ({**GOOD, "options": GOOD["options"][:1]}, "questions, options and answers must be lists of one length"),
+        ({**GOOD, "questions": [GOOD["questions"][0], None]}, "question 1: the question must be a string"),
+    ],
+)
 def test_read_race_dir_malformed_file(tmp_path, record, message):
-    root = write_race(tmp_path, {("dev", "middle", "1.txt"): GOOD, ("dev", "middle", "bad.txt"): record,
-                                 ("dev", "high", "1.txt"): GOOD})
+    root = write_race(
+        tmp_path,
+        {("dev", "middle", "1.txt"): GOOD, ("dev", "middle", "bad.txt"): record, ("dev", "high", "1.txt"): GOOD},
+    )
     with pytest.raises(ValueError, match=re.escape(os.path.join(root, "dev", "middle", "bad.txt")) + ".*" + message):
         read_race_dir(root, "dev")
 
@@ -143,13 +196,19 @@ def mock_tfds(race_dir):
     import tensorflow as tf
     from etils import epath
 
-    rows = {(split, level): [row for _, row in tfds.builder(f"race/{level}")._generate_examples(
-        epath.Path(race_dir) / split / level)] for split in ("train", "dev", "test") for level in ("middle", "high")}
+    rows = {
+        (split, level): [
+            row for _, row in tfds.builder(f"race/{level}")._generate_examples(epath.Path(race_dir) / split / level)
+        ]
+        for split in ("train", "dev", "test")
+        for level in ("middle", "high")
+    }
 
     def as_dataset(builder, split, **kwargs):
         features = builder.info.features
-        records = [features.serialize_example(features.encode_example(row))
-                   for row in rows[split, builder.builder_config.name]]
+        records = [
+            features.serialize_example(features.encode_example(row)) for row in rows[split, builder.builder_config.name]
+        ]
         return tf.data.Dataset.from_tensor_slices(tf.constant(records, tf.string)).map(features.deserialize_example)
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
@@ -170,22 +229,32 @@ def test_read_race_tfds_equals_read_race_dir(mock_tfds, race_dir):
 
 # --- featurize ------------------------------------------------------------------------------------------------
 
+
 def _ids(tokenizer, text):
     return tokenizer.encode(text, add_special_tokens=False)
 
 
 def _row(tokenizer, article, qa):
     """[CLS] article [SEP] qa [SEP] from the given texts, untruncated."""
-    return [tokenizer.cls_token_id, *_ids(tokenizer, article), tokenizer.sep_token_id, *_ids(tokenizer, qa),
-            tokenizer.sep_token_id]
+    return [
+        tokenizer.cls_token_id,
+        *_ids(tokenizer, article),
+        tokenizer.sep_token_id,
+        *_ids(tokenizer, qa),
+        tokenizer.sep_token_id,
+    ]
 
 
 def test_featurize_rows(tokenizer):
     width = 128
     features = featurize(DEV, tokenizer, max_seq_length=width, max_qa_length=64)
     assert {k: (v.shape, v.dtype) for k, v in features.items()} == {
-        "input_ids": ((6, 4, width), np.int32), "attention_mask": ((6, 4, width), np.int32),
-        "token_type_ids": ((6, 4, width), np.int32), "label": ((6,), np.int32), "level": ((6,), np.int32)}
+        "input_ids": ((6, 4, width), np.int32),
+        "attention_mask": ((6, 4, width), np.int32),
+        "token_type_ids": ((6, 4, width), np.int32),
+        "label": ((6,), np.int32),
+        "level": ((6,), np.int32),
+    }
     assert features["label"].tolist() == [0, 1, 3, 2, 0, 1]
     assert features["level"].tolist() == [0, 0, 0, 1, 1, 1]
     qa_texts = {  # no "_": question + " " + option; with "_": the option in every blank
@@ -201,8 +270,10 @@ def test_featurize_rows(tokenizer):
         np.testing.assert_array_equal(features["input_ids"][n, k], expected + padding)
         np.testing.assert_array_equal(features["attention_mask"][n, k], [1] * length + [0] * (width - length))
         first_sep = expected.index(tokenizer.sep_token_id)
-        np.testing.assert_array_equal(features["token_type_ids"][n, k],
-                                      [0] * (first_sep + 1) + [1] * (length - first_sep - 1) + [0] * (width - length))
+        np.testing.assert_array_equal(
+            features["token_type_ids"][n, k],
+            [0] * (first_sep + 1) + [1] * (length - first_sep - 1) + [0] * (width - length),
+        )
 
 
 def test_featurize_truncation(tokenizer):
@@ -213,7 +284,7 @@ def test_featurize_truncation(tokenizer):
     qa, art = _ids(tokenizer, question + " at school"), _ids(tokenizer, article)
     assert len(qa) > 8 and len(art) > 32
     # the qa keeps its LAST 8 tokens (race_utils: ending_tokens[-max_qa_length:]); the article fills the rest
-    expected = [tokenizer.cls_token_id, *art[:32 - 3 - 8], tokenizer.sep_token_id, *qa[-8:], tokenizer.sep_token_id]
+    expected = [tokenizer.cls_token_id, *art[: 32 - 3 - 8], tokenizer.sep_token_id, *qa[-8:], tokenizer.sep_token_id]
     np.testing.assert_array_equal(features["input_ids"][0, 0], expected)
     assert features["attention_mask"][0].sum(-1).tolist() == [32] * 4
     # a qa within max_qa_length is kept whole and only the article is cut
@@ -221,8 +292,9 @@ def test_featurize_truncation(tokenizer):
     row = featurize([short], tokenizer, max_seq_length=32, max_qa_length=8)["input_ids"][0, 1]
     qa = _ids(tokenizer, "why b")
     assert len(qa) < 8
-    np.testing.assert_array_equal(row, [tokenizer.cls_token_id, *art[:32 - 3 - len(qa)], tokenizer.sep_token_id,
-                                        *qa, tokenizer.sep_token_id])
+    np.testing.assert_array_equal(
+        row, [tokenizer.cls_token_id, *art[: 32 - 3 - len(qa)], tokenizer.sep_token_id, *qa, tokenizer.sep_token_id]
+    )
 
 
 def test_featurize_bad_lengths(tokenizer):
@@ -234,17 +306,21 @@ def test_featurize_bad_lengths(tokenizer):
 
 # --- metrics --------------------------------------------------------------------------------------------------
 
+
 def test_race_metrics():
     predictions = np.array([0, 1, 2, 3, 0, 1, 2])
     labels = np.array([0, 1, 0, 3, 1, 2, 2])
     levels = np.array([0, 0, 0, 1, 1, 1, 1])
     # middle: right, right, wrong -> 2/3; high: right, wrong, wrong, right -> 2/4; all: 4/7
     assert race_metrics(predictions, labels, levels) == pytest.approx(
-        {"accuracy": 4 / 7, "accuracy_middle": 2 / 3, "accuracy_high": 0.5, "num_middle": 3, "num_high": 4})
+        {"accuracy": 4 / 7, "accuracy_middle": 2 / 3, "accuracy_high": 0.5, "num_middle": 3, "num_high": 4}
+    )
     assert race_metrics(predictions[:3], labels[:3], levels[:3]) == pytest.approx(
-        {"accuracy": 2 / 3, "accuracy_middle": 2 / 3, "num_middle": 3})
+        {"accuracy": 2 / 3, "accuracy_middle": 2 / 3, "num_middle": 3}
+    )
     assert race_metrics(predictions[3:], labels[3:], levels[3:]) == pytest.approx(
-        {"accuracy": 0.5, "accuracy_high": 0.5, "num_high": 4})
+        {"accuracy": 0.5, "accuracy_high": 0.5, "num_high": 4}
+    )
 
 
 def test_race_metrics_errors():

@@ -12,14 +12,16 @@ from albert_jax.data.squad import SquadExample, featurize, load_squad, read_squa
 from albert_jax.evaluation.squad import evaluate, normalize_answer, postprocess, write_predictions
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
 
-WORDS = ("the a of in and to was were is on at by for with from near river city bridge music festival garden "
-         "museum painter night morning people story house small large old new green quiet famous north south "
-         "east west market station library school window table letter friend winter summer autumn spring "
-         "mountain valley island harbour castle tower church village street road train ship teacher student "
-         "doctor writer singer dancer farmer baker soldier king queen prince history science theatre concert "
-         "picture colour yellow purple orange silver golden wooden stone ancient modern beautiful strange dark "
-         "bright cold warm heavy light open closed built opened painted wrote sang visited travelled "
-         "remembered discovered believed walked").split()
+WORDS = (
+    "the a of in and to was were is on at by for with from near river city bridge music festival garden "
+    "museum painter night morning people story house small large old new green quiet famous north south "
+    "east west market station library school window table letter friend winter summer autumn spring "
+    "mountain valley island harbour castle tower church village street road train ship teacher student "
+    "doctor writer singer dancer farmer baker soldier king queen prince history science theatre concert "
+    "picture colour yellow purple orange silver golden wooden stone ancient modern beautiful strange dark "
+    "bright cold warm heavy light open closed built opened painted wrote sang visited travelled "
+    "remembered discovered believed walked"
+).split()
 NAMES = ("Café", "Müller", "Paris", "Zoë", "Señor", "naïve")
 ANSWER = "Café  Müller, (Paris)"
 
@@ -36,16 +38,26 @@ def _sentences(count, seed):
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = train_spm(iter(_sentences(400, seed=0)), 150, str(tmp_path_factory.mktemp("spm") / "spm"),
-                     num_threads=1)
+    path = train_spm(iter(_sentences(400, seed=0)), 150, str(tmp_path_factory.mktemp("spm") / "spm"), num_threads=1)
     return AlbertTokenizer(path)
 
 
 def _dataset(*qas, context="Some context."):
     """An official-format "data" list holding one paragraph with `qas` = (id, [gold texts])."""
-    return [{"title": "t", "paragraphs": [{"context": context, "qas": [
-        {"id": qid, "question": "?", "answers": [{"text": t, "answer_start": 0} for t in golds]}
-        for qid, golds in qas]}]}]
+    return [
+        {
+            "title": "t",
+            "paragraphs": [
+                {
+                    "context": context,
+                    "qas": [
+                        {"id": qid, "question": "?", "answers": [{"text": t, "answer_start": 0} for t in golds]}
+                        for qid, golds in qas
+                    ],
+                }
+            ],
+        }
+    ]
 
 
 # --- the evaluator -----------------------------------------------------------------------------------
@@ -59,8 +71,13 @@ def test_normalize_answer_lowercases_drops_punctuation_articles_and_extra_space(
 
 
 def test_evaluate_takes_max_over_golds_and_scores_unanswerable_questions():
-    dataset = _dataset(("q1", ["the Eiffel Tower", "Eiffel Tower in Paris"]), ("q2", ["big red barn"]),
-                       ("q3", ["Paris", "city of Paris"]), ("q4", []), ("q5", []))
+    dataset = _dataset(
+        ("q1", ["the Eiffel Tower", "Eiffel Tower in Paris"]),
+        ("q2", ["big red barn"]),
+        ("q3", ["Paris", "city of Paris"]),
+        ("q4", []),
+        ("q5", []),
+    )
     predictions = {"q1": "eiffel  tower!", "q2": "red barn door", "q3": "the city", "q4": "", "q5": "something"}
     # q2: 2 common of 3 predicted, 3 gold tokens; q3: "city" against "city of paris" (P 1, R 1/3).
     f1_q2, f1_q3 = 2 * (2 / 3) * (2 / 3) / (2 / 3 + 2 / 3), 2 * 1 * (1 / 3) / (1 + 1 / 3)
@@ -72,17 +89,32 @@ def test_evaluate_takes_max_over_golds_and_scores_unanswerable_questions():
     assert result["HasAns_f1"] == pytest.approx(100 * (1 + f1_q2 + f1_q3) / 3)
     assert (result["HasAns_total"], result["NoAns_total"]) == (3, 2)
     assert result["NoAns_exact"] == result["NoAns_f1"] == pytest.approx(100 * 1 / 2)
-    assert list(result) == ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact",
-                            "NoAns_f1", "NoAns_total", "best_exact", "best_exact_thresh", "best_f1",
-                            "best_f1_thresh"]
+    assert list(result) == [
+        "exact",
+        "f1",
+        "total",
+        "HasAns_exact",
+        "HasAns_f1",
+        "HasAns_total",
+        "NoAns_exact",
+        "NoAns_f1",
+        "NoAns_total",
+        "best_exact",
+        "best_exact_thresh",
+        "best_f1",
+        "best_f1_thresh",
+    ]
 
 
-@pytest.mark.parametrize("gold, prediction, expected", [
-    ("red red barn", "red red", 2 * 1 * (2 / 3) / (1 + 2 / 3)),  # tokens count as a multiset
-    ("big red barn", "barn", 2 * 1 * (1 / 3) / (1 + 1 / 3)),
-    ("big red barn", "a small house", 0.0),
-    ("the big barn", "Big, barn.", 1.0),
-])
+@pytest.mark.parametrize(
+    "gold, prediction, expected",
+    [
+        ("red red barn", "red red", 2 * 1 * (2 / 3) / (1 + 2 / 3)),  # tokens count as a multiset
+        ("big red barn", "barn", 2 * 1 * (1 / 3) / (1 + 1 / 3)),
+        ("big red barn", "a small house", 0.0),
+        ("the big barn", "Big, barn.", 1.0),
+    ],
+)
 def test_f1_is_token_overlap(gold, prediction, expected):
     assert evaluate(_dataset(("q", [gold])), {"q": prediction})["f1"] == pytest.approx(100 * expected)
 
@@ -94,8 +126,9 @@ def test_answer_that_normalises_to_nothing_is_answerable_with_empty_gold():
 
 
 def test_best_threshold_search():
-    dataset = _dataset(("h1", ["paris"]), ("h2", ["rome"]), ("n1", []), ("h4", ["oslo"]),
-                       ("h3", ["big red barn"]), ("n2", []))
+    dataset = _dataset(
+        ("h1", ["paris"]), ("h2", ["rome"]), ("n1", []), ("h4", ["oslo"]), ("h3", ["big red barn"]), ("n2", [])
+    )
     predictions = {"h1": "paris", "h2": "rome", "n1": "wrong", "h4": "oslo", "h3": "barn", "n2": "x"}
     na_probs = {"h1": 0.1, "h2": 0.2, "n1": 0.6, "h4": 0.65, "h3": 0.7, "n2": 0.9}
     f1_h3 = 2 * 1 * (1 / 3) / (1 + 1 / 3)
@@ -115,8 +148,7 @@ def test_best_threshold_search():
 
 
 def test_v11_style_data_and_missing_predictions(caplog):
-    dataset = _dataset(("a", ["Denver Broncos"]), ("b", ["Santa Clara, California", "Levi's Stadium"]),
-                       ("c", ["gold"]))
+    dataset = _dataset(("a", ["Denver Broncos"]), ("b", ["Santa Clara, California", "Levi's Stadium"]), ("c", ["gold"]))
     predictions = {"a": "Broncos", "b": "levis stadium", "c": "gold"}
     f1_a = 2 * 1 * (1 / 2) / (1 + 1 / 2)
     result = evaluate(dataset, predictions)
@@ -134,14 +166,57 @@ def test_v11_style_data_and_missing_predictions(caplog):
 
 
 CONTEXT = "Café  Müller is in Paris."
-V2 = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": CONTEXT, "qas": [
-    {"id": "q1", "question": "Where?", "answers": [{"text": "Paris", "answer_start": CONTEXT.index("Paris")}],
-     "is_impossible": False},
-    {"id": "q2", "question": "Who?", "answers": [], "is_impossible": True,
-     "plausible_answers": [{"text": "Müller", "answer_start": CONTEXT.index("Müller")}]}]}]}]}
-V11 = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": CONTEXT, "qas": [
-    {"id": "q1", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 19},
-                                                   {"text": "in Paris", "answer_start": 16}]}]}]}]}
+V2 = {
+    "version": "v2.0",
+    "data": [
+        {
+            "title": "T",
+            "paragraphs": [
+                {
+                    "context": CONTEXT,
+                    "qas": [
+                        {
+                            "id": "q1",
+                            "question": "Where?",
+                            "answers": [{"text": "Paris", "answer_start": CONTEXT.index("Paris")}],
+                            "is_impossible": False,
+                        },
+                        {
+                            "id": "q2",
+                            "question": "Who?",
+                            "answers": [],
+                            "is_impossible": True,
+                            "plausible_answers": [{"text": "Müller", "answer_start": CONTEXT.index("Müller")}],
+                        },
+                    ],
+                }
+            ],
+        }
+    ],
+}
+V11 = {
+    "version": "1.1",
+    "data": [
+        {
+            "title": "T",
+            "paragraphs": [
+                {
+                    "context": CONTEXT,
+                    "qas": [
+                        {
+                            "id": "q1",
+                            "question": "Where?",
+                            "answers": [
+                                {"text": "Paris", "answer_start": 19},
+                                {"text": "in Paris", "answer_start": 16},
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+    ],
+}
 
 
 def _write(path, content):
@@ -151,8 +226,10 @@ def _write(path, content):
 
 def test_read_squad_json_v2_and_v11(tmp_path):
     examples, dataset = read_squad_json(_write(tmp_path / "dev-v2.0.json", V2))
-    assert examples == [SquadExample("q1", "Where?", CONTEXT, (("Paris", 19),), False),
-                        SquadExample("q2", "Who?", CONTEXT, (), True)]
+    assert examples == [
+        SquadExample("q1", "Where?", CONTEXT, (("Paris", 19),), False),
+        SquadExample("q2", "Who?", CONTEXT, (), True),
+    ]
     assert dataset == V2["data"]
     examples, dataset = load_squad("v1.1", "dev", dev_file=_write(tmp_path / "dev-v1.1.json", V11))
     assert examples == [SquadExample("q1", "Where?", CONTEXT, (("Paris", 19), ("in Paris", 16)), False)]
@@ -167,13 +244,17 @@ def test_read_squad_json_errors_name_the_file_and_place(tmp_path):
         read_squad_json(bad)
     qa = {"id": "x", "question": "?", "answers": []}
     good = {"title": "T", "paragraphs": [{"context": "c", "qas": [qa]}]}
-    bad = {"title": "T", "paragraphs": [{"context": "c", "qas": [qa]}, {"context": "c", "qas": [
-        {"question": "?", "answers": []}]}]}
+    bad = {
+        "title": "T",
+        "paragraphs": [{"context": "c", "qas": [qa]}, {"context": "c", "qas": [{"question": "?", "answers": []}]}],
+    }
     path = _write(tmp_path / "dev-v2.0.json", {"data": [good, bad]})
     with pytest.raises(ValueError, match=r"dev-v2\.0\.json: data\[1\]\.paragraphs\[1\]\.qas\[0\]: no 'id'"):
         read_squad_json(path)
-    article = {"title": "T", "paragraphs": [{"context": "c", "qas": [
-        {**qa, "answers": [{"text": "c", "answer_start": "0"}]}]}]}
+    article = {
+        "title": "T",
+        "paragraphs": [{"context": "c", "qas": [{**qa, "answers": [{"text": "c", "answer_start": "0"}]}]}],
+    }
     with pytest.raises(ValueError, match=r"data\[0\]\.paragraphs\[0\]\.qas\[0\]\.answers\[0\]: 'answer_start'"):
         read_squad_json(_write(tmp_path / "x.json", {"data": [article]}))
     with pytest.raises(ValueError, match="split must be"):
@@ -187,13 +268,20 @@ def test_read_squad_tfds_rebuilds_the_official_format():
         v11, _ = load_squad("v1.1", "train")
     assert len(examples) == len(v11) == 6 and not any(e.is_impossible for e in v11)
     by_id = {e.qas_id: e for e in examples}
-    qas = [(paragraph["context"], qa) for article in dataset for paragraph in article["paragraphs"]
-           for qa in paragraph["qas"]]
+    qas = [
+        (paragraph["context"], qa)
+        for article in dataset
+        for paragraph in article["paragraphs"]
+        for qa in paragraph["qas"]
+    ]
     assert sorted(qa["id"] for _, qa in qas) == sorted(by_id)
     for context, qa in qas:
         example = by_id[qa["id"]]
-        assert (context, qa["question"], qa["is_impossible"]) == (example.context, example.question,
-                                                                  example.is_impossible)
+        assert (context, qa["question"], qa["is_impossible"]) == (
+            example.context,
+            example.question,
+            example.is_impossible,
+        )
         assert [(a["text"], a["answer_start"]) for a in qa["answers"]] == list(example.answers)
     assert len({article["title"] for article in dataset}) == len(dataset)
     assert evaluate(dataset, {e.qas_id: "" for e in examples})["total"] == 6
@@ -228,26 +316,32 @@ def test_featurize_windows_positions_and_layout(tokenizer):
     question = _context_ids(tokenizer, example.question)[0]
     max_seq_length, stride = 40, 8
     window = max_seq_length - len(question) - 3
-    arrays, features = featurize([example, impossible], tokenizer, max_seq_length=max_seq_length,
-                                 doc_stride=stride, is_training=True)
+    arrays, features = featurize(
+        [example, impossible], tokenizer, max_seq_length=max_seq_length, doc_stride=stride, is_training=True
+    )
     n = int(np.ceil((len(ids) - window) / stride)) + 1  # windows until one reaches the last token
     assert list(arrays["example_index"]) == [0] * n + [1] * n and n > 3
     for k in range(n):
         length = min(window, len(ids) - k * stride)
         c = len(question) + 2
-        expected = [tokenizer.cls_token_id, *question, tokenizer.sep_token_id, *ids[k * stride:k * stride + length],
-                    tokenizer.sep_token_id]
-        np.testing.assert_array_equal(arrays["input_ids"][k][:len(expected)], expected)
-        assert (arrays["input_ids"][k][len(expected):] == tokenizer.pad_token_id).all()
+        expected = [
+            tokenizer.cls_token_id,
+            *question,
+            tokenizer.sep_token_id,
+            *ids[k * stride : k * stride + length],
+            tokenizer.sep_token_id,
+        ]
+        np.testing.assert_array_equal(arrays["input_ids"][k][: len(expected)], expected)
+        assert (arrays["input_ids"][k][len(expected) :] == tokenizer.pad_token_id).all()
         pad = max_seq_length - len(expected)
         assert list(arrays["attention_mask"][k]) == [1] * len(expected) + [0] * pad
         assert list(arrays["token_type_ids"][k]) == [0] * c + [1] * (length + 1) + [0] * pad
-        np.testing.assert_array_equal(features.offsets[k][c:c + length], offsets[k * stride:k * stride + length])
-        assert (features.offsets[k][:c] == -1).all() and (features.offsets[k][c + length:] == -1).all()
+        np.testing.assert_array_equal(features.offsets[k][c : c + length], offsets[k * stride : k * stride + length])
+        assert (features.offsets[k][:c] == -1).all() and (features.offsets[k][c + length :] == -1).all()
         assert list(np.flatnonzero(features.context_mask[k])) == list(range(c, c + length))
         s, e = arrays["start_positions"][k], arrays["end_positions"][k]
         if k * stride <= first and last < k * stride + length:
-            assert example.context[features.offsets[k, s, 0]:features.offsets[k, e, 1]] == ANSWER
+            assert example.context[features.offsets[k, s, 0] : features.offsets[k, e, 1]] == ANSWER
         else:
             assert s == e == 0
     assert 0 < arrays["start_positions"].sum() and (arrays["start_positions"][n:] == 0).all()
@@ -256,14 +350,15 @@ def test_featurize_windows_positions_and_layout(tokenizer):
     assert all(arrays[key].dtype == np.int32 for key in arrays)
 
 
-@pytest.mark.parametrize("answer, expected", [("Paris", "Paris"), ("Müller", "Müller"), ("ülle", "Müller"),
-                                              (ANSWER, ANSWER)])
+@pytest.mark.parametrize(
+    "answer, expected", [("Paris", "Paris"), ("Müller", "Müller"), ("ülle", "Müller"), (ANSWER, ANSWER)]
+)
 def test_featurize_maps_an_answer_to_the_tokens_overlapping_it(tokenizer, answer, expected):
     context = f"Near the  {ANSWER} was a café."
     example = SquadExample("q", "Where ?", context, ((answer, context.index(answer)),), False)
     arrays, features = featurize([example], tokenizer, max_seq_length=64, is_training=True)
     s, e = arrays["start_positions"][0], arrays["end_positions"][0]
-    assert context[features.offsets[0, s, 0]:features.offsets[0, e, 1]] == expected
+    assert context[features.offsets[0, s, 0] : features.offsets[0, e, 1]] == expected
 
 
 def test_featurize_token_is_max_context_matches_the_original_rule(tokenizer):
@@ -292,8 +387,9 @@ def test_featurize_truncates_the_question(tokenizer):
     example = SquadExample("q", long_question, "The old bridge.", (("old", 4),), False)
     arrays, _ = featurize([example], tokenizer, max_seq_length=32, max_query_length=5, is_training=True)
     assert len(question) > 5
-    np.testing.assert_array_equal(arrays["input_ids"][0, :7], [tokenizer.cls_token_id, *question[:5],
-                                                               tokenizer.sep_token_id])
+    np.testing.assert_array_equal(
+        arrays["input_ids"][0, :7], [tokenizer.cls_token_id, *question[:5], tokenizer.sep_token_id]
+    )
     assert arrays["token_type_ids"][0, 6] == 0 and arrays["token_type_ids"][0, 7] == 1
     with pytest.raises(ValueError, match="leaves no room"):
         featurize([example], tokenizer, max_seq_length=8, max_query_length=5, is_training=True)
@@ -303,15 +399,17 @@ def test_postprocess_recovers_an_answer_across_a_window_boundary_exactly(tokeniz
     example, first, last = _long_example(tokenizer)
     stride, question = 4, _context_ids(tokenizer, example.question)[0]
     window = first + 2  # window 0 ends inside the answer
-    arrays, features = featurize([example], tokenizer, max_seq_length=window + len(question) + 3,
-                                 doc_stride=stride, is_training=False)
+    arrays, features = featurize(
+        [example], tokenizer, max_seq_length=window + len(question) + 3, doc_stride=stride, is_training=False
+    )
     c, n_ids = len(question) + 2, len(_context_ids(tokenizer, example.context)[0])
     lengths = [min(window, n_ids - k * stride) for k in range(len(arrays["input_ids"]))]
     holding = [k for k, length in enumerate(lengths) if k * stride <= first and last < k * stride + length]
     assert arrays["start_positions"][0] == 0 and len(holding) >= 2
     # The original rule, independently: the window where the start token has the most context.
-    best_k = max(holding, key=lambda k: (min(first - k * stride, k * stride + lengths[k] - 1 - first)
-                                         + 0.01 * lengths[k], -k))
+    best_k = max(
+        holding, key=lambda k: (min(first - k * stride, k * stride + lengths[k] - 1 - first) + 0.01 * lengths[k], -k)
+    )
     rng = np.random.default_rng(0)
     start_logits = rng.normal(0, 0.1, arrays["input_ids"].shape)
     end_logits = rng.normal(0, 0.1, arrays["input_ids"].shape)
@@ -320,30 +418,48 @@ def test_postprocess_recovers_an_answer_across_a_window_boundary_exactly(tokeniz
         start_logits[k, first - k * stride + c] = 5.0 if k == best_k else 9.0
         end_logits[k, last - k * stride + c] = 5.0 if k == best_k else 9.0
     start_logits[0, first + c], end_logits[0, c + window - 1] = 20.0, 20.0  # a cut answer, not max-context
-    predictions, nbest, null_odds = postprocess([example], features, start_logits, end_logits,
-                                                version_2_with_negative=False)
+    predictions, nbest, null_odds = postprocess(
+        [example], features, start_logits, end_logits, version_2_with_negative=False
+    )
     assert predictions == {"q": ANSWER} and null_odds == {}
-    assert predictions["q"] == example.context[example.answers[0][1]:][:len(ANSWER)]
+    assert predictions["q"] == example.context[example.answers[0][1] :][: len(ANSWER)]
     assert (nbest["q"][0]["start_logit"], nbest["q"][0]["end_logit"]) == (5.0, 5.0)
     probabilities = [e["probability"] for e in nbest["q"]]
     assert sum(probabilities) == pytest.approx(1) and probabilities == sorted(probabilities, reverse=True)
     assert len({e["text"] for e in nbest["q"]}) == len(nbest["q"]) <= 20
-    assert evaluate([{"paragraphs": [{"context": example.context, "qas": [
-        {"id": "q", "answers": [{"text": ANSWER, "answer_start": 0}]}]}]}], predictions)["exact"] == 100
-    short, _, _ = postprocess([example], features, start_logits, end_logits, max_answer_length=last - first,
-                              version_2_with_negative=False)
+    assert (
+        evaluate(
+            [
+                {
+                    "paragraphs": [
+                        {
+                            "context": example.context,
+                            "qas": [{"id": "q", "answers": [{"text": ANSWER, "answer_start": 0}]}],
+                        }
+                    ]
+                }
+            ],
+            predictions,
+        )["exact"]
+        == 100
+    )
+    short, _, _ = postprocess(
+        [example], features, start_logits, end_logits, max_answer_length=last - first, version_2_with_negative=False
+    )
     assert short["q"] != ANSWER
 
     # v2.0: the null score is the lowest [CLS] score over the windows; it wins when above the best span.
     start_logits[:, 0], end_logits[:, 0] = 8.0, 8.0
     start_logits[1, 0], end_logits[1, 0] = 7.0, 7.0
-    predictions, nbest, null_odds = postprocess([example], features, start_logits, end_logits,
-                                                version_2_with_negative=True)
+    predictions, nbest, null_odds = postprocess(
+        [example], features, start_logits, end_logits, version_2_with_negative=True
+    )
     assert predictions == {"q": ""} and null_odds["q"] == pytest.approx(14.0 - 10.0)
     assert {"text": "", "start_logit": 7.0, "end_logit": 7.0}.items() <= nbest["q"][0].items()
     start_logits[:, 0], end_logits[:, 0] = 2.0, 2.0
-    predictions, nbest, null_odds = postprocess([example], features, start_logits, end_logits,
-                                                version_2_with_negative=True)
+    predictions, nbest, null_odds = postprocess(
+        [example], features, start_logits, end_logits, version_2_with_negative=True
+    )
     assert predictions == {"q": ANSWER} and null_odds["q"] == pytest.approx(4.0 - 10.0)
     assert "" in [e["text"] for e in nbest["q"]]
 

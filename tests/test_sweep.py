@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import helpers
-from albert_jax.modeling import count_params
 from albert_jax import experiment
+from albert_jax.modeling import count_params
 from albert_jax.training import sweep
 
 CONFIG = os.path.join(helpers.ROOT, "tests", "configs", "tiny_sweep.py")
@@ -21,8 +21,14 @@ pytestmark = pytest.mark.integration
 
 
 def ablate(workdir, *args, check=True):
-    result = subprocess.run([sys.executable, ABLATE, f"--config={CONFIG}", f"--workdir={workdir}", *args],
-                            env=helpers.device_env(), capture_output=True, text=True, timeout=600, cwd=helpers.ROOT)
+    result = subprocess.run(
+        [sys.executable, ABLATE, f"--config={CONFIG}", f"--workdir={workdir}", *args],
+        env=helpers.device_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=helpers.ROOT,
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -37,8 +43,11 @@ def test_shards_cover_the_grid_once_and_a_rerun_skips_finished_cells(tmp_path):
     first = ablate(tmp_path, "--shard=0/2")
     assert [r["cell"] for r in read_csv(tmp_path / "results.csv")] == ["E8-all", "E16-all"]
     second = ablate(tmp_path, "--shard=1/2")
-    ran = [line.split()[1].rstrip(":") for line in (first.stdout + second.stdout).splitlines()
-           if line.startswith("[sweep]") and "pretraining" in line]
+    ran = [
+        line.split()[1].rstrip(":")
+        for line in (first.stdout + second.stdout).splitlines()
+        if line.startswith("[sweep]") and "pretraining" in line
+    ]
     assert sorted(ran) == sorted(CELLS)  # every cell once over the two shards
     rows = read_csv(tmp_path / "results.csv")
     assert [r["cell"] for r in rows] == CELLS
@@ -46,7 +55,9 @@ def test_shards_cover_the_grid_once_and_a_rerun_skips_finished_cells(tmp_path):
     for row in rows:
         cell = sweep.cell_config(config, row["cell"])
         assert int(row["parameters"]) == count_params(experiment.albert_config(cell.model))
-        paper = experiment.albert_config(experiment.model_section("albert-base-v2", **sweep.cells(config)[row["cell"]]["model"]))
+        paper = experiment.albert_config(
+            experiment.model_section("albert-base-v2", **sweep.cells(config)[row["cell"]]["model"])
+        )
         assert int(row["paper_parameters"]) == count_params(paper)
         for key in ("mlm_accuracy", "sop_accuracy", "tokens_per_sec", "wall_seconds"):
             assert np.isfinite(float(row[key])), (row, key)

@@ -14,17 +14,18 @@ import sys
 
 import numpy as np
 import pytest
-from test_data_pretraining import PieceTokenizer
 
 from albert_jax.data.pretraining import FEATURES, create_examples
 from albert_jax.data.tfrecord import expand_tfrecord_patterns, read_original_tfrecords
+from test_data_pretraining import PieceTokenizer
 
 tf = pytest.importorskip("tensorflow")
 
 # The original's TrainingInstance, as a namedtuple.
 TrainingInstance = collections.namedtuple(
-    "TrainingInstance", ["tokens", "segment_ids", "masked_lm_positions", "masked_lm_labels", "is_random_next",
-                         "token_boundary"])
+    "TrainingInstance",
+    ["tokens", "segment_ids", "masked_lm_positions", "masked_lm_labels", "is_random_next", "token_boundary"],
+)
 
 
 def int_feature(values):
@@ -35,8 +36,9 @@ def float_feature(values):
     return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
 
 
-def write_original_example_files(instances, tokenizer, max_seq_length, max_predictions_per_seq, output_files,
-                                 do_permutation=False):
+def write_original_example_files(
+    instances, tokenizer, max_seq_length, max_predictions_per_seq, output_files, do_permutation=False
+):
     """The original's ``write_instance_to_example_files`` (FLAGS.do_permutation as an argument)."""
     writers = [tf.io.TFRecordWriter(output_file) for output_file in output_files]
     writer_index = 0
@@ -95,8 +97,9 @@ def make_instances(num, max_seq_length=16, max_predictions_per_seq=3, seed=0):
         tokens = ["[CLS]", *tokens_a, "[SEP]", *tokens_b, "[SEP]"]
         segment_ids = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
         assert len(tokens) <= max_seq_length
-        positions = sorted(rng.sample([i for i, t in enumerate(tokens) if t.startswith("w")],
-                                      rng.randint(1, max_predictions_per_seq)))
+        positions = sorted(
+            rng.sample([i for i, t in enumerate(tokens) if t.startswith("w")], rng.randint(1, max_predictions_per_seq))
+        )
         labels = [tokens[i] for i in positions]
         tokens = ["[MASK]" if i in positions else t for i, t in enumerate(tokens)]
         token_boundary = [1] * len(tokens)  # every piece here starts a word
@@ -113,8 +116,9 @@ def expected_example(instance, tokenizer, max_seq_length, max_predictions_per_se
         "attention_mask": pad([1] * length, max_seq_length, np.int32),
         "token_type_ids": pad(instance.segment_ids, max_seq_length, np.int32),
         "masked_lm_positions": pad(instance.masked_lm_positions, max_predictions_per_seq, np.int32),
-        "masked_lm_ids": pad(tokenizer.convert_tokens_to_ids(instance.masked_lm_labels), max_predictions_per_seq,
-                             np.int32),
+        "masked_lm_ids": pad(
+            tokenizer.convert_tokens_to_ids(instance.masked_lm_labels), max_predictions_per_seq, np.int32
+        ),
         "masked_lm_weights": pad([1.0] * num_masked, max_predictions_per_seq, np.float32),
         "sentence_order_label": np.array(int(instance.is_random_next), np.int32),
     }
@@ -130,23 +134,28 @@ def assert_examples_equal(actual, expected):
 def write_example(path, features):
     """One record holding the given {name: list of int or float} features."""
     with tf.io.TFRecordWriter(str(path)) as writer:
-        feature = {name: (float_feature if isinstance(values[0], float) else int_feature)(values)
-                   for name, values in features.items()}
+        feature = {
+            name: (float_feature if isinstance(values[0], float) else int_feature)(values)
+            for name, values in features.items()
+        }
         writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
 def original_features(max_seq_length=16, max_predictions_per_seq=3, label=1):
-    return {"input_ids": [2, 5, 3, 6, 3] + [0] * (max_seq_length - 5),
-            "input_mask": [1] * 5 + [0] * (max_seq_length - 5),
-            "segment_ids": [0, 0, 0, 1, 1] + [0] * (max_seq_length - 5),
-            "token_boundary": [1] * 5 + [0] * (max_seq_length - 5),
-            "masked_lm_positions": [1] + [0] * (max_predictions_per_seq - 1),
-            "masked_lm_ids": [5] + [0] * (max_predictions_per_seq - 1),
-            "masked_lm_weights": [1.0] + [0.0] * (max_predictions_per_seq - 1),
-            "next_sentence_labels": [label]}
+    return {
+        "input_ids": [2, 5, 3, 6, 3] + [0] * (max_seq_length - 5),
+        "input_mask": [1] * 5 + [0] * (max_seq_length - 5),
+        "segment_ids": [0, 0, 0, 1, 1] + [0] * (max_seq_length - 5),
+        "token_boundary": [1] * 5 + [0] * (max_seq_length - 5),
+        "masked_lm_positions": [1] + [0] * (max_predictions_per_seq - 1),
+        "masked_lm_ids": [5] + [0] * (max_predictions_per_seq - 1),
+        "masked_lm_weights": [1.0] + [0.0] * (max_predictions_per_seq - 1),
+        "next_sentence_labels": [label],
+    }
 
 
 # --- values, layout and order ---
+
 
 def test_reads_exactly_what_the_original_writes_in_sorted_path_order(tmp_path):
     instances, tokenizer = make_instances(11)
@@ -171,8 +180,9 @@ def test_label_is_1_exactly_when_segment_a_comes_after_b_in_the_document(tmp_pat
         for position, label in zip(instance.masked_lm_positions, instance.masked_lm_labels):
             tokens[position] = label
         # First piece of each segment: its index k in "w<doc>_<k>" orders it in the document.
-        first = {s: next(t for t, seg in zip(tokens, instance.segment_ids) if seg == s and t.startswith("w"))
-                 for s in (0, 1)}
+        first = {
+            s: next(t for t, seg in zip(tokens, instance.segment_ids) if seg == s and t.startswith("w")) for s in (0, 1)
+        }
         a_after_b = int(first[0].split("_")[1]) > int(first[1].split("_")[1])
         assert example["sentence_order_label"] == int(a_after_b)
         assert example["sentence_order_label"] == int(instance.is_random_next)
@@ -211,6 +221,7 @@ def test_records_without_token_boundary_are_read(tmp_path):
 
 # --- patterns ---
 
+
 def test_expand_tfrecord_patterns_sorts_and_deduplicates(tmp_path):
     for name in ("b.tfrecord", "a.tfrecord", "c.txt"):
         (tmp_path / name).write_bytes(b"")
@@ -232,6 +243,7 @@ def test_expand_tfrecord_patterns_names_the_pattern_matching_nothing(tmp_path):
 
 # --- errors ---
 
+
 def test_sequence_length_mismatch_names_file_feature_and_both_lengths(tmp_path):
     instances, tokenizer = make_instances(2)
     write_original_example_files(instances, tokenizer, 128, 3, [str(tmp_path / "len128.tfrecord")])
@@ -245,9 +257,12 @@ def test_sequence_length_mismatch_names_file_feature_and_both_lengths(tmp_path):
 def test_prediction_count_mismatch_names_both_counts_and_do_permutation(tmp_path):
     instances, tokenizer = make_instances(2)
     write_original_example_files(instances, tokenizer, 16, 3, [str(tmp_path / "perm.tfrecord")], do_permutation=True)
-    with pytest.raises(ValueError, match=r"perm.tfrecord', record 0: feature 'masked_lm_positions' has 6 values, "
-                                         r"expected 3 \(max_predictions_per_seq is 3 in the config but 6 in the "
-                                         r"file: .* 6 = 2 x 3 suggests --do_permutation"):
+    with pytest.raises(
+        ValueError,
+        match=r"perm.tfrecord', record 0: feature 'masked_lm_positions' has 6 values, "
+        r"expected 3 \(max_predictions_per_seq is 3 in the config but 6 in the "
+        r"file: .* 6 = 2 x 3 suggests --do_permutation",
+    ):
         list(read_original_tfrecords([tmp_path / "perm.tfrecord"], 16, 3))
     assert len(list(read_original_tfrecords([tmp_path / "perm.tfrecord"], 16, 6))) == 2
 
@@ -267,8 +282,11 @@ def test_wrong_feature_type_and_bad_label_are_named(tmp_path):
     features = original_features()
     features["masked_lm_weights"] = [1, 0, 0]
     write_example(tmp_path / "ints.tfrecord", features)
-    with pytest.raises(ValueError, match=r"ints.tfrecord', record 0: feature 'masked_lm_weights' is a int64_list, "
-                                         "expected a float_list"):
+    with pytest.raises(
+        ValueError,
+        match=r"ints.tfrecord', record 0: feature 'masked_lm_weights' is a int64_list, "
+        "expected a float_list",
+    ):
         list(read_original_tfrecords([tmp_path / "ints.tfrecord"], 16, 3))
     write_example(tmp_path / "label.tfrecord", original_features(label=2))
     with pytest.raises(ValueError, match=r"label.tfrecord', record 0: next_sentence_labels is 2"):
@@ -280,9 +298,11 @@ def test_corrupted_truncated_or_compressed_file_is_named_after_the_good_records(
     path = tmp_path / "data.tfrecord"
     write_original_example_files(instances, tokenizer, 16, 3, [str(path)])
     data = path.read_bytes()
-    damaged = {"corrupt.tfrecord": data[:-200] + bytes([data[-200] ^ 0xFF]) + data[-199:],
-               "truncated.tfrecord": data[:-7],
-               "gzipped.tfrecord": gzip.compress(data)}
+    damaged = {
+        "corrupt.tfrecord": data[:-200] + bytes([data[-200] ^ 0xFF]) + data[-199:],
+        "truncated.tfrecord": data[:-7],
+        "gzipped.tfrecord": gzip.compress(data),
+    }
     for name, content in damaged.items():
         (tmp_path / name).write_bytes(content)
         examples = read_original_tfrecords([tmp_path / name], 16, 3)

@@ -8,16 +8,20 @@ of google-research/albert's `tokenization.py`.
 """
 
 import json
+import pydoc_data.topics
 import random
 import unicodedata
 
 import numpy as np
-import pydoc_data.topics
 import pytest
 import sentencepiece as spm
 
 from albert_jax.tokenizer import (
-    ALBERT_USER_DEFINED_SYMBOLS, AlbertTokenizer, check_vocab_size, preprocess_text, train_spm,
+    ALBERT_USER_DEFINED_SYMBOLS,
+    AlbertTokenizer,
+    check_vocab_size,
+    preprocess_text,
+    train_spm,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -31,14 +35,25 @@ _rng = random.Random(0)
 # Numbers with a decimal comma give the vocabulary pieces like "▁3,", which the digit-comma rule re-splits.
 CORPUS = DOCS[:100_000].splitlines() + [
     f"In {_rng.randint(1800, 2020)} the town had {_rng.randint(1, 20)},{_rng.randint(0, 999):03d} people and "
-    f"{_rng.randint(1, 9)},{_rng.randint(0, 99):02d} € of debt." for _ in range(300)]
+    f"{_rng.randint(1, 9)},{_rng.randint(0, 99):02d} € of debt."
+    for _ in range(300)
+]
 # Paragraphs the vocabulary was not trained on.
 PARAGRAPHS = [p for p in DOCS[150_000:].split("\n\n") if len(p) > 200][:40]
 TEXTS = [
-    "Hello I'm a [MASK] model.", "Crème Brûlée, jalapeño, piñata, naïve café", "東京は日本の首都",
-    "emoji 😀 and 🎉 party", "tabs\tand\nnew lines   and  many   spaces ", "", "   ", "[MASK]",
-    "a[MASK]b  [MASK][MASK]  [SEP] [CLS]x<unk> <pad>", "``quoted'' text and ‘curly’ “quotes”",
-    "ﬁne Ⅻ ＡＢＣ İstanbul ΟΔΟΣ", "x" * 300, "ALL CAPS and MiXeD cAsE",
+    "Hello I'm a [MASK] model.",
+    "Crème Brûlée, jalapeño, piñata, naïve café",
+    "東京は日本の首都",
+    "emoji 😀 and 🎉 party",
+    "tabs\tand\nnew lines   and  many   spaces ",
+    "",
+    "   ",
+    "[MASK]",
+    "a[MASK]b  [MASK][MASK]  [SEP] [CLS]x<unk> <pad>",
+    "``quoted'' text and ‘curly’ “quotes”",
+    "ﬁne Ⅻ ＡＢＣ İstanbul ΟΔΟΣ",
+    "x" * 300,
+    "ALL CAPS and MiXeD cAsE",
 ]
 DIGIT_COMMA = ["1,000.5", "3,50 €", "10,000 people", "call f(expression1, expression2) with 4,5,6,"]
 
@@ -122,10 +137,14 @@ def test_batches_and_pairs_match_transformers(saved):
     ours, hf, _, _ = saved
     firsts, seconds = TEXTS + PARAGRAPHS[:3], PARAGRAPHS[3:6] + TEXTS
     for kwargs in ({}, {"add_special_tokens": False}):
-        _assert_same_batch(ours(firsts, seconds, padding=True, return_offsets_mapping=True, **kwargs),
-                           _hf_batch(hf, firsts, seconds, padding=True, return_offsets_mapping=True, **kwargs))
-    _assert_same_batch(ours(TEXTS, padding="max_length", max_length=400, truncation=True),
-                       _hf_batch(hf, TEXTS, padding="max_length", max_length=400, truncation=True))
+        _assert_same_batch(
+            ours(firsts, seconds, padding=True, return_offsets_mapping=True, **kwargs),
+            _hf_batch(hf, firsts, seconds, padding=True, return_offsets_mapping=True, **kwargs),
+        )
+    _assert_same_batch(
+        ours(TEXTS, padding="max_length", max_length=400, truncation=True),
+        _hf_batch(hf, TEXTS, padding="max_length", max_length=400, truncation=True),
+    )
     assert ours.encode("Hello world", "Bye") == hf.encode("Hello world", "Bye")
 
 
@@ -141,8 +160,14 @@ def test_truncation_and_overflow_match_transformers(saved, truncation, stride):
                 ours(firsts, max_length=32, truncation=truncation)
             continue
         for max_length, overflow in ((32, True), (48, False), (80, True)):
-            kwargs = dict(max_length=max_length, truncation=truncation, stride=stride, padding="max_length",
-                          return_overflowing_tokens=overflow, return_offsets_mapping=True)
+            kwargs = dict(
+                max_length=max_length,
+                truncation=truncation,
+                stride=stride,
+                padding="max_length",
+                return_overflowing_tokens=overflow,
+                return_offsets_mapping=True,
+            )
             try:
                 expected = _hf_batch(hf, firsts, seconds, **kwargs)
             except Exception:  # the kept sequence alone exceeds max_length: both must refuse
@@ -157,8 +182,14 @@ def test_truncation_and_overflow_match_transformers(saved, truncation, stride):
 def test_squad_windows_overlap_by_stride(saved):
     ours, hf, _, _ = saved
     question, context = "What does the assignment statement do?", PARAGRAPHS[0]
-    kwargs = dict(max_length=64, truncation="only_second", stride=16, padding="max_length",
-                  return_overflowing_tokens=True, return_offsets_mapping=True)
+    kwargs = dict(
+        max_length=64,
+        truncation="only_second",
+        stride=16,
+        padding="max_length",
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
     batch = ours([question], [context], **kwargs)
     _assert_same_batch(batch, _hf_batch(hf, [question], [context], **kwargs))
     assert len(batch["input_ids"]) > 2 and set(batch["overflow_to_sample_mapping"]) == {0}
@@ -195,8 +226,9 @@ def test_digit_comma_follows_the_original_algorithm(saved):
         assert ours.encode(text, add_special_tokens=False) == [sp.piece_to_id(p) for p in expected]
     for text in DIGIT_COMMA:
         batch = ours(text, return_offsets_mapping=True)
-        for piece, (start, end) in zip(ours.convert_ids_to_tokens(batch["input_ids"][0][1:-1]),
-                                       batch["offset_mapping"][0][1:-1]):
+        for piece, (start, end) in zip(
+            ours.convert_ids_to_tokens(batch["input_ids"][0][1:-1]), batch["offset_mapping"][0][1:-1]
+        ):
             assert piece.lstrip("▁") == text[start:end] or (piece == "▁" and end == start + 1), (text, piece)
 
 
@@ -207,8 +239,7 @@ def test_preprocessing_is_the_original_plus_the_quote_rewrite(saved):
 
 
 def test_user_defined_symbols_follow_the_original_algorithm(tmp_path):
-    model = train_spm(iter(CORPUS), VOCAB_SIZE, str(tmp_path / "uds"),
-                      user_defined_symbols=ALBERT_USER_DEFINED_SYMBOLS)
+    model = train_spm(iter(CORPUS), VOCAB_SIZE, str(tmp_path / "uds"), user_defined_symbols=ALBERT_USER_DEFINED_SYMBOLS)
     ours, sp = AlbertTokenizer(model), spm.SentencePieceProcessor(model_file=model)
     assert [sp.id_to_piece(i) for i in range(5, 13)] == list(ALBERT_USER_DEFINED_SYMBOLS)
     for text in DIGIT_COMMA + PARAGRAPHS[:10]:
@@ -223,8 +254,10 @@ def test_preprocessing_flags_round_trip_and_match_transformers(saved, tmp_path, 
     reloaded = AlbertTokenizer.from_pretrained(tmp_path)
     assert (reloaded.keep_accents, reloaded.do_lower_case) == (ours.keep_accents, ours.do_lower_case)
     texts = ["Crème Brûlée ÀÉÎ", "ALL CAPS and MiXeD cAsE"] + PARAGRAPHS[:5]
-    _assert_same_batch(ours(texts, padding=True, return_offsets_mapping=True),
-                       _hf_batch(hf, texts, padding=True, return_offsets_mapping=True))
+    _assert_same_batch(
+        ours(texts, padding=True, return_offsets_mapping=True),
+        _hf_batch(hf, texts, padding=True, return_offsets_mapping=True),
+    )
     assert ours.tokenize(texts[0]) != saved[0].tokenize(texts[0])
 
 
@@ -259,13 +292,17 @@ def test_train_spm_from_files_and_iterator(tmp_path, saved):
 def test_train_spm_seed_picks_the_sample(tmp_path):
     def sampled(seed, name):
         return _vocab(train_spm(iter(CORPUS), 300, str(tmp_path / name), input_sentence_size=500, seed=seed))
+
     assert sampled(0, "a") == sampled(0, "b") != sampled(1, "c")
 
 
 def test_train_spm_on_a_corpus_too_small_for_the_vocabulary(tmp_path):
     sentences = ["a small corpus of few words.", "another line here."]
-    with pytest.raises(ValueError, match=r"corpus is too small for a vocabulary of 600 pieces .*set it to a value "
-                                         r"<= \d+\.\); lower vocab_size \(model\.vocab_size in a config\)") as error:
+    with pytest.raises(
+        ValueError,
+        match=r"corpus is too small for a vocabulary of 600 pieces .*set it to a value "
+        r"<= \d+\.\); lower vocab_size \(model\.vocab_size in a config\)",
+    ) as error:
         train_spm(iter(sentences), 600, str(tmp_path / "small"))
     assert error.value.__cause__ is None and error.value.__suppress_context__  # no RuntimeError traceback
 
@@ -301,8 +338,9 @@ def test_corrupt_model_is_reported(tmp_path):
 
 
 def test_model_without_special_pieces_is_rejected(tmp_path):
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS[:2000]), model_prefix=str(tmp_path / "plain"),
-                                   vocab_size=300, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS[:2000]), model_prefix=str(tmp_path / "plain"), vocab_size=300, minloglevel=2
+    )
     with pytest.raises(ValueError, match=r"no piece '<pad>'"):
         AlbertTokenizer(tmp_path / "plain.model")
     with pytest.raises(ValueError, match=r"no piece '\[MASK\]'"):

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 import helpers
-from helpers import ROOT, device_env, read_metrics, run_command
-from albert_jax import pretrained
+from albert_jax import experiment, pretrained
 from albert_jax.data.batches import ArrayBatches
-from albert_jax import experiment
 from albert_jax.training import optimizers, pretrain
+from helpers import ROOT, device_env, read_metrics, run_command
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 
@@ -67,7 +66,7 @@ def test_batches_are_a_pure_function_of_seed_and_index():
         np.testing.assert_array_equal(resumed.batch(i)["x"], stream[i])
     flat = np.concatenate(stream)
     for epoch in range(4):  # each epoch visits every example once
-        assert sorted(flat[epoch * 10:(epoch + 1) * 10]) == list(range(10))
+        assert sorted(flat[epoch * 10 : (epoch + 1) * 10]) == list(range(10))
     assert not np.array_equal(flat[:10], flat[10:20])  # epochs are shuffled differently
     np.testing.assert_array_equal(resumed.batch(2)["y"], stream[2] * 2)
     iterator = resumed.iterate(7)  # what the loop reads from a resume at micro-step 7
@@ -82,8 +81,13 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path):
     parameters, bit for bit, as an uninterrupted run of the same config, and its metrics files (train and eval
     rows, metrics.csv) read as that run's. Masks are drawn by the loader (dynamic masking), in two worker
     processes for the killed run and in the main process for the reference."""
-    steps = ("--config.total_steps=60", "--config.data.masking=dynamic", "--config.log_every=3",
-             "--config.checkpoint_every=4", "--config.eval_every=10")
+    steps = (
+        "--config.total_steps=60",
+        "--config.data.masking=dynamic",
+        "--config.log_every=3",
+        "--config.checkpoint_every=4",
+        "--config.eval_every=10",
+    )
     reference = tmp_path / "reference"
     run_py(reference, *steps)
     killed = tmp_path / "killed"
@@ -96,8 +100,9 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path):
         want, got = read_metrics(reference, split), read_metrics(killed, split)
         assert [r["step"] for r in got] == [r["step"] for r in want] and got[-1]["step"] == 60
         for a, b in zip(want, got):
-            assert {k: v for k, v in a.items() if k != "tokens_per_sec"} == \
-                {k: v for k, v in b.items() if k != "tokens_per_sec"}, (split, a["step"])
+            assert {k: v for k, v in a.items() if k != "tokens_per_sec"} == {
+                k: v for k, v in b.items() if k != "tokens_per_sec"
+            }, (split, a["step"])
     with open(killed / "metrics.csv") as f:
         assert [line.split(",")[0] for line in f][1:] == [str(r["step"]) for r in read_metrics(killed)]
 
@@ -105,7 +110,9 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path):
 @pytest.mark.integration
 def test_sigterm_saves_and_resumes(tmp_path):
     cmd = run_command(TINY, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every=0")
-    proc = subprocess.Popen(cmd, env=device_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=device_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
@@ -125,12 +132,19 @@ def test_sigterm_saves_and_resumes(tmp_path):
 @pytest.mark.integration
 def test_sharded_training_matches_one_device(tmp_path, mesh):
     run_py(tmp_path / "one", "--config.total_steps=3")
-    run_py(tmp_path / "many", "--config.total_steps=3", f"--config.mesh.data={mesh[0]}",
-           f"--config.mesh.fsdp={mesh[1]}", devices=4)
+    run_py(
+        tmp_path / "many",
+        "--config.total_steps=3",
+        f"--config.mesh.data={mesh[0]}",
+        f"--config.mesh.fsdp={mesh[1]}",
+        devices=4,
+    )
     one, many = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "many")
     np.testing.assert_allclose([r["loss"] for r in many], [r["loss"] for r in one], rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(final_params(tmp_path / "one")),
-                    jax.tree_util.tree_leaves(final_params(tmp_path / "many"))):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(final_params(tmp_path / "one")),
+        jax.tree_util.tree_leaves(final_params(tmp_path / "many")),
+    ):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
@@ -142,11 +156,26 @@ def test_two_processes_match_one_process(tmp_path):
     (fsdp=2); final/ holds the whole parameters, those of the one-process run."""
     run_py(tmp_path / "single", "--config.total_steps=3", devices=2)
     address = f"127.0.0.1:{helpers.free_port()}"
-    procs = [subprocess.Popen(
-        run_command(TINY, tmp_path / "multi", "--config.total_steps=3", "--config.mesh.data=1",
-                    "--config.mesh.fsdp=2", f"--coordinator_address={address}", "--num_processes=2",
-                    f"--process_id={i}"),
-        env=device_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            run_command(
+                TINY,
+                tmp_path / "multi",
+                "--config.total_steps=3",
+                "--config.mesh.data=1",
+                "--config.mesh.fsdp=2",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=device_env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
@@ -163,10 +192,25 @@ def test_two_processes_match_one_process(tmp_path):
 def test_sigterm_to_one_process_stops_the_whole_job(tmp_path):
     """A preempted host (SIGTERM to process 1 only): both processes save the same checkpoint and exit 0."""
     address = f"127.0.0.1:{helpers.free_port()}"
-    procs = [subprocess.Popen(
-        run_command(TINY, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every=0",
-                    f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"),
-        env=device_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            run_command(
+                TINY,
+                tmp_path,
+                "--config.total_steps=100000",
+                "--config.checkpoint_every=0",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=device_env(),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     deadline = time.time() + 240
     while time.time() < deadline and all(p.poll() is None for p in procs):
         if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
@@ -181,15 +225,18 @@ def test_sigterm_to_one_process_stops_the_whole_job(tmp_path):
 
 
 # -- bad input stops before compute ----------------------------------------------------------------------
-@pytest.mark.parametrize("overrides,message", [
-    (["--config.data.source=files:/nonexistent/*.txt"], "/nonexistent/"),
-    (["--config.data.source=tfds:no_such_dataset_xyz"], "no_such_dataset_xyz"),
-    (["--config.modle.hidden_size=3"], "modle"),
-    (["--config.model.hidden_sise=3"], "hidden_sise"),
-    (["--config.batch_size=6", "--config.mesh.data=4"], "divisible by the 4 data-parallel devices"),
-    (["--config.data.max_seq_length=128"], "exceeds the model's max_position_embeddings (64)"),
-    (["--config.model.sharing=some"], "sharing must be one of"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["--config.data.source=files:/nonexistent/*.txt"], "/nonexistent/"),
+        (["--config.data.source=tfds:no_such_dataset_xyz"], "no_such_dataset_xyz"),
+        (["--config.modle.hidden_size=3"], "modle"),
+        (["--config.model.hidden_sise=3"], "hidden_sise"),
+        (["--config.batch_size=6", "--config.mesh.data=4"], "divisible by the 4 data-parallel devices"),
+        (["--config.data.max_seq_length=128"], "exceeds the model's max_position_embeddings (64)"),
+        (["--config.model.sharing=some"], "sharing must be one of"),
+    ],
+)
 @pytest.mark.integration
 def test_bad_input_fails_fast_with_a_message(tmp_path, overrides, message):
     start = time.time()
@@ -228,10 +275,12 @@ def test_lamb_excludes_layernorm_and_bias_from_decay_and_trust_ratio():
 
 def test_schedule_warmup_then_linear_decay():
     import ml_collections
+
     config = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, total_steps=110))
     schedule = optimizers.learning_rate_schedule(config)
-    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(60), schedule(110)],
-                               [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        [schedule(0), schedule(5), schedule(10), schedule(60), schedule(110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
+    )
 
 
 @pytest.mark.integration

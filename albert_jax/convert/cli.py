@@ -23,21 +23,35 @@ from albert_jax.convert.tf import load_tf
 from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer, check_vocab_size
 
 # every file of a model directory, in either format, and of its tokenizer (transformers' fast one included)
-MODEL_FILES = ("config.json", pretrained.PARAMS_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME, PICKLE_NAME, VOCAB_FILE,
-               "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+MODEL_FILES = (
+    "config.json",
+    pretrained.PARAMS_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    PICKLE_NAME,
+    VOCAB_FILE,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+)
 SHARD_PATTERN = "model-*-of-*.safetensors"  # the files a model.safetensors.index.json lists
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `main` (commands to-hf, from-hf, from-tf)."""
     parser = argparse.ArgumentParser(
-        prog="python -m albert_jax.convert", epilog=__doc__.split("\n\n")[1],
-        description="Checkpoint conversion: transformers <-> albert-jax, original TF checkpoints -> both.")
+        prog="python -m albert_jax.convert",
+        epilog=__doc__.split("\n\n")[1],
+        description="Checkpoint conversion: transformers <-> albert-jax, original TF checkpoints -> both.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     to_hf = sub.add_parser("to-hf", help="albert-jax model directory -> transformers directory")
-    to_hf.add_argument("--checkpoint", required=True,
-                       help="model directory: albert-jax (config.json + albert_jax.safetensors, as save_pretrained "
-                            "and a training job's <workdir>/final write it) or transformers")
+    to_hf.add_argument(
+        "--checkpoint",
+        required=True,
+        help="model directory: albert-jax (config.json + albert_jax.safetensors, as save_pretrained "
+        "and a training job's <workdir>/final write it) or transformers",
+    )
     to_hf.add_argument("--out", required=True, help="transformers output directory")
     from_hf = sub.add_parser("from-hf", help="transformers directory -> albert-jax directory")
     from_hf.add_argument("--hf-dir", required=True, help="transformers model directory (config.json + weights)")
@@ -48,11 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     from_tf.add_argument("--albert-config", required=True, help="the checkpoint's albert_config.json")
     from_tf.add_argument("--out", help="albert-jax output directory")
     from_tf.add_argument("--hf-out", help="transformers output directory")
-    from_tf.add_argument("--spiece-model", help="the checkpoint's SentencePiece model (e.g. 30k-clean.model), "
-                                                "saved as spiece.model into the output directories")
+    from_tf.add_argument(
+        "--spiece-model",
+        help="the checkpoint's SentencePiece model (e.g. 30k-clean.model), "
+        "saved as spiece.model into the output directories",
+    )
     for command in (to_hf, from_hf, from_tf):
-        command.add_argument("--overwrite", action="store_true",
-                             help="replace the model and tokenizer files an output directory already holds")
+        command.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace the model and tokenizer files an output directory already holds",
+        )
     return parser
 
 
@@ -117,8 +137,10 @@ def _check_out(out: str, overwrite: bool) -> None:
     existing = _model_files(out)
     if existing and not overwrite:
         names = ", ".join(sorted(os.path.basename(p) for p in existing))
-        raise ValueError(f"{out} already holds a model or tokenizer ({names}); pass --overwrite to replace it, "
-                         "or choose another directory")
+        raise ValueError(
+            f"{out} already holds a model or tokenizer ({names}); pass --overwrite to replace it, "
+            "or choose another directory"
+        )
 
 
 def _write(out: str, save, config, params, tokenizer) -> None:

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import stat
-from typing import Iterable
+from collections.abc import Iterable
 
 import flax.linen as nn
 import numpy as np
@@ -26,8 +26,12 @@ LAYER_PREFIX = "albert/encoder/albert_layer_groups/"
 LAYER_TEMPLATE = "albert.encoder.albert_layer_groups.{g}.albert_layers.{k}."
 LAYER_RE = re.compile(r"^albert\.encoder\.albert_layer_groups\.(\d+)\.albert_layers\.(\d+)\.(.+)$")
 # flax leaf name -> (HF leaf name, transpose?)
-LEAF_TO_HF = {"kernel": ("weight", True), "scale": ("weight", False), "embedding": ("weight", False),
-              "bias": ("bias", False)}
+LEAF_TO_HF = {
+    "kernel": ("weight", True),
+    "scale": ("weight", False),
+    "embedding": ("weight", False),
+    "bias": ("bias", False),
+}
 # HF tensors that are tied copies of others (never stored by transformers, ignored when present)
 TIED_HF_NAMES = ("predictions.decoder.weight", "predictions.decoder.bias")
 WEIGHTS_NAME = "model.safetensors"
@@ -68,7 +72,7 @@ def to_hf_state_dict(params: dict) -> dict[str, np.ndarray]:
         value = np.asarray(value, dtype=np.float32)
         module, hf_leaf, transpose = _hf_leaf(path)
         if path.startswith(LAYER_PREFIX):
-            sub = module[len(LAYER_PREFIX):].replace("/", ".")
+            sub = module[len(LAYER_PREFIX) :].replace("/", ".")
             for g in range(value.shape[0]):
                 for k in range(value.shape[1]):
                     tensor = value[g, k].T if transpose else value[g, k]
@@ -95,7 +99,8 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
     from albert_jax import modeling
 
     expected = traverse_util.flatten_dict(
-        nn.meta.unbox(modeling.abstract_params(modeling.AlbertForPreTraining(config))), sep="/")
+        nn.meta.unbox(modeling.abstract_params(modeling.AlbertForPreTraining(config))), sep="/"
+    )
     groups, inner = config.num_hidden_groups, config.inner_group_num
     layers: dict[str, np.ndarray] = {}
     flat: dict[str, np.ndarray] = {}
@@ -141,7 +146,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
     for path, stack in layers.items():
         for g, k in zip(*np.nonzero(np.isnan(stack).all(axis=tuple(range(2, stack.ndim))))):
             module, hf_leaf, _ = _hf_leaf(path)
-            sub = module[len(LAYER_PREFIX):].replace("/", ".")
+            sub = module[len(LAYER_PREFIX) :].replace("/", ".")
             mismatched.append(f"{LAYER_TEMPLATE.format(g=g, k=k)}{sub}.{hf_leaf}: missing")
         flat[path] = stack
     required = [p for p in expected if p.startswith("albert/") and not p.startswith("albert/pooler/")]
@@ -166,7 +171,7 @@ def _shape_mismatch(name: str, tensor: np.ndarray, want: tuple, transpose: bool)
 def _hf_name_of(path: str) -> str:
     module, hf_leaf, _ = _hf_leaf(path)
     if path.startswith(LAYER_PREFIX):
-        return f"{LAYER_TEMPLATE.format(g='*', k='*')}{module[len(LAYER_PREFIX):].replace('/', '.')}.{hf_leaf}"
+        return f"{LAYER_TEMPLATE.format(g='*', k='*')}{module[len(LAYER_PREFIX) :].replace('/', '.')}.{hf_leaf}"
     return f"{module}.{hf_leaf}"
 
 
@@ -177,6 +182,7 @@ def read_safetensors(files: Iterable[str]) -> dict[str, np.ndarray]:
     """Every tensor of the given safetensors files -> {name: float32 numpy array}; ConversionError if a
     file is missing or unreadable."""
     from safetensors import safe_open
+
     tensors = {}
     for file in files:
         try:
@@ -192,6 +198,7 @@ def read_safetensors(files: Iterable[str]) -> dict[str, np.ndarray]:
 
 def _read_pickle(file: str) -> dict[str, np.ndarray]:
     import torch
+
     state = torch.load(file, map_location="cpu", weights_only=False)
     return {k: v.float().numpy() for k, v in state.items()}
 
@@ -212,7 +219,8 @@ def read_hf_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
         if not allow_pickle:
             raise ConversionError(
                 f"{pickle} is a pickle file, and unpickling can run arbitrary code; convert it to safetensors or "
-                "pass allow_pickle=True (--allow-pickle) if you trust its source")
+                "pass allow_pickle=True (--allow-pickle) if you trust its source"
+            )
         return _read_pickle(pickle)
     raise ConversionError(f"no weights in {path}: expected {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {PICKLE_NAME}")
 
@@ -262,6 +270,7 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[s
     other users cannot read.
     """
     from safetensors.numpy import save_file
+
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:

@@ -26,17 +26,23 @@ TF_TO_HF = {
     "bert/embeddings/LayerNorm/beta": ("albert.embeddings.LayerNorm.bias", False),
     "bert/encoder/embedding_hidden_mapping_in/kernel": ("albert.encoder.embedding_hidden_mapping_in.weight", True),
     "bert/encoder/embedding_hidden_mapping_in/bias": ("albert.encoder.embedding_hidden_mapping_in.bias", False),
-    **{TF_LAYER + tf_sub + "/" + tf_leaf: (LAYER_TEMPLATE + hf_sub + "." + hf_leaf, tf_leaf == "kernel")
-       for tf_sub, hf_sub in (("attention_1/self/query", "attention.query"),
-                              ("attention_1/self/key", "attention.key"),
-                              ("attention_1/self/value", "attention.value"),
-                              ("attention_1/output/dense", "attention.dense"),
-                              ("ffn_1/intermediate/dense", "ffn"),
-                              ("ffn_1/intermediate/output/dense", "ffn_output"))
-       for tf_leaf, hf_leaf in (("kernel", "weight"), ("bias", "bias"))},
-    **{TF_LAYER + tf_sub + "/" + tf_leaf: (LAYER_TEMPLATE + hf_sub + "." + hf_leaf, False)
-       for tf_sub, hf_sub in (("LayerNorm", "attention.LayerNorm"), ("LayerNorm_1", "full_layer_layer_norm"))
-       for tf_leaf, hf_leaf in (("gamma", "weight"), ("beta", "bias"))},
+    **{
+        TF_LAYER + tf_sub + "/" + tf_leaf: (LAYER_TEMPLATE + hf_sub + "." + hf_leaf, tf_leaf == "kernel")
+        for tf_sub, hf_sub in (
+            ("attention_1/self/query", "attention.query"),
+            ("attention_1/self/key", "attention.key"),
+            ("attention_1/self/value", "attention.value"),
+            ("attention_1/output/dense", "attention.dense"),
+            ("ffn_1/intermediate/dense", "ffn"),
+            ("ffn_1/intermediate/output/dense", "ffn_output"),
+        )
+        for tf_leaf, hf_leaf in (("kernel", "weight"), ("bias", "bias"))
+    },
+    **{
+        TF_LAYER + tf_sub + "/" + tf_leaf: (LAYER_TEMPLATE + hf_sub + "." + hf_leaf, False)
+        for tf_sub, hf_sub in (("LayerNorm", "attention.LayerNorm"), ("LayerNorm_1", "full_layer_layer_norm"))
+        for tf_leaf, hf_leaf in (("gamma", "weight"), ("beta", "bias"))
+    },
     "bert/pooler/dense/kernel": ("albert.pooler.weight", True),
     "bert/pooler/dense/bias": ("albert.pooler.bias", False),
     "cls/predictions/transform/dense/kernel": ("predictions.dense.weight", True),
@@ -63,8 +69,10 @@ def tf_config(path: str) -> AlbertConfig:
     """
     config = AlbertConfig.from_json_file(path)
     if config.hidden_act not in TF_ACTIVATIONS:
-        raise ConversionError(f"{path}: hidden_act={config.hidden_act!r} is not an activation of the original "
-                              f"code ({sorted(TF_ACTIVATIONS)})")
+        raise ConversionError(
+            f"{path}: hidden_act={config.hidden_act!r} is not an activation of the original "
+            f"code ({sorted(TF_ACTIVATIONS)})"
+        )
     layers, groups = config.num_hidden_layers, config.num_hidden_groups
     layer = tf_group_mismatch(layers, groups)
     if layer is not None:
@@ -72,7 +80,8 @@ def tf_config(path: str) -> AlbertConfig:
             f"{path}: num_hidden_layers={layers} with num_hidden_groups={groups} cannot be imported: the original "
             f"code puts layer {layer} in group int({layer} / {layers} * {groups}) = {int(layer / layers * groups)} "
             f"(float rounding), transformers and albert-jax put it in group {layer} * {groups} // {layers} = "
-            f"{layer * groups // layers} and cannot represent the original assignment")
+            f"{layer * groups // layers} and cannot represent the original assignment"
+        )
     return config.replace(hidden_act=TF_ACTIVATIONS[config.hidden_act])
 
 
@@ -84,9 +93,14 @@ def tf_group_mismatch(num_hidden_layers: int, num_hidden_groups: int) -> int | N
     floating point, transformers and albert-jax `layer * num_hidden_groups // num_hidden_layers` exactly; the
     float product can fall just below an integer (layer 30 of 44 with 22 groups: 14.999... -> group 14, not 15).
     """
-    return next((layer for layer in range(num_hidden_layers)
-                 if int(layer / num_hidden_layers * num_hidden_groups)
-                 != layer * num_hidden_groups // num_hidden_layers), None)
+    return next(
+        (
+            layer
+            for layer in range(num_hidden_layers)
+            if int(layer / num_hidden_layers * num_hidden_groups) != layer * num_hidden_groups // num_hidden_layers
+        ),
+        None,
+    )
 
 
 def _tf_table(config: AlbertConfig) -> dict[str, tuple[str, bool]]:
@@ -94,10 +108,17 @@ def _tf_table(config: AlbertConfig) -> dict[str, tuple[str, bool]]:
     table = {}
     for tf_name, (hf_name, transpose) in TF_TO_HF.items():
         if tf_name.startswith(TF_LAYER):
-            table.update({tf_name.format(g=g, k=k): (hf_name.format(g=g, k=k), transpose)
-                          for g in range(config.num_hidden_groups) for k in range(config.inner_group_num)})
-        elif not (tf_name.startswith("bert/encoder/embedding_hidden_mapping_in/")
-                  and config.embedding_size == config.hidden_size):
+            table.update(
+                {
+                    tf_name.format(g=g, k=k): (hf_name.format(g=g, k=k), transpose)
+                    for g in range(config.num_hidden_groups)
+                    for k in range(config.inner_group_num)
+                }
+            )
+        elif not (
+            tf_name.startswith("bert/encoder/embedding_hidden_mapping_in/")
+            and config.embedding_size == config.hidden_size
+        ):
             table[tf_name] = (hf_name, transpose)
     return table
 
@@ -144,16 +165,20 @@ def load_tf(checkpoint: str, config_file: str) -> tuple[AlbertConfig, dict]:
     try:
         import tensorflow as tf  # only here: importing convert must stay light
     except ImportError:
-        raise ImportError("reading TF checkpoints needs tensorflow: pip install tensorflow-cpu "
-                          "(or albert-jax[tfds])") from None
+        raise ImportError(
+            "reading TF checkpoints needs tensorflow: pip install tensorflow-cpu (or albert-jax[tfds])"
+        ) from None
     prefix = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     if not prefix or not tf.io.gfile.exists(prefix + ".index"):
-        raise ConversionError(f"no TF checkpoint at {checkpoint}: expected {checkpoint}.index and "
-                              f"{checkpoint}.data-* (pass the prefix, e.g. .../model.ckpt-best)")
+        raise ConversionError(
+            f"no TF checkpoint at {checkpoint}: expected {checkpoint}.index and "
+            f"{checkpoint}.data-* (pass the prefix, e.g. .../model.ckpt-best)"
+        )
     try:
         reader = tf.train.load_checkpoint(prefix)
-        variables = {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
-                     if not TF_SKIP_RE.search(name)}
+        variables = {
+            name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix) if not TF_SKIP_RE.search(name)
+        }
     except (tf.errors.OpError, IndexError) as e:  # corrupt or missing files; IndexError: a truncated .data-*
         raise ConversionError(f"{prefix} is not a readable TF checkpoint: {e}") from None
     return config, from_hf_state_dict(tf_to_hf_state_dict(variables, config), config)

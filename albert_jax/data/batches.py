@@ -15,7 +15,7 @@ def local_rows(batch: dict) -> dict:
     n = next(iter(batch.values())).shape[0]
     per = n // jax.process_count()
     start = jax.process_index() * per
-    return {k: v[start:start + per] for k, v in batch.items()}
+    return {k: v[start : start + per] for k, v in batch.items()}
 
 
 class ArrayBatches:
@@ -27,8 +27,9 @@ class ArrayBatches:
         self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
         self.size = len(next(iter(arrays.values())))
         if self.size < batch_size:
-            raise ValueError(f"only {self.size} examples for a batch of {batch_size}: use more data "
-                             "or a smaller batch_size")
+            raise ValueError(
+                f"only {self.size} examples for a batch of {batch_size}: use more data or a smaller batch_size"
+            )
         self._cached_epoch, self._cached_perm = -1, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -40,8 +41,12 @@ class ArrayBatches:
     def batch(self, index: int) -> dict[str, np.ndarray]:
         """The `index`-th batch: dict of [batch_size, ...] arrays."""
         positions = np.arange(index * self.batch_size, (index + 1) * self.batch_size)
-        rows = np.concatenate([self._permutation(int(e))[positions[positions // self.size == e] % self.size]
-                               for e in np.unique(positions // self.size)])
+        rows = np.concatenate(
+            [
+                self._permutation(int(e))[positions[positions // self.size == e] % self.size]
+                for e in np.unique(positions // self.size)
+            ]
+        )
         return {k: v[rows] for k, v in self.arrays.items()}
 
     def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]:

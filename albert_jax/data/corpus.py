@@ -32,16 +32,60 @@ import warnings
 # running the .pth files of site-packages), only tests or generated boilerplate inside (codecs), or
 # read separately (pydoc_data).
 _SKIPPED = {
-    "antigravity", "this", "__hello__", "__phello__", "idlelib", "tkinter", "_tkinter", "turtle",
-    "turtledemo", "test", "lib2to3", "distutils", "readline", "rlcompleter", "site", "encodings",
-    "ensurepip", "pydoc_data", "_bootsubprocess",
+    "antigravity",
+    "this",
+    "__hello__",
+    "__phello__",
+    "idlelib",
+    "tkinter",
+    "_tkinter",
+    "turtle",
+    "turtledemo",
+    "test",
+    "lib2to3",
+    "distutils",
+    "readline",
+    "rlcompleter",
+    "site",
+    "encodings",
+    "ensurepip",
+    "pydoc_data",
+    "_bootsubprocess",
 }
 # Content that differs between operating systems.
 _PLATFORM = {
-    "posix", "nt", "msvcrt", "winreg", "winsound", "msilib", "_msi", "_winapi", "_overlapped",
-    "_aix_support", "_osx_support", "_scproxy", "_posixsubprocess", "_posixshmem", "pwd", "grp",
-    "spwd", "crypt", "_crypt", "nis", "termios", "tty", "pty", "fcntl", "resource", "syslog",
-    "curses", "_curses", "_curses_panel", "ossaudiodev", "_dbm", "_gdbm",
+    "posix",
+    "nt",
+    "msvcrt",
+    "winreg",
+    "winsound",
+    "msilib",
+    "_msi",
+    "_winapi",
+    "_overlapped",
+    "_aix_support",
+    "_osx_support",
+    "_scproxy",
+    "_posixsubprocess",
+    "_posixshmem",
+    "pwd",
+    "grp",
+    "spwd",
+    "crypt",
+    "_crypt",
+    "nis",
+    "termios",
+    "tty",
+    "pty",
+    "fcntl",
+    "resource",
+    "syslog",
+    "curses",
+    "_curses",
+    "_curses_panel",
+    "ossaudiodev",
+    "_dbm",
+    "_gdbm",
 }
 _PLATFORM_PARTS = ("win", "mac", "osx", "popen_")
 
@@ -153,8 +197,11 @@ def clean_document(text: str) -> list[str]:
 @contextlib.contextmanager
 def _quiet():
     """Silences warnings and prints while stdlib modules are imported."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         yield
 
@@ -199,8 +246,10 @@ def _docstrings(module) -> list[str]:
         if inspect.isclass(obj):
             for attr_name, attr in sorted(vars(obj).items()):
                 if not attr_name.startswith("__") and (
-                        inspect.isroutine(attr) or inspect.isdatadescriptor(attr)
-                        or isinstance(attr, (classmethod, staticmethod))):
+                    inspect.isroutine(attr)
+                    or inspect.isdatadescriptor(attr)
+                    or isinstance(attr, (classmethod, staticmethod))
+                ):
                     docs.append(getattr(attr, "__doc__", None))
     return [d for d in docs if isinstance(d, str)]
 
@@ -232,8 +281,12 @@ def _builtin_corpus() -> tuple[tuple[str, ...], ...]:
     # cannot change the text, and ~400 stdlib modules are not imported into the caller.
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "corpus.json")
-        subprocess.run([sys.executable, "-I", "-S", os.path.abspath(__file__), out], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), out],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         with open(out, encoding="utf-8") as f:
             return tuple(tuple(doc) for doc in json.load(f))
 

@@ -48,18 +48,27 @@ class GlueTaskInfo:
 _BINARY = ("0", "1")
 _NLI = ("entailment", "not_entailment")
 _DEV, _TEST = ("dev",), ("test",)
-TASKS: dict[str, GlueTaskInfo] = {task.name: task for task in (
-    GlueTaskInfo("cola", "CoLA", _BINARY, _DEV, _TEST, "CoLA"),
-    GlueTaskInfo("sst2", "SST-2", _BINARY, _DEV, _TEST, "SST-2"),
-    GlueTaskInfo("mrpc", "MRPC", _BINARY, _DEV, _TEST, "MRPC"),
-    GlueTaskInfo("stsb", "STS-B", None, _DEV, _TEST, "STS-B"),
-    GlueTaskInfo("qqp", "QQP", _BINARY, _DEV, _TEST, "QQP"),
-    GlueTaskInfo("mnli", "MNLI", ("contradiction", "entailment", "neutral"), ("dev_matched", "dev_mismatched"),
-                 ("test_matched", "test_mismatched"), "MNLI"),
-    GlueTaskInfo("qnli", "QNLI", _NLI, _DEV, _TEST, "QNLI"),
-    GlueTaskInfo("rte", "RTE", _NLI, _DEV, _TEST, "RTE"),
-    GlueTaskInfo("wnli", "WNLI", _BINARY, _DEV, _TEST, "WNLI"),
-)}
+TASKS: dict[str, GlueTaskInfo] = {
+    task.name: task
+    for task in (
+        GlueTaskInfo("cola", "CoLA", _BINARY, _DEV, _TEST, "CoLA"),
+        GlueTaskInfo("sst2", "SST-2", _BINARY, _DEV, _TEST, "SST-2"),
+        GlueTaskInfo("mrpc", "MRPC", _BINARY, _DEV, _TEST, "MRPC"),
+        GlueTaskInfo("stsb", "STS-B", None, _DEV, _TEST, "STS-B"),
+        GlueTaskInfo("qqp", "QQP", _BINARY, _DEV, _TEST, "QQP"),
+        GlueTaskInfo(
+            "mnli",
+            "MNLI",
+            ("contradiction", "entailment", "neutral"),
+            ("dev_matched", "dev_mismatched"),
+            ("test_matched", "test_mismatched"),
+            "MNLI",
+        ),
+        GlueTaskInfo("qnli", "QNLI", _NLI, _DEV, _TEST, "QNLI"),
+        GlueTaskInfo("rte", "RTE", _NLI, _DEV, _TEST, "RTE"),
+        GlueTaskInfo("wnli", "WNLI", _BINARY, _DEV, _TEST, "WNLI"),
+    )
+}
 
 
 def get_task(name: str) -> GlueTaskInfo:
@@ -98,6 +107,7 @@ def _check_split(task: GlueTaskInfo, split: str) -> None:
 
 class _Columns(NamedTuple):
     """0-based columns of a labelled TSV row; label -1 means the last column."""
+
     text_a: int
     text_b: int | None
     label: int
@@ -159,8 +169,9 @@ def read_glue_tsv(glue_dir: str, task: str, split: str) -> list[GlueExample]:
             if header is None:
                 raise ValueError(f"{path} is empty: expected a header line")
             if len(header) < needed:
-                raise ValueError(f"{path} line 1: expected a header of at least {needed} tab-separated columns, "
-                                 f"got {len(header)}")
+                raise ValueError(
+                    f"{path} line 1: expected a header of at least {needed} tab-separated columns, got {len(header)}"
+                )
             expected = len(header)
         first_line = 1 + has_header
         for row, fields in enumerate(lines):
@@ -168,8 +179,9 @@ def read_glue_tsv(glue_dir: str, task: str, split: str) -> list[GlueExample]:
                 if info.name == "qqp" and not is_test:
                     skipped += 1
                     continue
-                raise ValueError(f"{path} line {row + first_line}: expected {expected} tab-separated columns, "
-                                 f"got {len(fields)}")
+                raise ValueError(
+                    f"{path} line {row + first_line}: expected {expected} tab-separated columns, got {len(fields)}"
+                )
             if is_test:
                 guid, label = fields[0], None
             else:
@@ -178,24 +190,37 @@ def read_glue_tsv(glue_dir: str, task: str, split: str) -> list[GlueExample]:
                     try:
                         label = float(label)
                     except ValueError:
-                        raise ValueError(f"{path} line {row + first_line}: expected a number as the STS-B "
-                                         f"score, got {label!r}") from None
+                        raise ValueError(
+                            f"{path} line {row + first_line}: expected a number as the STS-B score, got {label!r}"
+                        ) from None
             examples.append(GlueExample(guid, fields[text_a], None if text_b is None else fields[text_b], label))
     if skipped:
-        logger.warning("%s: skipped %d malformed rows (wrong number of columns), as the original reader does",
-                       path, skipped)
+        logger.warning(
+            "%s: skipped %d malformed rows (wrong number of columns), as the original reader does", path, skipped
+        )
     return examples
 
 
 # tensorflow-datasets' GLUE features: the text fields, and the ClassLabel names that stand for the GLUE label
 # strings (in GlueTaskInfo.labels order) where tfds renamed them; MNLI, QNLI and RTE keep the GLUE strings.
-_TFDS_TEXT = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
-              "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
-              "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
-              "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2")}
-_TFDS_LABEL_NAMES = {"cola": ("unacceptable", "acceptable"), "sst2": ("negative", "positive"),
-                     "mrpc": ("not_equivalent", "equivalent"), "qqp": ("not_duplicate", "duplicate"),
-                     "wnli": ("not_entailment", "entailment")}
+_TFDS_TEXT = {
+    "cola": ("sentence", None),
+    "sst2": ("sentence", None),
+    "mrpc": ("sentence1", "sentence2"),
+    "stsb": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+_TFDS_LABEL_NAMES = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "wnli": ("not_entailment", "entailment"),
+}
 
 
 def read_glue_tfds(task: str, split: str, data_dir: str | None = None) -> list[GlueExample]:
@@ -220,16 +245,19 @@ def read_glue_tfds(task: str, split: str, data_dir: str | None = None) -> list[G
         raise ImportError("read_glue_tfds needs tensorflow-datasets: pip install 'albert-jax[tfds]'") from e
     info = get_task(task)
     _check_split(info, split)
-    tfds_split = "validation" + split[len("dev"):] if split.startswith("dev") else split
-    dataset, ds_info = tfds.load(f"glue/{info.name}", split=tfds_split, data_dir=data_dir, with_info=True,
-                                 shuffle_files=False)
+    tfds_split = "validation" + split[len("dev") :] if split.startswith("dev") else split
+    dataset, ds_info = tfds.load(
+        f"glue/{info.name}", split=tfds_split, data_dir=data_dir, with_info=True, shuffle_files=False
+    )
     to_label = None
     if info.labels is not None:
         names = tuple(ds_info.features["label"].names)
         glue_names = _TFDS_LABEL_NAMES.get(info.name, info.labels)
         if sorted(names) != sorted(glue_names):
-            raise ValueError(f"tfds glue/{info.name} has label names {names}; expected {glue_names} "
-                             f"(standing for the GLUE labels {info.labels})")
+            raise ValueError(
+                f"tfds glue/{info.name} has label names {names}; expected {glue_names} "
+                f"(standing for the GLUE labels {info.labels})"
+            )
         to_label = [info.labels[glue_names.index(name)] for name in names]
     key_a, key_b = _TFDS_TEXT[info.name]
     is_test = split in info.test_splits
@@ -247,8 +275,9 @@ def read_glue_tfds(task: str, split: str, data_dir: str | None = None) -> list[G
     return examples
 
 
-def load_glue(task: str, split: str, *, glue_dir: str | None = None,
-              tfds_data_dir: str | None = None) -> list[GlueExample]:
+def load_glue(
+    task: str, split: str, *, glue_dir: str | None = None, tfds_data_dir: str | None = None
+) -> list[GlueExample]:
     """A GLUE split: from the TSV download in `glue_dir` if given (`read_glue_tsv`), else from tfds
     (`read_glue_tfds` with `tfds_data_dir`)."""
     if glue_dir is not None:
@@ -280,15 +309,24 @@ def featurize(examples: Sequence[GlueExample], tokenizer, task: str, max_seq_len
     if any(pairs) and not all(pairs):
         odd = examples[pairs.index(not pairs[0])]
         raise ValueError(f"examples mix single sentences and pairs (e.g. {examples[0].guid!r} and {odd.guid!r})")
-    features = dict(tokenizer([e.text_a for e in examples], [e.text_b for e in examples] if pairs[0] else None,
-                              max_length=max_seq_length, truncation="longest_first", padding="max_length"))
+    features = dict(
+        tokenizer(
+            [e.text_a for e in examples],
+            [e.text_b for e in examples] if pairs[0] else None,
+            max_length=max_seq_length,
+            truncation="longest_first",
+            padding="max_length",
+        )
+    )
     if info.labels is None:
         features["label"] = np.array([np.nan if e.label is None else e.label for e in examples], np.float32)
     else:
         index = {label: i for i, label in enumerate(info.labels)}
         for e in examples:
             if e.label is not None and e.label not in index:
-                raise ValueError(f"example {e.guid!r} has label {e.label!r}, which GLUE {info.name} does not have "
-                                 f"(labels: {list(info.labels)})")
+                raise ValueError(
+                    f"example {e.guid!r} has label {e.label!r}, which GLUE {info.name} does not have "
+                    f"(labels: {list(info.labels)})"
+                )
         features["label"] = np.array([-1 if e.label is None else index[e.label] for e in examples], np.int32)
     return features

@@ -35,8 +35,14 @@ class Decoder:
         self.masking, self.seed = manifest["masking"], seed
         self.max_seq_length, self.max_predictions = manifest["max_seq_length"], data.max_predictions_per_seq
         self.pad = manifest["special_ids"]["pad"]
-        self.masker = Masker(manifest["special_ids"], manifest["vocab_size"], self.max_seq_length,
-                             self.max_predictions, data.masked_lm_prob, data.ngram)
+        self.masker = Masker(
+            manifest["special_ids"],
+            manifest["vocab_size"],
+            self.max_seq_length,
+            self.max_predictions,
+            data.masked_lm_prob,
+            data.ngram,
+        )
 
     def __call__(self, index: int, record: bytes) -> dict[str, np.ndarray]:
         if self.masking == "static":
@@ -51,13 +57,20 @@ class PretrainingDataset:
     def __init__(self, directory: str, split: str, data: ml_collections.ConfigDict, seed: int):
         self.manifest = prepare.read_manifest(directory)
         if self.manifest["masking"] == "static" and data.max_predictions_per_seq != _static_predictions(self.manifest):
-            raise ValueError(f"{directory} was prepared with max_predictions_per_seq="
-                             f"{_static_predictions(self.manifest)}, the config asks for {data.max_predictions_per_seq}")
+            raise ValueError(
+                f"{directory} was prepared with max_predictions_per_seq="
+                f"{_static_predictions(self.manifest)}, the config asks for {data.max_predictions_per_seq}"
+            )
         if data.max_seq_length != self.manifest["max_seq_length"]:
-            raise ValueError(f"{directory} was prepared with max_seq_length={self.manifest['max_seq_length']}, the "
-                             f"config asks for {data.max_seq_length}")
-        paths = [os.path.join(directory, "examples", s["name"] + ".array_record")
-                 for s in self.manifest["shards"] if s["split"] == split and s["examples"]]
+            raise ValueError(
+                f"{directory} was prepared with max_seq_length={self.manifest['max_seq_length']}, the "
+                f"config asks for {data.max_seq_length}"
+            )
+        paths = [
+            os.path.join(directory, "examples", s["name"] + ".array_record")
+            for s in self.manifest["shards"]
+            if s["split"] == split and s["examples"]
+        ]
         self.source = grain.sources.ArrayRecordDataSource(paths)
         self.size = len(self.source)
         self.decoder = Decoder(self.manifest, data, seed)
@@ -78,14 +91,22 @@ class PretrainingDataset:
 class PretrainingBatches:
     """`loop.BatchSource` over a prepared split: batch i holds rows [i*B, (i+1)*B) of the shuffled stream."""
 
-    def __init__(self, data: PretrainingDataset, batch_size: int, *, workers: int = 0,
-                 process_index: int | None = None, process_count: int | None = None):
+    def __init__(
+        self,
+        data: PretrainingDataset,
+        batch_size: int,
+        *,
+        workers: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
         self.data, self.batch_size, self.workers = data, batch_size, workers
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
         if data.size < batch_size:
-            raise ValueError(f"only {data.size} examples for a batch of {batch_size}: use more data "
-                             "or a smaller batch_size")
+            raise ValueError(
+                f"only {data.size} examples for a batch of {batch_size}: use more data or a smaller batch_size"
+            )
         if batch_size % self.process_count:
             raise ValueError(f"batch size {batch_size} does not split over {self.process_count} processes")
 
@@ -95,17 +116,19 @@ class PretrainingBatches:
 
     def _local(self) -> grain.MapDataset:
         per = self.batch_size // self.process_count
-        return self.data.examples().batch(per)[self.process_index::self.process_count]
+        return self.data.examples().batch(per)[self.process_index :: self.process_count]
 
     def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]:
         """This process's rows of batches start, start + 1, ..., prefetched (by `workers` processes)."""
         dataset = self._local()[start:].to_iter_dataset(
-            grain.ReadOptions(num_threads=1, prefetch_buffer_size=_PREFETCH_BATCHES))
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=_PREFETCH_BATCHES)
+        )
         if self.workers:
             if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside an absl app (notebook) use defaults
                 flags.FLAGS.mark_as_parsed()
-            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self.workers, per_worker_buffer_size=_PREFETCH_BATCHES))
+            dataset = dataset.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=_PREFETCH_BATCHES)
+            )
         return iter(dataset)
 
 

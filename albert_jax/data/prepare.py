@@ -57,13 +57,28 @@ def settings(config: ml_collections.ConfigDict, vocab_size: int) -> dict:
     if d.masking not in ("static", "dynamic"):
         raise ValueError(f"config.data.masking must be 'static' or 'dynamic', got {d.masking!r}")
     if d.source.startswith("tfrecord:") and (d.masking != "static" or not d.vocab_file):
-        raise ValueError("config.data.source tfrecord:... holds masked examples: it needs "
-                         "config.data.masking='static' and config.data.vocab_file (the files' spiece.model)")
-    vocabulary = ({"file_sha256": _sha256(d.vocab_file)} if d.vocab_file
-                  else {"vocab_size": vocab_size, "spm_sentences": d.spm_sentences})
-    out = dict(format=FORMAT, source=d.source, max_documents=d.max_documents, eval_fraction=d.eval_fraction,
-               docs_per_shard=d.docs_per_shard, seed=config.seed, vocabulary=vocabulary, masking=d.masking,
-               max_seq_length=d.max_seq_length, short_seq_prob=d.short_seq_prob, dupe_factor=d.dupe_factor)
+        raise ValueError(
+            "config.data.source tfrecord:... holds masked examples: it needs "
+            "config.data.masking='static' and config.data.vocab_file (the files' spiece.model)"
+        )
+    vocabulary = (
+        {"file_sha256": _sha256(d.vocab_file)}
+        if d.vocab_file
+        else {"vocab_size": vocab_size, "spm_sentences": d.spm_sentences}
+    )
+    out = dict(
+        format=FORMAT,
+        source=d.source,
+        max_documents=d.max_documents,
+        eval_fraction=d.eval_fraction,
+        docs_per_shard=d.docs_per_shard,
+        seed=config.seed,
+        vocabulary=vocabulary,
+        masking=d.masking,
+        max_seq_length=d.max_seq_length,
+        short_seq_prob=d.short_seq_prob,
+        dupe_factor=d.dupe_factor,
+    )
     if d.masking == "static":
         out.update(max_predictions_per_seq=d.max_predictions_per_seq, masked_lm_prob=d.masked_lm_prob, ngram=d.ngram)
     return out
@@ -82,8 +97,10 @@ def read_manifest(directory: str) -> dict:
     """The manifest of a finished preparation; ValueError when `directory` holds none."""
     path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
-        raise ValueError(f"{directory} holds no prepared data (no {MANIFEST}); run "
-                         "python -m albert_jax.data.prepare --config=... --out=DIR")
+        raise ValueError(
+            f"{directory} holds no prepared data (no {MANIFEST}); run "
+            "python -m albert_jax.data.prepare --config=... --out=DIR"
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -114,6 +131,7 @@ def _exclusive(out: str):
 
 def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, values: dict, overwrite: bool) -> dict:
     from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
+
     digest = settings_hash(values)
     _claim(out, values, overwrite)
     manifest_path = os.path.join(out, MANIFEST)
@@ -126,8 +144,7 @@ def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, value
         jobs = _tfrecord_jobs(config, out)
     else:
         shards = _document_shards(config, out)
-        vocab = (_copy_vocab(data.vocab_file, out) if data.vocab_file
-                 else os.path.join(out, "spiece.model"))
+        vocab = _copy_vocab(data.vocab_file, out) if data.vocab_file else os.path.join(out, "spiece.model")
         if not os.path.exists(vocab):
             _train_vocabulary(out, vocab_size, data.spm_sentences, config.seed)
         jobs = _document_jobs(config, out, shards, vocab)
@@ -141,17 +158,29 @@ def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, value
                 f"No {split} pretraining example can be made from {data.source}: an example pairs two segments of "
                 "one document for sentence-order prediction, so a document needs at least two (non-empty) "
                 "sentences. Text files need one sentence per line and a blank line only between documents"
-                + ("; a small corpus may need a larger config.data.eval_fraction" if split == "eval" else ""))
+                + ("; a small corpus may need a larger config.data.eval_fraction" if split == "eval" else "")
+            )
     from albert_jax.data.pretraining import special_ids
     from albert_jax.data.records import record_dtype
-    manifest = dict(settings_hash=digest, settings=values, vocab_file="spiece.model", vocab_size=tokenizer.vocab_size,
-                    special_ids=special_ids(tokenizer), masking=data.masking, max_seq_length=data.max_seq_length,
-                    record_dtype=record_dtype(tokenizer.vocab_size, data.max_seq_length).str, shards=shards,
-                    examples={split: sum(s["examples"] for s in shards if s["split"] == split) for split in SPLITS})
+
+    manifest = dict(
+        settings_hash=digest,
+        settings=values,
+        vocab_file="spiece.model",
+        vocab_size=tokenizer.vocab_size,
+        special_ids=special_ids(tokenizer),
+        masking=data.masking,
+        max_seq_length=data.max_seq_length,
+        record_dtype=record_dtype(tokenizer.vocab_size, data.max_seq_length).str,
+        shards=shards,
+        examples={split: sum(s["examples"] for s in shards if s["split"] == split) for split in SPLITS},
+    )
     experiment.write_json(manifest_path, manifest)
     shutil.rmtree(os.path.join(out, "documents"), ignore_errors=True)
-    _progress(f"done: {manifest['examples']['train']} train and {manifest['examples']['eval']} eval examples "
-              f"in {len(shards)} shards in {out}")
+    _progress(
+        f"done: {manifest['examples']['train']} train and {manifest['examples']['eval']} eval examples "
+        f"in {len(shards)} shards in {out}"
+    )
     return manifest
 
 
@@ -159,6 +188,7 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str, vocab_size:
     """The prepared data of a run (prepared by process 0 if missing; the other processes wait for it)."""
     import jax
     from jax.experimental import multihost_utils
+
     out = prepared_dir(config, workdir)
     if jax.process_index() == 0:
         prepare(config, out, vocab_size)
@@ -189,9 +219,14 @@ def _claim(out: str, values: dict, overwrite: bool) -> None:
     """Makes `out` this preparation's (resuming one with the same settings); refuses other data unless
     `overwrite`, which starts over."""
     ours = experiment.check_claim(
-        out, SETTINGS, values, overwrite=overwrite, conflict="holds pretraining data prepared with other settings",
+        out,
+        SETTINGS,
+        values,
+        overwrite=overwrite,
+        conflict="holds pretraining data prepared with other settings",
         fix="use --overwrite to prepare it anew, or another directory",
-        foreign="holds no prepared data; use another directory or --overwrite")
+        foreign="holds no prepared data; use another directory or --overwrite",
+    )
     if not ours:
         experiment.write_claim(out, SETTINGS, values, overwrite=overwrite)
 
@@ -201,6 +236,7 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
     and a reservoir sample of training sentences for the vocabulary; returns shard name -> documents.
     Redone from the start if interrupted (only the example stage resumes shard by shard)."""
     from albert_jax.data.sources import iter_source
+
     directory = os.path.join(out, "documents")
     index_path = os.path.join(directory, "index.json")
     if os.path.exists(index_path):
@@ -221,8 +257,9 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
         shards[name] = len(buffers[split])
         buffers[split] = []
 
-    for count, document in enumerate(iter_source(data.source, data_dir=data.tfds_data_dir,
-                                                 max_documents=data.max_documents), 1):
+    for count, document in enumerate(
+        iter_source(data.source, data_dir=data.tfds_data_dir, max_documents=data.max_documents), 1
+    ):
         split = "eval" if is_eval(count - 1, data.eval_fraction, offset) else "train"
         if len(buffers[split]) == data.docs_per_shard:  # flushed lazily: the last document stays in memory
             flush(split)
@@ -249,11 +286,17 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
 
 def _train_vocabulary(out: str, vocab_size: int, spm_sentences: int, seed: int) -> None:
     from albert_jax.tokenizer import train_spm
+
     sample_path = os.path.join(out, "spm_sample.txt")
     _progress(f"training a {vocab_size}-piece SentencePiece vocabulary")
     with open(sample_path, encoding="utf-8") as f:
-        train_spm((line.rstrip("\n") for line in f), vocab_size, os.path.join(out, "spiece.tmp"),
-                  input_sentence_size=spm_sentences, seed=seed)
+        train_spm(
+            (line.rstrip("\n") for line in f),
+            vocab_size,
+            os.path.join(out, "spiece.tmp"),
+            input_sentence_size=spm_sentences,
+            seed=seed,
+        )
     os.replace(os.path.join(out, "spiece.tmp.model"), os.path.join(out, "spiece.model"))
     for leftover in ("spiece.tmp.vocab", "spm_sample.txt"):
         if os.path.exists(os.path.join(out, leftover)):
@@ -293,26 +336,47 @@ def _document_jobs(config: ml_collections.ConfigDict, out: str, shards: dict[str
     data = config.data
     args = dict(max_seq_length=data.max_seq_length, short_seq_prob=data.short_seq_prob, dupe_factor=data.dupe_factor)
     if data.masking == "static":
-        args.update(max_predictions_per_seq=data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob,
-                    ngram=data.ngram)
+        args.update(
+            max_predictions_per_seq=data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob, ngram=data.ngram
+        )
     jobs = []
     for name in shards:
         split, number = name.split("-")
-        jobs.append((_make_document_shard, dict(
-            documents=os.path.join(out, "documents", name + ".txt"), out=_shard_path(out, name), vocab=vocab,
-            masking=data.masking, args=dict(args, seed=shard_seed(config.seed, split, int(number))))))
+        jobs.append(
+            (
+                _make_document_shard,
+                dict(
+                    documents=os.path.join(out, "documents", name + ".txt"),
+                    out=_shard_path(out, name),
+                    vocab=vocab,
+                    masking=data.masking,
+                    args=dict(args, seed=shard_seed(config.seed, split, int(number))),
+                ),
+            )
+        )
     return jobs
 
 
 def _tfrecord_jobs(config: ml_collections.ConfigDict, out: str) -> list:
     from albert_jax.data.tfrecord import expand_tfrecord_patterns
+
     data = config.data
     files = expand_tfrecord_patterns(data.source.partition(":")[2])
-    return [(_convert_tfrecord, dict(path=path, out={split: _shard_path(out, f"{split}-{i:05d}") for split in SPLITS},
-                                     vocab=os.path.join(out, "spiece.model"), eval_fraction=data.eval_fraction,
-                                     offset=eval_offset(config.seed, i), max_seq_length=data.max_seq_length,
-                                     max_predictions=data.max_predictions_per_seq))
-            for i, path in enumerate(files)]
+    return [
+        (
+            _convert_tfrecord,
+            dict(
+                path=path,
+                out={split: _shard_path(out, f"{split}-{i:05d}") for split in SPLITS},
+                vocab=os.path.join(out, "spiece.model"),
+                eval_fraction=data.eval_fraction,
+                offset=eval_offset(config.seed, i),
+                max_seq_length=data.max_seq_length,
+                max_predictions=data.max_predictions_per_seq,
+            ),
+        )
+        for i, path in enumerate(files)
+    ]
 
 
 def _shard_path(out: str, name: str) -> str:
@@ -356,6 +420,7 @@ def _done_counts(kwargs: dict) -> dict[str, int] | None:
     if not all(os.path.exists(p) for p in outputs.values()):
         return None
     from array_record.python.array_record_module import ArrayRecordReader
+
     counts = {}
     for path in outputs.values():
         reader = ArrayRecordReader(path)
@@ -371,14 +436,17 @@ def _make_document_shard(documents: str, out: str, vocab: str, masking: str, arg
     from albert_jax.data import pretraining, records
     from albert_jax.data.sources import read_text_files
     from albert_jax.tokenizer import AlbertTokenizer
+
     tokenizer = AlbertTokenizer(vocab)
     dtype = records.record_dtype(tokenizer.vocab_size, args["max_seq_length"])
     docs = read_text_files(documents)
     if masking == "static":
         encoded = (records.encode_example(e, dtype) for e in pretraining.create_examples(docs, tokenizer, **args))
     else:
-        encoded = (records.encode_pair(a, b, swapped, dtype)
-                   for a, b, swapped in pretraining.create_pairs(docs, tokenizer, **args))
+        encoded = (
+            records.encode_pair(a, b, swapped, dtype)
+            for a, b, swapped in pretraining.create_pairs(docs, tokenizer, **args)
+        )
     name = os.path.basename(out).split(".")[0]
     return {name: _write_records(out, _skip_empty(encoded))}
 
@@ -386,17 +454,26 @@ def _make_document_shard(documents: str, out: str, vocab: str, masking: str, arg
 def _skip_empty(encoded):
     """No record for a shard whose documents hold no two-sentence document (another shard may)."""
     from albert_jax.data.pretraining import NoExamplesError
+
     try:
         yield from encoded
     except NoExamplesError:
         return
 
 
-def _convert_tfrecord(path: str, out: dict[str, str], vocab: str, eval_fraction: float, offset: float,
-                      max_seq_length: int, max_predictions: int) -> dict[str, int]:
+def _convert_tfrecord(
+    path: str,
+    out: dict[str, str],
+    vocab: str,
+    eval_fraction: float,
+    offset: float,
+    max_seq_length: int,
+    max_predictions: int,
+) -> dict[str, int]:
     from albert_jax.data import records
     from albert_jax.data.tfrecord import read_original_tfrecords
     from albert_jax.tokenizer import AlbertTokenizer
+
     dtype = records.record_dtype(AlbertTokenizer(vocab).vocab_size, max_seq_length)
     examples = read_original_tfrecords([path], max_seq_length, max_predictions)
     writers = {split: _RecordWriter(out[split]) for split in SPLITS}
@@ -418,6 +495,7 @@ class _RecordWriter:
 
     def __init__(self, path: str):
         from array_record.python.array_record_module import ArrayRecordWriter
+
         self.path, self.count = path, 0
         self.writer = ArrayRecordWriter(path + ".tmp", "group_size:1")
 
@@ -461,9 +539,15 @@ def main(argv=None) -> None:
         except (ValueError, OSError, ImportError) as e:
             sys.exit(f"error: {e}")
 
-    app.run(run, argv=argv, flags_parser=lambda args: experiment.parse_flags(
-        args, "python -m albert_jax.data.prepare --config=experiments/configs/NAME.py[:arg] [--config.data.x=v] "
-              "--out=DIR [--overwrite]"))
+    app.run(
+        run,
+        argv=argv,
+        flags_parser=lambda args: experiment.parse_flags(
+            args,
+            "python -m albert_jax.data.prepare --config=experiments/configs/NAME.py[:arg] [--config.data.x=v] "
+            "--out=DIR [--overwrite]",
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,15 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-FEATURES = ("input_ids", "attention_mask", "token_type_ids", "masked_lm_positions", "masked_lm_ids",
-            "masked_lm_weights", "sentence_order_label")
+FEATURES = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "masked_lm_positions",
+    "masked_lm_ids",
+    "masked_lm_weights",
+    "sentence_order_label",
+)
 # The original's `special_pieces`: string.punctuation without "'", "<", "=" and ">" (its literal has
 # '"' where string.punctuation has "'"). It also adds "€" and "£" as UTF-8 bytes, which never equal a
 # str, so they are left out here.
@@ -54,8 +61,11 @@ def is_start_piece(piece: str) -> bool:
     character that, lowercased, is neither an ASCII letter nor such punctuation (a digit, "'", "=", a
     letter of another script, ...). So "▁the", "5", "x2", "'s", "." and "é" start a word, while "ing",
     "..", "s." and "[MASK]" continue the previous one."""
-    return (piece.startswith(("▁", "<")) or piece in _START_PUNCTUATION
-            or not all(c.lower() in _CONTINUATION_CHARS for c in piece))
+    return (
+        piece.startswith(("▁", "<"))
+        or piece in _START_PUNCTUATION
+        or not all(c.lower() in _CONTINUATION_CHARS for c in piece)
+    )
 
 
 def ngram_probabilities(ngram: int) -> np.ndarray:
@@ -64,10 +74,18 @@ def ngram_probabilities(ngram: int) -> np.ndarray:
     return inverse / inverse.sum()
 
 
-def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_length: int,
-                    max_predictions_per_seq: int, masked_lm_prob: float = 0.15,
-                    short_seq_prob: float = 0.1, ngram: int = 3, dupe_factor: int = 1,
-                    seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def create_examples(
+    documents: Sequence[Sequence[str]],
+    tokenizer,
+    *,
+    max_seq_length: int,
+    max_predictions_per_seq: int,
+    masked_lm_prob: float = 0.15,
+    short_seq_prob: float = 0.1,
+    ngram: int = 3,
+    dupe_factor: int = 1,
+    seed: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
     """ALBERT pretraining examples (SOP pairs with n-gram masking) from documents.
 
     Args:
@@ -100,14 +118,22 @@ def create_examples(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_le
         raise ValueError("max_predictions_per_seq, ngram and dupe_factor must be >= 1 and seed >= 0")
     if not 0.0 <= masked_lm_prob <= 1.0 or not 0.0 <= short_seq_prob <= 1.0:
         raise ValueError("masked_lm_prob and short_seq_prob must be in [0, 1]")
-    masker = Masker(special_ids(tokenizer), tokenizer.vocab_size, max_seq_length, max_predictions_per_seq,
-                    masked_lm_prob, ngram)
+    masker = Masker(
+        special_ids(tokenizer), tokenizer.vocab_size, max_seq_length, max_predictions_per_seq, masked_lm_prob, ngram
+    )
     pairs = _pair_stream(documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
     return (masker(a, b, swapped, mask_rng) for a, b, swapped, mask_rng in pairs)
 
 
-def create_pairs(documents: Sequence[Sequence[str]], tokenizer, *, max_seq_length: int, short_seq_prob: float = 0.1,
-                 dupe_factor: int = 1, seed: int = 0) -> Iterator[tuple[Segment, Segment, bool]]:
+def create_pairs(
+    documents: Sequence[Sequence[str]],
+    tokenizer,
+    *,
+    max_seq_length: int,
+    short_seq_prob: float = 0.1,
+    dupe_factor: int = 1,
+    seed: int = 0,
+) -> Iterator[tuple[Segment, Segment, bool]]:
     """The unmasked sentence-order pairs `create_examples` masks, in the same order: (A, B, swapped), A and B
     as (piece ids, word-start flags), together at most ``max_seq_length - 3`` pieces. Dynamic masking
     stores these and masks them per epoch with `Masker`. Arguments as for `create_examples`."""
@@ -132,7 +158,8 @@ def _pair_stream(documents, tokenizer, max_num_tokens, short_seq_prob, dupe_fact
             f"No pretraining example can be made from these {len(documents)} documents: an example pairs "
             "two segments of one document for sentence-order prediction, so a document needs at least two "
             "(non-empty) sentences, and none has. Text files need one sentence per line and a blank line "
-            "only between documents.")
+            "only between documents."
+        )
     for pass_index in range(dupe_factor):
         order_rng = np.random.default_rng([seed, _ORDER_STREAM, pass_index, 0])
         for doc_index in order_rng.permutation(len(tokenized)):
@@ -171,8 +198,9 @@ def _tokenize_documents(documents, tokenizer, dropped_ids) -> list[list[Segment]
     return tokenized
 
 
-def _segment_pairs(document: list[Segment], max_num_tokens: int, short_seq_prob: float,
-                   rng: np.random.Generator) -> Iterator[tuple[Segment, Segment, bool]]:
+def _segment_pairs(
+    document: list[Segment], max_num_tokens: int, short_seq_prob: float, rng: np.random.Generator
+) -> Iterator[tuple[Segment, Segment, bool]]:
     """Cuts a document into chunks of consecutive sentences and yields (A, B, swapped) per chunk:
     A = the chunk's first k sentences (k uniform in [1, len - 1]), B = the rest, swapped with
     probability 1/2, then truncated to ``max_num_tokens`` together."""
@@ -213,8 +241,7 @@ def truncation_counts(len_a: int, len_b: int, max_num_tokens: int) -> tuple[int,
     return (first if len_a > len_b else 0) + rest // 2, (first if len_a <= len_b else 0) + rest - rest // 2
 
 
-def _truncate_pair(a: Segment, b: Segment, max_num_tokens: int,
-                   rng: np.random.Generator) -> tuple[Segment, Segment]:
+def _truncate_pair(a: Segment, b: Segment, max_num_tokens: int, rng: np.random.Generator) -> tuple[Segment, Segment]:
     """Trims A and B to ``max_num_tokens`` in total, each removed token off the front or the back
     with probability 1/2. The first remaining piece of a segment always starts a word."""
     out = []
@@ -227,8 +254,9 @@ def _truncate_pair(a: Segment, b: Segment, max_num_tokens: int,
     return out[0], out[1]
 
 
-def choose_masked_spans(word_lengths: Sequence[int], budget: int, probs: np.ndarray,
-                        rng: np.random.Generator) -> list[list[int]]:
+def choose_masked_spans(
+    word_lengths: Sequence[int], budget: int, probs: np.ndarray, rng: np.random.Generator
+) -> list[list[int]]:
     """Chooses the n-grams of whole words to mask, as the original does.
 
     Every word is tried once as an n-gram start, in random order, until ``budget`` tokens are
@@ -258,9 +286,9 @@ def choose_masked_spans(word_lengths: Sequence[int], budget: int, probs: np.ndar
         n = min(n, num_words - start)
         while n and offsets[start + n] - offsets[start] > budget - num_tokens:
             n -= 1
-        if not n or any(covered[start:start + n]):
+        if not n or any(covered[start : start + n]):
             continue
-        covered[start:start + n] = b"\x01" * n
+        covered[start : start + n] = b"\x01" * n
         spans.append(list(range(start, start + n)))
         num_tokens += offsets[start + n] - offsets[start]
     return spans
@@ -270,8 +298,15 @@ class Masker:
     """Builds the feature arrays of one example, ``[CLS] A [SEP] B [SEP]``, masked (whole-word n-grams, the
     original's 80/10/10 rule) and padded; `create_examples` and the dynamic-masking loader share it."""
 
-    def __init__(self, specials: dict[str, int], vocab_size: int, max_seq_length: int, max_predictions: int,
-                 masked_lm_prob: float, ngram: int):
+    def __init__(
+        self,
+        specials: dict[str, int],
+        vocab_size: int,
+        max_seq_length: int,
+        max_predictions: int,
+        masked_lm_prob: float,
+        ngram: int,
+    ):
         self.cls, self.sep, self.mask = specials["cls"], specials["sep"], specials["mask"]
         self.pad = specials["pad"]
         self.max_seq_length, self.max_predictions = max_seq_length, max_predictions
@@ -285,7 +320,7 @@ class Masker:
         length = len(a[0]) + len(b[0]) + 3
         ids[:length] = [self.cls, *a[0], self.sep, *b[0], self.sep]
         token_type_ids = np.zeros(T, np.int32)
-        token_type_ids[len(a[0]) + 2:length] = 1
+        token_type_ids[len(a[0]) + 2 : length] = 1
         # Words are numbered across both segments (an n-gram may span the middle [SEP], as in the
         # original); [CLS]/[SEP] belong to no word and are never masked.
         begins_a, ends_a = _word_bounds(a[1], 1)
@@ -295,8 +330,9 @@ class Masker:
         if self.masked_lm_prob > 0:
             budget = min(P, max(1, int(round(length * self.masked_lm_prob))))
             spans = choose_masked_spans([e - s for s, e in zip(begins, ends)], budget, self.ngram_probs, rng)
-            positions = np.sort(np.array([p for span in spans for w in span for p in range(begins[w], ends[w])],
-                                         np.int64))
+            positions = np.sort(
+                np.array([p for span in spans for w in span for p in range(begins[w], ends[w])], np.int64)
+            )
         labels = ids[positions]
         u = rng.random(len(positions))
         random_ids = self.random_ids[rng.integers(len(self.random_ids), size=len(positions))]
@@ -317,8 +353,13 @@ class Masker:
 
 def special_ids(tokenizer) -> dict[str, int]:
     """The ids the example format places itself (pad, unk, [CLS], [SEP], [MASK]), by role."""
-    return dict(pad=tokenizer.pad_token_id, unk=tokenizer.unk_token_id, cls=tokenizer.cls_token_id,
-                sep=tokenizer.sep_token_id, mask=tokenizer.mask_token_id)
+    return dict(
+        pad=tokenizer.pad_token_id,
+        unk=tokenizer.unk_token_id,
+        cls=tokenizer.cls_token_id,
+        sep=tokenizer.sep_token_id,
+        mask=tokenizer.mask_token_id,
+    )
 
 
 def _word_bounds(starts: list[bool], offset: int) -> tuple[list[int], list[int]]:

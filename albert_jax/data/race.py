@@ -60,8 +60,10 @@ def read_race_dir(race_dir: str, split: str, levels: Sequence[str] = LEVELS) -> 
     for level in levels:
         folder = os.path.join(os.fspath(race_dir), split, level)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"no RACE folder {folder}: expected <race_dir>/{split}/{level}/*.txt, "
-                                    "race_dir being the RACE folder of RACE.tar.gz")
+            raise FileNotFoundError(
+                f"no RACE folder {folder}: expected <race_dir>/{split}/{level}/*.txt, "
+                "race_dir being the RACE folder of RACE.tar.gz"
+            )
         for name in sorted(n for n in os.listdir(folder) if n.endswith(".txt")):
             path = os.path.join(folder, name)
             try:
@@ -90,13 +92,14 @@ def read_race_tfds(split: str, data_dir: str | None = None, levels: Sequence[str
             record = {key: _decode(value) for key, value in row.items()}
             # tfds keeps the file's JSON "id", which is the level followed by the file name ("high1001.txt")
             file_id = record.pop("example_id", "")
-            name = file_id[len(level):] if file_id.startswith(level) else file_id
+            name = file_id[len(level) :] if file_id.startswith(level) else file_id
             examples.extend(_examples(record, level, name, f"tfds race/{level} {split} example {file_id!r}"))
     return examples
 
 
-def load_race(split: str, *, race_dir: str | None = None, tfds_data_dir: str | None = None,
-              levels: Sequence[str] = LEVELS) -> list[RaceExample]:
+def load_race(
+    split: str, *, race_dir: str | None = None, tfds_data_dir: str | None = None, levels: Sequence[str] = LEVELS
+) -> list[RaceExample]:
     """A RACE split from the official download when `race_dir` is given (`read_race_dir`; `tfds_data_dir` is
     then unused), else from tensorflow-datasets (`read_race_tfds`, prepared in `tfds_data_dir`)."""
     if race_dir is not None:
@@ -141,21 +144,28 @@ def _examples(record, level: str, name: str, source: str) -> list[RaceExample]:
     answers = record["answers"] if labelled else [None] * len(questions)
     lengths = {"questions": len(questions), "options": _length(options), "answers": _length(answers)}
     if len(set(lengths.values())) != 1:
-        raise ValueError(f"{source}: questions, options and answers must be lists of one length; got "
-                         f"{lengths} (None: not a list)")
+        raise ValueError(
+            f"{source}: questions, options and answers must be lists of one length; got {lengths} (None: not a list)"
+        )
     examples = []
     for index, (question, choices, answer) in enumerate(zip(questions, options, answers)):
         where = f"{source}: question {index}"
         if not isinstance(question, str):
             raise ValueError(f"{where}: the question must be a string, got {question!r}")
-        if not (isinstance(choices, list) and len(choices) == NUM_OPTIONS
-                and all(isinstance(c, str) for c in choices)):
+        if not (isinstance(choices, list) and len(choices) == NUM_OPTIONS and all(isinstance(c, str) for c in choices)):
             raise ValueError(f"{where}: needs {NUM_OPTIONS} option strings, got {choices!r}")
         if labelled and answer not in tuple(ANSWERS):
             raise ValueError(f"{where}: answer {answer!r} is not one of {', '.join(ANSWERS)}")
-        examples.append(RaceExample(example_id=f"{level}/{name}-{index}", article=article, question=question,
-                                    options=tuple(choices), label=ANSWERS.index(answer) if labelled else -1,
-                                    level=level))
+        examples.append(
+            RaceExample(
+                example_id=f"{level}/{name}-{index}",
+                article=article,
+                question=question,
+                options=tuple(choices),
+                label=ANSWERS.index(answer) if labelled else -1,
+                level=level,
+            )
+        )
     return examples
 
 
@@ -169,8 +179,9 @@ def option_text(question: str, option: str) -> str:
     return question.replace("_", option) if "_" in question else f"{question} {option}"
 
 
-def featurize(examples: Iterable[RaceExample], tokenizer, max_seq_length: int = 512,
-              max_qa_length: int = 128) -> dict[str, np.ndarray]:
+def featurize(
+    examples: Iterable[RaceExample], tokenizer, max_seq_length: int = 512, max_qa_length: int = 128
+) -> dict[str, np.ndarray]:
     """Model inputs for `AlbertForMultipleChoice`, as google-research/albert's `race_utils.py` builds them.
 
     Each option gives ``[CLS] article [SEP] qa [SEP]`` with qa = `option_text(question, option)`, its
@@ -189,8 +200,10 @@ def featurize(examples: Iterable[RaceExample], tokenizer, max_seq_length: int = 
       (-1 unknown); 'level': int32 [N] (index in LEVELS: 0 middle, 1 high).
     """
     if not 0 < max_qa_length <= max_seq_length - 3:
-        raise ValueError(f"need 0 < max_qa_length <= max_seq_length - 3 (room for [CLS] [SEP] [SEP]); got "
-                         f"max_qa_length={max_qa_length}, max_seq_length={max_seq_length}")
+        raise ValueError(
+            f"need 0 < max_qa_length <= max_seq_length - 3 (room for [CLS] [SEP] [SEP]); got "
+            f"max_qa_length={max_qa_length}, max_seq_length={max_seq_length}"
+        )
     examples = list(examples)
     shape = (len(examples), NUM_OPTIONS, max_seq_length)
     input_ids = np.full(shape, tokenizer.pad_token_id, np.int32)
@@ -202,11 +215,11 @@ def featurize(examples: Iterable[RaceExample], tokenizer, max_seq_length: int = 
             last_article, article = example.article, tokenizer.encode(example.article, add_special_tokens=False)
         for k, option in enumerate(example.options):
             qa = tokenizer.encode(option_text(example.question, option), add_special_tokens=False)[-max_qa_length:]
-            context = article[:max_seq_length - 3 - len(qa)]
+            context = article[: max_seq_length - 3 - len(qa)]
             ids = tokenizer.build_inputs_with_special_tokens(context, qa)
-            input_ids[n, k, :len(ids)] = ids
-            token_type_ids[n, k, :len(ids)] = tokenizer.create_token_type_ids_from_sequences(context, qa)
-            attention_mask[n, k, :len(ids)] = 1
+            input_ids[n, k, : len(ids)] = ids
+            token_type_ids[n, k, : len(ids)] = tokenizer.create_token_type_ids_from_sequences(context, qa)
+            attention_mask[n, k, : len(ids)] = 1
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

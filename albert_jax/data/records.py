@@ -36,27 +36,43 @@ def encode_example(example: dict[str, np.ndarray], dtype: np.dtype) -> bytes:
     b_start = int(np.argmax(segments)) if segments.any() else length
     weights = np.asarray(example["masked_lm_weights"])
     k = int(np.count_nonzero(weights))
-    if (not mask[:length].all() or segments[length:].any() or not segments[b_start:length].all()
-            or np.count_nonzero(weights[:k]) != k):
-        raise ValueError("not an example of the [CLS] A [SEP] B [SEP] layout: attention_mask must be ones then "
-                         "zeros, token_type_ids zeros then ones up to the mask's end, masked_lm_weights ones then "
-                         "zeros")
-    return np.concatenate([[length, b_start, int(example["sentence_order_label"]), k],
-                           example["input_ids"][:length], example["masked_lm_positions"][:k],
-                           example["masked_lm_ids"][:k]]).astype(dtype).tobytes()
+    if (
+        not mask[:length].all()
+        or segments[length:].any()
+        or not segments[b_start:length].all()
+        or np.count_nonzero(weights[:k]) != k
+    ):
+        raise ValueError(
+            "not an example of the [CLS] A [SEP] B [SEP] layout: attention_mask must be ones then "
+            "zeros, token_type_ids zeros then ones up to the mask's end, masked_lm_weights ones then "
+            "zeros"
+        )
+    return (
+        np.concatenate(
+            [
+                [length, b_start, int(example["sentence_order_label"]), k],
+                example["input_ids"][:length],
+                example["masked_lm_positions"][:k],
+                example["masked_lm_ids"][:k],
+            ]
+        )
+        .astype(dtype)
+        .tobytes()
+    )
 
 
-def decode_example(record: bytes, dtype: np.dtype, max_seq_length: int, max_predictions: int,
-                   pad_id: int) -> dict[str, np.ndarray]:
+def decode_example(
+    record: bytes, dtype: np.dtype, max_seq_length: int, max_predictions: int, pad_id: int
+) -> dict[str, np.ndarray]:
     """Record bytes of a masked example -> its padded features (int32, weights float32)."""
     values = np.frombuffer(record, dtype)
     length, b_start, label, k = (int(v) for v in values[:_HEADER])
     T, P = max_seq_length, max_predictions
     ids = np.full(T, pad_id, np.int32)
-    ids[:length] = values[_HEADER:_HEADER + length]
+    ids[:length] = values[_HEADER : _HEADER + length]
     positions, masked_ids = np.zeros(P, np.int32), np.zeros(P, np.int32)
-    rest = values[_HEADER + length:]
-    positions[:k], masked_ids[:k] = rest[:k], rest[k:2 * k]
+    rest = values[_HEADER + length :]
+    positions[:k], masked_ids[:k] = rest[:k], rest[k : 2 * k]
     where = np.arange(T)
     return {
         "input_ids": ids,
@@ -81,7 +97,10 @@ def decode_pair(record: bytes, dtype: np.dtype) -> tuple[Segment, Segment, bool]
     length, b_start, swapped = (int(v) for v in np.frombuffer(record, dtype, count=3))
     num_ids = length - 3
     ids = np.frombuffer(record, dtype, count=num_ids, offset=_HEADER * dtype.itemsize).tolist()
-    starts = np.unpackbits(np.frombuffer(record, np.uint8, offset=(_HEADER + num_ids) * dtype.itemsize),
-                           count=num_ids).astype(bool).tolist()
+    starts = (
+        np.unpackbits(np.frombuffer(record, np.uint8, offset=(_HEADER + num_ids) * dtype.itemsize), count=num_ids)
+        .astype(bool)
+        .tolist()
+    )
     len_a = b_start - 2
     return (ids[:len_a], starts[:len_a]), (ids[len_a:], starts[len_a:]), bool(swapped)

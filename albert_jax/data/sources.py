@@ -80,8 +80,10 @@ def _read_text_file(path: str) -> Iterator[list[str]]:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for number, line in enumerate(f, 1):
             if bad := _ESCAPED_BYTE.search(line):
-                raise ValueError(f"{path} line {number}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} "
-                                 f"at column {bad.start() + 1})")
+                raise ValueError(
+                    f"{path} line {number}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} "
+                    f"at column {bad.start() + 1})"
+                )
             line = line.strip()
             if line:
                 current.append(line)
@@ -98,8 +100,13 @@ def text_to_sentences(text: str) -> list[str]:
     return [s for line in text.splitlines() for s in split_sentences(line)]
 
 
-def load_tfds_text(name: str, split: str = "train", text_key: str | None = None,
-                   data_dir: str | None = None, max_documents: int | None = None) -> list[list[str]]:
+def load_tfds_text(
+    name: str,
+    split: str = "train",
+    text_key: str | None = None,
+    data_dir: str | None = None,
+    max_documents: int | None = None,
+) -> list[list[str]]:
     """Loads a text dataset from tensorflow-datasets, one example = one document.
 
     Args:
@@ -125,23 +132,31 @@ def load_tfds_text(name: str, split: str = "train", text_key: str | None = None,
     return documents
 
 
-def iter_tfds_text(name: str, split: str = "train", text_key: str | None = None,
-                   data_dir: str | None = None, max_documents: int | None = None) -> Iterator[list[str]]:
+def iter_tfds_text(
+    name: str,
+    split: str = "train",
+    text_key: str | None = None,
+    data_dir: str | None = None,
+    max_documents: int | None = None,
+) -> Iterator[list[str]]:
     """`load_tfds_text` as a stream: examples are read one at a time, never the whole split. The dataset
     is checked (and prepared if needed) on the call, before the first document."""
     try:  # tensorflow_datasets first: without it, fail before the slow tensorflow import
-        import tensorflow_datasets as tfds
         import tensorflow as tf
+        import tensorflow_datasets as tfds
     except ImportError as e:
-        raise ImportError(f"tfds sources need tensorflow-datasets and tensorflow ({e}); install them with: "
-                          'pip install "albert-jax[tfds]"') from None
+        raise ImportError(
+            f"tfds sources need tensorflow-datasets and tensorflow ({e}); install them with: "
+            'pip install "albert-jax[tfds]"'
+        ) from None
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(
             f"Unknown tfds dataset {name!r} (not registered and not found in data_dir={data_dir!r}); "
-            "see tfds.list_builders() for the available names") from e
+            "see tfds.list_builders() for the available names"
+        ) from e
     key = text_key or _find_text_key(builder.info.features, name)
     if key not in builder.info.features:
         raise ValueError(f"tfds dataset {name!r} has no feature {key!r}; features: {sorted(builder.info.features)}")
@@ -167,8 +182,9 @@ def _find_text_key(features, name: str) -> str:
     preferred = [k for k in _PREFERRED_TEXT_KEYS if k in keys]
     if len(keys) == 1 or preferred:
         return preferred[0] if preferred else keys[0]
-    raise ValueError(f"Cannot tell which feature of tfds dataset {name!r} holds the text "
-                     f"(text features: {keys}); pass text_key")
+    raise ValueError(
+        f"Cannot tell which feature of tfds dataset {name!r} holds the text (text features: {keys}); pass text_key"
+    )
 
 
 def load_source(spec: str, *, data_dir: str | None = None, max_documents: int | None = None) -> list[list[str]]:
@@ -202,9 +218,12 @@ def iter_source(spec: str, *, data_dir: str | None = None, max_documents: int | 
     elif kind == "files" and rest:
         documents = iter_text_files([p for p in rest.split(",") if p])
     elif kind == "tfds" and (match := _TFDS_SPEC.match(rest)):
-        documents = iter_tfds_text(match["name"], split=match["split"] or "train", data_dir=data_dir,
-                                   max_documents=max_documents)
+        documents = iter_tfds_text(
+            match["name"], split=match["split"] or "train", data_dir=data_dir, max_documents=max_documents
+        )
     else:
-        raise ValueError(f"Bad source spec {spec!r}: expected 'builtin', 'files:<glob>[,<glob>]', "
-                         "'tfds:<name>[:<split>]' or 'tfrecord:<glob>[,<glob>]'")
+        raise ValueError(
+            f"Bad source spec {spec!r}: expected 'builtin', 'files:<glob>[,<glob>]', "
+            "'tfds:<name>[:<split>]' or 'tfrecord:<glob>[,<glob>]'"
+        )
     return itertools.islice(documents, max_documents)

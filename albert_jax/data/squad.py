@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class SquadExample:
     """One question: `answers` holds every gold (text, answer_start char index); empty if impossible."""
+
     qas_id: str
     question: str
     context: str
@@ -37,6 +38,7 @@ class SquadFeatures:
     token_is_max_context: bool [F, T], the window is the one where this context token has the most context.
     context_mask: bool [F, T], the token belongs to the context.
     """
+
     example_index: np.ndarray
     offsets: np.ndarray
     token_is_max_context: np.ndarray
@@ -76,13 +78,21 @@ def read_squad_json(path: str) -> tuple[list[SquadExample], list[dict]]:
             for q, qa in enumerate(_field(paragraph, "qas", list, path, where)):
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
                 answers = tuple(
-                    (_field(answer, "text", str, path, f"{where}.answers[{n}]"),
-                     _field(answer, "answer_start", int, path, f"{where}.answers[{n}]"))
-                    for n, answer in enumerate(_field(qa, "answers", list, path, where)))
-                examples.append(SquadExample(
-                    qas_id=str(_field(qa, "id", (str, int), path, where)),
-                    question=_field(qa, "question", str, path, where), context=context, answers=answers,
-                    is_impossible=bool(qa.get("is_impossible", False))))
+                    (
+                        _field(answer, "text", str, path, f"{where}.answers[{n}]"),
+                        _field(answer, "answer_start", int, path, f"{where}.answers[{n}]"),
+                    )
+                    for n, answer in enumerate(_field(qa, "answers", list, path, where))
+                )
+                examples.append(
+                    SquadExample(
+                        qas_id=str(_field(qa, "id", (str, int), path, where)),
+                        question=_field(qa, "question", str, path, where),
+                        context=context,
+                        answers=answers,
+                        is_impossible=bool(qa.get("is_impossible", False)),
+                    )
+                )
     return examples, dataset
 
 
@@ -118,25 +128,39 @@ def read_squad_tfds(version: str, split: str, data_dir: str | None = None) -> tu
 
     examples, articles = [], {}
     for record in records:
-        answers = tuple((text(t), int(s)) for t, s in zip(record["answers"]["text"],
-                                                           record["answers"]["answer_start"]))
-        example = SquadExample(qas_id=text(record["id"]), question=text(record["question"]),
-                               context=text(record["context"]), answers=answers,
-                               is_impossible=bool(record.get("is_impossible", False)))
+        answers = tuple((text(t), int(s)) for t, s in zip(record["answers"]["text"], record["answers"]["answer_start"]))
+        example = SquadExample(
+            qas_id=text(record["id"]),
+            question=text(record["question"]),
+            context=text(record["context"]),
+            answers=answers,
+            is_impossible=bool(record.get("is_impossible", False)),
+        )
         examples.append(example)
-        qa = {"id": example.qas_id, "question": example.question,
-              "answers": [{"text": t, "answer_start": s} for t, s in answers]}
+        qa = {
+            "id": example.qas_id,
+            "question": example.question,
+            "answers": [{"text": t, "answer_start": s} for t, s in answers],
+        }
         if version == "v2.0":
             qa["is_impossible"] = example.is_impossible
         paragraphs = articles.setdefault(text(record["title"]), {})
         paragraphs.setdefault(example.context, []).append(qa)
-    dataset = [{"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
-               for title, paragraphs in articles.items()]
+    dataset = [
+        {"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
+        for title, paragraphs in articles.items()
+    ]
     return examples, dataset
 
 
-def load_squad(version: str, split: str, *, train_file: str | None = None, dev_file: str | None = None,
-               tfds_data_dir: str | None = None) -> tuple[list[SquadExample], list[dict]]:
+def load_squad(
+    version: str,
+    split: str,
+    *,
+    train_file: str | None = None,
+    dev_file: str | None = None,
+    tfds_data_dir: str | None = None,
+) -> tuple[list[SquadExample], list[dict]]:
     """SQuAD `split` ("train" or "dev"): from `train_file`/`dev_file` when given, else from tfds `version`.
 
     Returns (examples, dataset) as `read_squad_json`.
@@ -152,8 +176,15 @@ def load_squad(version: str, split: str, *, train_file: str | None = None, dev_f
 # --- features --------------------------------------------------------------------------------------
 
 
-def featurize(examples, tokenizer, *, max_seq_length: int = 384, doc_stride: int = 128,
-              max_query_length: int = 64, is_training: bool) -> tuple[dict[str, np.ndarray], SquadFeatures]:
+def featurize(
+    examples,
+    tokenizer,
+    *,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    max_query_length: int = 64,
+    is_training: bool,
+) -> tuple[dict[str, np.ndarray], SquadFeatures]:
     """Cuts examples into model inputs, the way the original run_squad does.
 
     Each window is `[CLS] question [SEP] context-window [SEP]`, the question cut to `max_query_length`
@@ -175,8 +206,10 @@ def featurize(examples, tokenizer, *, max_seq_length: int = 384, doc_stride: int
         context_ids, context_offsets = encoded_context
         window_size = max_seq_length - len(question_ids) - 3
         if window_size <= 0:
-            raise ValueError(f"max_seq_length={max_seq_length} leaves no room for context after a question of "
-                             f"{len(question_ids)} tokens; lower max_query_length")
+            raise ValueError(
+                f"max_seq_length={max_seq_length} leaves no room for context after a question of "
+                f"{len(question_ids)} tokens; lower max_query_length"
+            )
         answer = None
         if example.answers and not example.is_impossible:
             text, char_start = example.answers[0]
@@ -188,8 +221,17 @@ def featurize(examples, tokenizer, *, max_seq_length: int = 384, doc_stride: int
         spans = _doc_spans(len(context_ids), window_size, doc_stride)
         max_context = _max_context_windows(spans, len(context_ids))
         for window, (start, length) in enumerate(spans):
-            row, post = _window(tokenizer, question_ids, context_ids, context_offsets, start, length, answer,
-                                max_context == window, max_seq_length)
+            row, post = _window(
+                tokenizer,
+                question_ids,
+                context_ids,
+                context_offsets,
+                start,
+                length,
+                answer,
+                max_context == window,
+                max_seq_length,
+            )
             inputs.append({**row, "example_index": np.int32(index)})
             windows.append(post)
     if skipped:
@@ -241,19 +283,25 @@ def _max_context_windows(spans, num_tokens):
     return np.argmax(scores, axis=0)  # the first of equal maxima
 
 
-def _window(tokenizer, question_ids, context_ids, context_offsets, start, length, answer, is_max_context,
-            max_seq_length):
+def _window(
+    tokenizer, question_ids, context_ids, context_offsets, start, length, answer, is_max_context, max_seq_length
+):
     """One window: (padded input arrays, (offsets, token_is_max_context, context_mask))."""
     first = len(question_ids) + 2  # position of the window's first context token
-    ids = [tokenizer.cls_token_id, *question_ids, tokenizer.sep_token_id, *context_ids[start:start + length],
-           tokenizer.sep_token_id]
+    ids = [
+        tokenizer.cls_token_id,
+        *question_ids,
+        tokenizer.sep_token_id,
+        *context_ids[start : start + length],
+        tokenizer.sep_token_id,
+    ]
     pad = max_seq_length - len(ids)
     in_context = np.zeros(max_seq_length, bool)
-    in_context[first:first + length] = True
+    in_context[first : first + length] = True
     offsets = np.full((max_seq_length, 2), -1, np.int32)
-    offsets[first:first + length] = context_offsets[start:start + length]
+    offsets[first : first + length] = context_offsets[start : start + length]
     max_context = np.zeros(max_seq_length, bool)
-    max_context[first:first + length] = is_max_context[start:start + length]
+    max_context[first : first + length] = is_max_context[start : start + length]
     start_position = end_position = 0
     if answer is not None and start <= answer[0] and answer[1] < start + length:
         start_position, end_position = answer[0] - start + first, answer[1] - start + first
@@ -261,6 +309,7 @@ def _window(tokenizer, question_ids, context_ids, context_offsets, start, length
         "input_ids": np.array(ids + [tokenizer.pad_token_id] * pad, np.int32),
         "attention_mask": np.array([1] * len(ids) + [0] * pad, np.int32),
         "token_type_ids": np.array([0] * first + [1] * (length + 1) + [0] * pad, np.int32),
-        "start_positions": np.int32(start_position), "end_positions": np.int32(end_position),
+        "start_positions": np.int32(start_position),
+        "end_positions": np.int32(end_position),
     }
     return row, (offsets, max_context, in_context)

@@ -35,8 +35,13 @@ _READ_BUFFER_BYTES = 8 << 20
 # The op name and location that eager tensorflow wraps around an iterator's error message.
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", re.DOTALL)
 # The file's int features and our names for them (transformers' where it has one).
-_INT_FEATURES = {"input_ids": "input_ids", "input_mask": "attention_mask", "segment_ids": "token_type_ids",
-                 "masked_lm_positions": "masked_lm_positions", "masked_lm_ids": "masked_lm_ids"}
+_INT_FEATURES = {
+    "input_ids": "input_ids",
+    "input_mask": "attention_mask",
+    "segment_ids": "token_type_ids",
+    "masked_lm_positions": "masked_lm_positions",
+    "masked_lm_ids": "masked_lm_ids",
+}
 
 
 def expand_tfrecord_patterns(spec: str | Sequence[str]) -> list[str]:
@@ -64,8 +69,9 @@ def expand_tfrecord_patterns(spec: str | Sequence[str]) -> list[str]:
     return sorted(paths)
 
 
-def read_original_tfrecords(paths: str | Sequence[str], max_seq_length: int,
-                            max_predictions_per_seq: int) -> Iterator[dict[str, np.ndarray]]:
+def read_original_tfrecords(
+    paths: str | Sequence[str], max_seq_length: int, max_predictions_per_seq: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Streams the examples of ``create_pretraining_data.py`` TFRecords in our layout.
 
     Args:
@@ -93,16 +99,19 @@ def read_original_tfrecords(paths: str | Sequence[str], max_seq_length: int,
       ImportError: tensorflow is missing (the message names the pip extra).
     """
     if max_seq_length < 1 or max_predictions_per_seq < 1:
-        raise ValueError(f"max_seq_length and max_predictions_per_seq must be >= 1, got "
-                         f"{max_seq_length} and {max_predictions_per_seq}")
+        raise ValueError(
+            f"max_seq_length and max_predictions_per_seq must be >= 1, got "
+            f"{max_seq_length} and {max_predictions_per_seq}"
+        )
     tf = _import_tensorflow()
     paths = expand_tfrecord_patterns(paths) if isinstance(paths, str) else sorted(map(os.fspath, paths))
     for path in paths:
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"TFRecord file {path!r} does not exist")
     lengths = {name: max_seq_length for name in ("input_ids", "input_mask", "segment_ids")}
-    lengths.update({name: max_predictions_per_seq
-                    for name in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")})
+    lengths.update(
+        {name: max_predictions_per_seq for name in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")}
+    )
     lengths["next_sentence_labels"] = 1
     return _stream(tf, paths, lengths)
 
@@ -111,15 +120,18 @@ def _import_tensorflow():
     try:
         import tensorflow as tf
     except ImportError as e:
-        raise ImportError(f"reading TFRecords needs tensorflow ({e}); install it with: "
-                          'pip install "albert-jax[tfds]"') from None
+        raise ImportError(
+            f'reading TFRecords needs tensorflow ({e}); install it with: pip install "albert-jax[tfds]"'
+        ) from None
     return tf
 
 
 def _stream(tf, paths, lengths):
     """The body of ``read_original_tfrecords``, a generator so that arguments are checked on the call."""
-    spec = {name: tf.io.FixedLenFeature([n], tf.float32 if name == "masked_lm_weights" else tf.int64)
-            for name, n in lengths.items()}
+    spec = {
+        name: tf.io.FixedLenFeature([n], tf.float32 if name == "masked_lm_weights" else tf.int64)
+        for name, n in lengths.items()
+    }
     for path in paths:
         records = iter(tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).batch(_PARSE_BATCH))
         first = 0  # index in the file of the batch's first record
@@ -132,30 +144,35 @@ def _stream(tf, paths, lengths):
                 raise ValueError(
                     f"TFRecord file {path!r} is corrupted or truncated at or after record {first} (an "
                     "uncompressed TFRecord file, as create_pretraining_data.py writes, was expected): "
-                    f"{_TF_NOISE.sub('', e.message)}") from None
+                    f"{_TF_NOISE.sub('', e.message)}"
+                ) from None
             try:
                 parsed = tf.io.parse_example(serialized, spec)
             # A record that is no proto makes eager tensorflow fail on decoding its own error message.
             except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as e:
-                raise ValueError(_describe_bad_record(tf, serialized.numpy(), path, first, lengths)
-                                 or f"TFRecord file {path!r}, records {first}+: {e}") from None
+                raise ValueError(
+                    _describe_bad_record(tf, serialized.numpy(), path, first, lengths)
+                    or f"TFRecord file {path!r}, records {first}+: {e}"
+                ) from None
             batch = {ours: parsed[name].numpy().astype(np.int32) for name, ours in _INT_FEATURES.items()}
             batch["masked_lm_weights"] = parsed["masked_lm_weights"].numpy()
             labels = parsed["next_sentence_labels"].numpy()[:, 0]
             if bad := np.flatnonzero((labels != 0) & (labels != 1)).tolist():
-                raise ValueError(f"TFRecord file {path!r}, record {first + bad[0]}: next_sentence_labels is "
-                                 f"{labels[bad[0]]}, expected 0 (in order) or 1 (swapped)")
+                raise ValueError(
+                    f"TFRecord file {path!r}, record {first + bad[0]}: next_sentence_labels is "
+                    f"{labels[bad[0]]}, expected 0 (in order) or 1 (swapped)"
+                )
             batch["sentence_order_label"] = labels.astype(np.int32)
             for i in range(len(labels)):
                 yield {name: array[i, ...] for name, array in batch.items()}  # [i, ...]: 0-d label array
             first += len(labels)
 
 
-def _describe_bad_record(tf, serialized: Sequence[bytes], path: str, first: int,
-                         lengths: dict[str, int]) -> str | None:
+def _describe_bad_record(tf, serialized: Sequence[bytes], path: str, first: int, lengths: dict[str, int]) -> str | None:
     """What is wrong with the first bad record of a batch that failed to parse, or None if no record
     is found wrong (then the caller reports tensorflow's message)."""
     from google.protobuf.message import DecodeError
+
     for index, record in enumerate(serialized, first):
         where = f"TFRecord file {path!r}, record {index}"
         try:
@@ -165,26 +182,34 @@ def _describe_bad_record(tf, serialized: Sequence[bytes], path: str, first: int,
         for name, expected in lengths.items():
             kind = "float_list" if name == "masked_lm_weights" else "int64_list"
             if name not in features:
-                return (f"{where} has no feature {name!r} (features: {sorted(features)}); "
-                        "create_pretraining_data.py writes it")
+                return (
+                    f"{where} has no feature {name!r} (features: {sorted(features)}); "
+                    "create_pretraining_data.py writes it"
+                )
             found_kind = features[name].WhichOneof("kind")
             if found_kind != kind:
                 return f"{where}: feature {name!r} is a {found_kind}, expected a {kind}"
             found = len(getattr(features[name], kind).value)
             if found != expected:
                 return f"{where}: feature {name!r} has {found} values, expected {expected}" + _length_hint(
-                    name, expected, found)
+                    name, expected, found
+                )
     return None
 
 
 def _length_hint(name: str, expected: int, found: int) -> str:
     if name in ("input_ids", "input_mask", "segment_ids"):
-        return (f" (max_seq_length is {expected} in the config but {found} in the file: set max_seq_length "
-                f"to {found} or regenerate the file with --max_seq_length={expected})")
+        return (
+            f" (max_seq_length is {expected} in the config but {found} in the file: set max_seq_length "
+            f"to {found} or regenerate the file with --max_seq_length={expected})"
+        )
     if name.startswith("masked_lm"):
-        permutation = (f"; {found} = 2 x {expected} suggests --do_permutation, which doubles it"
-                       if found == 2 * expected else "")
-        return (f" (max_predictions_per_seq is {expected} in the config but {found} in the file: set "
-                f"max_predictions_per_seq to {found} or regenerate the file with --max_predictions_per_seq="
-                f"{expected}{permutation})")
+        permutation = (
+            f"; {found} = 2 x {expected} suggests --do_permutation, which doubles it" if found == 2 * expected else ""
+        )
+        return (
+            f" (max_predictions_per_seq is {expected} in the config but {found} in the file: set "
+            f"max_predictions_per_seq to {found} or regenerate the file with --max_predictions_per_seq="
+            f"{expected}{permutation})"
+        )
     return ""

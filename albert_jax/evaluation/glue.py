@@ -41,8 +41,9 @@ def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict
     info = get_task(task)
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.ndim != 1 or predictions.shape != labels.shape or not len(labels):
-        raise ValueError(f"need non-empty predictions and labels of the same shape [N]; got {predictions.shape} "
-                         f"and {labels.shape}")
+        raise ValueError(
+            f"need non-empty predictions and labels of the same shape [N]; got {predictions.shape} and {labels.shape}"
+        )
     if info.labels is None:
         if np.isnan(labels).any():
             raise ValueError("labels hold NaN: STS-B scores are unknown for test rows")
@@ -62,8 +63,10 @@ def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict
 
 def _check_class_ids(info, name, ids):
     if len(ids) and (ids.min() < 0 or ids.max() >= info.num_labels):
-        raise ValueError(f"{name} must be class ids in [0, {info.num_labels}) for GLUE {info.name}; "
-                         f"got values from {ids.min()} to {ids.max()}")
+        raise ValueError(
+            f"{name} must be class ids in [0, {info.num_labels}) for GLUE {info.name}; "
+            f"got values from {ids.min()} to {ids.max()}"
+        )
 
 
 def write_submission(task: str, split: str, guids: Sequence[str], predictions: np.ndarray, out_dir: str) -> str:

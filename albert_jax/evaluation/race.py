@@ -24,8 +24,10 @@ def race_metrics(predictions: np.ndarray, labels: np.ndarray, levels: np.ndarray
     """
     predictions, labels, levels = np.asarray(predictions), np.asarray(labels), np.asarray(levels)
     if predictions.ndim != 1 or not len(predictions) or not predictions.shape == labels.shape == levels.shape:
-        raise ValueError(f"need non-empty predictions, labels and levels of one shape [N]; got "
-                         f"{predictions.shape}, {labels.shape}, {levels.shape}")
+        raise ValueError(
+            f"need non-empty predictions, labels and levels of one shape [N]; got "
+            f"{predictions.shape}, {labels.shape}, {levels.shape}"
+        )
     if (labels < 0).any():
         raise ValueError(f"{int((labels < 0).sum())} questions have no label (-1); unlabelled data cannot be scored")
     if not np.isin(levels, range(len(LEVELS))).all():

@@ -48,8 +48,12 @@ def _f1(gold: str, prediction: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def evaluate(dataset_json: list[dict], predictions: dict[str, str], na_probs: dict[str, float] | None = None,
-             na_prob_thresh: float = 1.0) -> dict[str, float]:
+def evaluate(
+    dataset_json: list[dict],
+    predictions: dict[str, str],
+    na_probs: dict[str, float] | None = None,
+    na_prob_thresh: float = 1.0,
+) -> dict[str, float]:
     """Scores `predictions` {question id: answer text} against an official-format "data" list.
 
     A question's gold answers are its answers whose normalised text is not empty, or [""] when none is
@@ -81,19 +85,27 @@ def evaluate(dataset_json: list[dict], predictions: dict[str, str], na_probs: di
     if not scored:
         raise ValueError(f"none of the {len(gold)} questions has a prediction")
     if len(scored) < len(gold):
-        logger.warning("%d of %d questions have no prediction; scoring the %d others",
-                       len(gold) - len(scored), len(gold), len(scored))
+        logger.warning(
+            "%d of %d questions have no prediction; scoring the %d others",
+            len(gold) - len(scored),
+            len(gold),
+            len(scored),
+        )
     if na_probs is None:
         na_probs = dict.fromkeys(predictions, 0.0)
     absent = [qid for qid in scored if qid not in na_probs]
     if absent:
         raise ValueError(f"na_probs has no value for {len(absent)} predicted questions, e.g. {absent[:3]}")
 
-    raw = {name: {qid: max(metric(g, predictions[qid]) for g in gold[qid]) for qid in scored}
-           for name, metric in (("exact", _exact), ("f1", _f1))}
+    raw = {
+        name: {qid: max(metric(g, predictions[qid]) for g in gold[qid]) for qid in scored}
+        for name, metric in (("exact", _exact), ("f1", _f1))
+    }
     # Above the threshold the question is predicted unanswerable: right exactly when it is.
-    final = {name: {qid: float(not has_answer[qid]) if na_probs[qid] > na_prob_thresh else s
-                    for qid, s in scores.items()} for name, scores in raw.items()}
+    final = {
+        name: {qid: float(not has_answer[qid]) if na_probs[qid] > na_prob_thresh else s for qid, s in scores.items()}
+        for name, scores in raw.items()
+    }
     result = _summary(final, scored)
     for prefix, answerable in (("HasAns", True), ("NoAns", False)):
         subset = [qid for qid in scored if has_answer[qid] == answerable]
@@ -101,14 +113,18 @@ def evaluate(dataset_json: list[dict], predictions: dict[str, str], na_probs: di
             result.update({f"{prefix}_{key}": value for key, value in _summary(final, subset).items()})
     for name, scores in raw.items():
         result[f"best_{name}"], result[f"best_{name}_thresh"] = _best_threshold(
-            scores, predictions, na_probs, has_answer)
+            scores, predictions, na_probs, has_answer
+        )
     return result
 
 
 def _summary(scores: dict[str, dict[str, float]], qids: list[str]) -> dict[str, float]:
     """exact and f1 (percent) over `qids`, and their number."""
-    return {"exact": 100.0 * sum(scores["exact"][q] for q in qids) / len(qids),
-            "f1": 100.0 * sum(scores["f1"][q] for q in qids) / len(qids), "total": len(qids)}
+    return {
+        "exact": 100.0 * sum(scores["exact"][q] for q in qids) / len(qids),
+        "f1": 100.0 * sum(scores["f1"][q] for q in qids) / len(qids),
+        "total": len(qids),
+    }
 
 
 def _best_threshold(scores, predictions, na_probs, has_answer):
@@ -130,26 +146,53 @@ def _best_threshold(scores, predictions, na_probs, has_answer):
 
 
 # --- predictions -----------------------------------------------------------------------------------
-def score(dataset_json: list[dict], examples: list[SquadExample], features: SquadFeatures, start_logits: np.ndarray,
-          end_logits: np.ndarray, *, out_dir: str | None, n_best_size: int = 20, max_answer_length: int = 30,
-          version_2_with_negative: bool) -> dict[str, float]:
+def score(
+    dataset_json: list[dict],
+    examples: list[SquadExample],
+    features: SquadFeatures,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    *,
+    out_dir: str | None,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool,
+) -> dict[str, float]:
     """The official metrics (`evaluate`) of the model's logits on `examples`: `postprocess`, then the
     prediction files written into `out_dir` (when not None), then the questions of `examples` scored against
     their gold answers in `dataset_json` (questions it holds beyond `examples` are left out)."""
-    predictions, nbest, null_odds = postprocess(examples, features, start_logits, end_logits, n_best_size=n_best_size,
-                                                max_answer_length=max_answer_length,
-                                                version_2_with_negative=version_2_with_negative)
+    predictions, nbest, null_odds = postprocess(
+        examples,
+        features,
+        start_logits,
+        end_logits,
+        n_best_size=n_best_size,
+        max_answer_length=max_answer_length,
+        version_2_with_negative=version_2_with_negative,
+    )
     if out_dir is not None:
         write_predictions(out_dir, predictions, nbest, null_odds)
     kept = {e.qas_id for e in examples}
-    dataset = [{**article, "paragraphs": [{**p, "qas": [q for q in p["qas"] if q["id"] in kept]}
-                                          for p in article["paragraphs"]]} for article in dataset_json]
+    dataset = [
+        {
+            **article,
+            "paragraphs": [{**p, "qas": [q for q in p["qas"] if q["id"] in kept]} for p in article["paragraphs"]],
+        }
+        for article in dataset_json
+    ]
     return evaluate(dataset, predictions, null_odds if version_2_with_negative else None)
 
 
-def postprocess(examples, features: SquadFeatures, start_logits: np.ndarray, end_logits: np.ndarray, *,
-                n_best_size: int = 20, max_answer_length: int = 30, version_2_with_negative: bool
-                ) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
+def postprocess(
+    examples,
+    features: SquadFeatures,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    *,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool,
+) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
     """Answers from the model's start/end logits (float [F, T]), as the original write_predictions.
 
     Per example, over its windows: the `n_best_size` highest start and end logits, kept when both are
@@ -164,16 +207,21 @@ def postprocess(examples, features: SquadFeatures, start_logits: np.ndarray, end
     """
     start_logits, end_logits = np.asarray(start_logits, np.float64), np.asarray(end_logits, np.float64)
     if start_logits.shape != features.context_mask.shape or end_logits.shape != features.context_mask.shape:
-        raise ValueError(f"start/end logits have shapes {start_logits.shape}/{end_logits.shape}; the features "
-                         f"need {features.context_mask.shape}")
+        raise ValueError(
+            f"start/end logits have shapes {start_logits.shape}/{end_logits.shape}; the features "
+            f"need {features.context_mask.shape}"
+        )
     windows_of = {}
     for feature, example_index in enumerate(features.example_index):
         windows_of.setdefault(int(example_index), []).append(feature)
     predictions, nbest, null_odds = {}, {}, {}
     for example_index, windows in windows_of.items():
         example = examples[example_index]
-        candidates = [c for w in windows for c in _span_candidates(
-            features, w, start_logits[w], end_logits[w], n_best_size, max_answer_length)]
+        candidates = [
+            c
+            for w in windows
+            for c in _span_candidates(features, w, start_logits[w], end_logits[w], n_best_size, max_answer_length)
+        ]
         null_logits = None
         if version_2_with_negative:
             w = min(windows, key=lambda w: start_logits[w, 0] + end_logits[w, 0])  # first one on a tie
@@ -196,11 +244,15 @@ def _span_candidates(features, w, start_logits, end_logits, n_best_size, max_ans
     starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
     ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
     s, e = starts[:, None], ends[None, :]
-    valid = (features.context_mask[w][s] & features.token_is_max_context[w][s] & features.context_mask[w][e]
-             & (e >= s) & (e - s + 1 <= max_answer_length))
+    valid = (
+        features.context_mask[w][s]
+        & features.token_is_max_context[w][s]
+        & features.context_mask[w][e]
+        & (e >= s)
+        & (e - s + 1 <= max_answer_length)
+    )
     rows, cols = np.nonzero(valid)  # start-major, as the original's nested loops
-    return [(w, int(starts[r]), int(ends[c]), start_logits[starts[r]], end_logits[ends[c]])
-            for r, c in zip(rows, cols)]
+    return [(w, int(starts[r]), int(ends[c]), start_logits[starts[r]], end_logits[ends[c]]) for r, c in zip(rows, cols)]
 
 
 def _nbest_entries(context, offsets, candidates, null_logits, n_best_size):
@@ -211,7 +263,7 @@ def _nbest_entries(context, offsets, candidates, null_logits, n_best_size):
         if len(entries) >= n_best_size:
             break
         w, start, end, start_logit, end_logit = candidates[i]
-        text = context[offsets[w, start, 0]:offsets[w, end, 1]] if start > 0 else ""  # position 0: null
+        text = context[offsets[w, start, 0] : offsets[w, end, 1]] if start > 0 else ""  # position 0: null
         if text not in seen:
             seen.add(text)
             entries.append({"text": text, "start_logit": float(start_logit), "end_logit": float(end_logit)})
@@ -222,12 +274,15 @@ def _nbest_entries(context, offsets, candidates, null_logits, n_best_size):
     scores = np.array([e["start_logit"] + e["end_logit"] for e in entries])
     probabilities = np.exp(scores - scores.max())
     probabilities /= probabilities.sum()
-    return [{"text": e["text"], "probability": float(p), "start_logit": e["start_logit"],
-             "end_logit": e["end_logit"]} for e, p in zip(entries, probabilities)]
+    return [
+        {"text": e["text"], "probability": float(p), "start_logit": e["start_logit"], "end_logit": e["end_logit"]}
+        for e, p in zip(entries, probabilities)
+    ]
 
 
-def write_predictions(out_dir: str, predictions: dict[str, str], nbest: dict[str, list[dict]],
-                      null_odds: dict[str, float]) -> None:
+def write_predictions(
+    out_dir: str, predictions: dict[str, str], nbest: dict[str, list[dict]], null_odds: dict[str, float]
+) -> None:
     """Writes `postprocess`'s output to `out_dir` in the official formats (utf-8, non-ASCII kept).
 
     predictions.json {qas_id: text}, nbest_predictions.json {qas_id: [entries]} and, when `null_odds` is

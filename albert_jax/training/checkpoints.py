@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected."""
 
@@ -22,12 +23,14 @@ class CheckpointError(RuntimeError):
 def checksum(tree) -> jax.Array:
     """Wrapping uint32 sum of the bits of every array in `tree`: exact, so the same on any mesh and in
     any reduction order; a flipped byte changes it."""
+
     def bits(x):
         x = jnp.asarray(x)
         words = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
         if x.dtype == jnp.bool_:
             x = x.astype(jnp.uint8)
         return jnp.sum(jax.lax.bitcast_convert_type(x, words).astype(jnp.uint32), dtype=jnp.uint32)
+
     return sum((bits(x) for x in jax.tree_util.tree_leaves(tree)), jnp.uint32(0))
 
 
@@ -45,14 +48,18 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 3):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.manager = ocp.CheckpointManager(self.directory,
-                                             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
 
     def save(self, step: int, state, data_state: dict) -> None:
         """Saves `state` (a pytree of jax arrays) and `data_state` (JSON) as checkpoint `step`."""
         data_state = dict(data_state, checksum=int(checksum(state)))
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+            force=True,
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -63,8 +70,12 @@ class Checkpointer:
         set_aside = []
         while (step := self.manager.latest_step()) is not None:
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    ),
+                )
                 state, data = restored["state"], restored["data"]
                 problem = None
                 if "checksum" in data and int(checksum(state)) != data["checksum"]:
@@ -78,15 +89,18 @@ class Checkpointer:
             self._set_aside(step, problem)
             set_aside.append(step)
         if set_aside:
-            raise CheckpointError(f"no usable checkpoint in {self.directory} (steps {set_aside} were moved to "
-                                  "corrupt-<step>); run with --overwrite to start over")
+            raise CheckpointError(
+                f"no usable checkpoint in {self.directory} (steps {set_aside} were moved to "
+                "corrupt-<step>); run with --overwrite to start over"
+            )
         return None
 
     def _set_aside(self, step: int, problem: str) -> None:
         path = os.path.join(self.directory, str(step))
         aside = os.path.join(self.directory, f"corrupt-{step}")
-        logging.warning("checkpoint step %d (%s) is unusable: %s; moved to %s, trying the previous one",
-                        step, path, problem, aside)
+        logging.warning(
+            "checkpoint step %d (%s) is unusable: %s; moved to %s, trying the previous one", step, path, problem, aside
+        )
         if jax.process_index() == 0:
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(path, aside)

@@ -73,8 +73,10 @@ def _event(step: int, *, file_version: str = "", scalars: dict | None = None, se
     if file_version:
         out += _field(3, file_version.encode())
     if scalars:
-        values = b"".join(_field(1, _field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value))
-                          for tag, value in scalars.items())
+        values = b"".join(
+            _field(1, _field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value))
+            for tag, value in scalars.items()
+        )
         out += _field(5, values)
     if session_start:
         out += _field(7, _varint(1 << 3) + _varint(1))

@@ -23,6 +23,7 @@ def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str) -> N
     """config.json + model.safetensors + tokenizer files, loadable by transformers as is. When
     transformers is installed, loads the export with it and reports the largest logit difference."""
     from albert_jax import convert
+
     convert.save_hf(albert_config, params, out_dir)
     tokenizer.save_pretrained(out_dir)
     print(f"exported a transformers model directory to {out_dir}")
@@ -36,13 +37,16 @@ def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str) -> N
     with torch.no_grad():
         theirs = hf_model(input_ids=torch.tensor(ids)).prediction_logits.numpy()
     ours = modeling.AlbertForPreTraining(albert_config).apply({"params": params}, ids).prediction_logits
-    print(f"transformers.AlbertForPreTraining loads {out_dir}: max |logit difference| "
-          f"{float(np.abs(np.asarray(ours) - theirs).max()):.2e}")
+    print(
+        f"transformers.AlbertForPreTraining loads {out_dir}: max |logit difference| "
+        f"{float(np.abs(np.asarray(ours) - theirs).max()):.2e}"
+    )
 
 
 def show_fill_mask(albert_config: AlbertConfig, params, tokenizer, sentences: list[str]) -> None:
     """Prints the fill-mask pipeline's predictions (the model card's format) for each sentence."""
     from albert_jax.pipelines import pipeline
+
     unmasker = pipeline("fill-mask", model=(albert_config, params), tokenizer=tokenizer)
     for sentence in sentences:
         print(f"\nfill-mask: {sentence}")

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from albert_jax import modeling
+from albert_jax import experiment, modeling
 from albert_jax.config import AlbertConfig
 from albert_jax.data.batches import ArrayBatches
 from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer, check_vocab_size
-from albert_jax import experiment
 from albert_jax.training import export, initialization, loop
 
-FINGERPRINT = ("seed", "batch_size", "task", "model", "data", "optimizer", "total_steps", "init_from",
-               "init_from_skip")
+FINGERPRINT = ("seed", "batch_size", "task", "model", "data", "optimizer", "total_steps", "init_from", "init_from_skip")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -34,35 +32,47 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field a fine-tuning config has (the loop's own fields are in `loop.base_config`)."""
     c = loop.base_config()
     c.job = "finetune"
-    c.task = "glue"                  # 'glue', 'squad' or 'race'
+    c.task = "glue"  # 'glue', 'squad' or 'race'
     c.init_from = "albert/albert-base-v2"
     c.log_every = 50
     c.eval_every = 0
     c.checkpoint_every = 1000
     # Used as is without init_from; with init_from, the fields set here override the checkpoint's config.
     c.model = experiment.model_section("albert-base-v2")
-    c.optimizer = ml_collections.ConfigDict(dict(
-        optimizer="adamw", learning_rate=3e-5, warmup_steps=1000, weight_decay=0.01,
-        b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1))
-    c.data = ml_collections.ConfigDict(dict(
-        source="files",              # 'files' (the original formats, paths below) or 'tfds'
-        tfds_data_dir=placeholder(str),
-        vocab_file=placeholder(str),     # spiece.model; None: the one next to init_from's weights
-        glue_task="mnli",            # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli
-        glue_dir=placeholder(str),   # <glue_dir>/<TASK>/{train,dev,test}.tsv as the official download
-        squad_version="2.0",         # '1.1' or '2.0'
-        squad_train_file=placeholder(str),
-        squad_dev_file=placeholder(str),
-        race_dir=placeholder(str),   # <race_dir>/{train,dev,test}/{middle,high}/*.txt
-        max_seq_length=512,
-        doc_stride=128,              # SQuAD: step between window starts, in tokens
-        max_query_length=64,         # SQuAD
-        n_best_size=20,              # SQuAD
-        max_answer_length=30,        # SQuAD
-        max_qa_length=128,           # RACE: question + option tokens
-        max_train_examples=placeholder(int),  # keep only the first N (quick experiments)
-        max_eval_examples=placeholder(int),
-    ))
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            optimizer="adamw",
+            learning_rate=3e-5,
+            warmup_steps=1000,
+            weight_decay=0.01,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            clip_norm=1.0,
+            grad_accum_steps=1,
+        )
+    )
+    c.data = ml_collections.ConfigDict(
+        dict(
+            source="files",  # 'files' (the original formats, paths below) or 'tfds'
+            tfds_data_dir=placeholder(str),
+            vocab_file=placeholder(str),  # spiece.model; None: the one next to init_from's weights
+            glue_task="mnli",  # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli
+            glue_dir=placeholder(str),  # <glue_dir>/<TASK>/{train,dev,test}.tsv as the official download
+            squad_version="2.0",  # '1.1' or '2.0'
+            squad_train_file=placeholder(str),
+            squad_dev_file=placeholder(str),
+            race_dir=placeholder(str),  # <race_dir>/{train,dev,test}/{middle,high}/*.txt
+            max_seq_length=512,
+            doc_stride=128,  # SQuAD: step between window starts, in tokens
+            max_query_length=64,  # SQuAD
+            n_best_size=20,  # SQuAD
+            max_answer_length=30,  # SQuAD
+            max_qa_length=128,  # RACE: question + option tokens
+            max_train_examples=placeholder(int),  # keep only the first N (quick experiments)
+            max_eval_examples=placeholder(int),
+        )
+    )
     return c
 
 
@@ -70,13 +80,14 @@ def default_config() -> ml_collections.ConfigDict:
 class DownstreamTask:
     """What a downstream task gives the loop: its head, train features, an evaluator and the end-of-run
     outputs (test-set predictions)."""
+
     head: type
     num_labels: int
-    train: Optional[dict]
-    loss: Callable        # (model output, batch) -> (per-example loss [B], per-example correct [B])
-    outputs: Callable     # model output -> dict of per-row arrays (what predict returns)
-    evaluate: Callable    # predict -> metrics
-    finish: Optional[Callable] = None  # predict -> None, after training (test-set outputs)
+    train: dict | None
+    loss: Callable  # (model output, batch) -> (per-example loss [B], per-example correct [B])
+    outputs: Callable  # model output -> dict of per-row arrays (what predict returns)
+    evaluate: Callable  # predict -> metrics
+    finish: Callable | None = None  # predict -> None, after training (test-set outputs)
 
 
 def data_path(data: ml_collections.ConfigDict, field: str) -> str | None:
@@ -86,8 +97,7 @@ def data_path(data: ml_collections.ConfigDict, field: str) -> str | None:
     if data.source == "tfds":
         return None
     if not data[field]:
-        raise ValueError(f"config.data.{field} is needed to read the original files (or set "
-                         "config.data.source=tfds)")
+        raise ValueError(f"config.data.{field} is needed to read the original files (or set config.data.source=tfds)")
     return data[field]
 
 
@@ -108,13 +118,13 @@ def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Dow
     test-set predictions in the leaderboard format in `workdir/glue_submission/`."""
     from albert_jax.data import glue
     from albert_jax.evaluation.glue import glue_metrics, write_submission
+
     data = config.data
     info = glue.get_task(data.glue_task)
     glue_dir = data_path(data, "glue_dir")
 
     def load(split, limit):
-        examples = _limit(glue.load_glue(info.name, split, glue_dir=glue_dir, tfds_data_dir=data.tfds_data_dir),
-                          limit)
+        examples = _limit(glue.load_glue(info.name, split, glue_dir=glue_dir, tfds_data_dir=data.tfds_data_dir), limit)
         return examples, glue.featurize(examples, tokenizer, info.name, data.max_seq_length)
 
     train = load("train", data.max_train_examples)[1] if config.total_steps else None
@@ -146,12 +156,24 @@ def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Dow
                 print(f"no GLUE test predictions for {split}: {e}")
                 continue
             if jax.process_index() == 0:
-                path = write_submission(info.name, split, [e.guid for e in examples], predictions(predict, arrays),
-                                        os.path.join(workdir, "glue_submission"))
+                path = write_submission(
+                    info.name,
+                    split,
+                    [e.guid for e in examples],
+                    predictions(predict, arrays),
+                    os.path.join(workdir, "glue_submission"),
+                )
                 print(f"wrote test-set predictions to {path}")
 
-    return DownstreamTask(modeling.AlbertForSequenceClassification, info.num_labels, train, loss,
-                        lambda out: {"logits": out.logits}, evaluate, finish)
+    return DownstreamTask(
+        modeling.AlbertForSequenceClassification,
+        info.num_labels,
+        train,
+        loss,
+        lambda out: {"logits": out.logits},
+        evaluate,
+        finish,
+    )
 
 
 def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> DownstreamTask:
@@ -159,18 +181,21 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Do
     threshold searched on dev); predictions.json, nbest_predictions.json (and null_odds.json) in `workdir`."""
     from albert_jax.data import squad
     from albert_jax.evaluation.squad import score
+
     data = config.data
     version = str(data.squad_version)
     v2 = version == "2.0"
-    files = dict(train_file=data_path(data, "squad_train_file") if config.total_steps else None,
-                 dev_file=data_path(data, "squad_dev_file"))
-    settings = dict(max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
-                    max_query_length=data.max_query_length)
+    files = dict(
+        train_file=data_path(data, "squad_train_file") if config.total_steps else None,
+        dev_file=data_path(data, "squad_dev_file"),
+    )
+    settings = dict(
+        max_seq_length=data.max_seq_length, doc_stride=data.doc_stride, max_query_length=data.max_query_length
+    )
     train = None
     if config.total_steps:
         examples, _ = squad.load_squad(version, "train", tfds_data_dir=data.tfds_data_dir, **files)
-        train, _ = squad.featurize(_limit(examples, data.max_train_examples), tokenizer, is_training=True,
-                                   **settings)
+        train, _ = squad.featurize(_limit(examples, data.max_train_examples), tokenizer, is_training=True, **settings)
     dev_examples, dataset = squad.load_squad(version, "dev", tfds_data_dir=data.tfds_data_dir, **files)
     dev_examples = _limit(dev_examples, data.max_eval_examples)
     dev, features = squad.featurize(dev_examples, tokenizer, is_training=False, **settings)
@@ -182,19 +207,34 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Do
 
     def evaluate(predict):
         logits = predict({k: dev[k] for k in MODEL_INPUTS})
-        metrics = score(dataset, dev_examples, features, logits["start_logits"], logits["end_logits"],
-                        out_dir=workdir if jax.process_index() == 0 else None, n_best_size=data.n_best_size,
-                        max_answer_length=data.max_answer_length, version_2_with_negative=v2)
+        metrics = score(
+            dataset,
+            dev_examples,
+            features,
+            logits["start_logits"],
+            logits["end_logits"],
+            out_dir=workdir if jax.process_index() == 0 else None,
+            n_best_size=data.n_best_size,
+            max_answer_length=data.max_answer_length,
+            version_2_with_negative=v2,
+        )
         return dict(metrics, num_examples=len(dev_examples))
 
-    return DownstreamTask(modeling.AlbertForQuestionAnswering, 2, train, loss,
-                        lambda out: {"start_logits": out.start_logits, "end_logits": out.end_logits}, evaluate)
+    return DownstreamTask(
+        modeling.AlbertForQuestionAnswering,
+        2,
+        train,
+        loss,
+        lambda out: {"start_logits": out.start_logits, "end_logits": out.end_logits},
+        evaluate,
+    )
 
 
 def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> DownstreamTask:
     """RACE: 4-way multiple choice; accuracy on middle, high and all."""
     from albert_jax.data import race
     from albert_jax.evaluation.race import race_metrics
+
     data = config.data
     race_dir = data_path(data, "race_dir")
 
@@ -209,8 +249,14 @@ def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Dow
         logits = predict({k: dev[k] for k in MODEL_INPUTS})["logits"]
         return dict(race_metrics(logits.argmax(-1), dev["label"], dev["level"]), num_examples=len(dev["label"]))
 
-    return DownstreamTask(modeling.AlbertForMultipleChoice, 1, train, lambda out, batch: _cross_entropy(
-        out.logits, batch["label"]), lambda out: {"logits": out.logits}, evaluate)
+    return DownstreamTask(
+        modeling.AlbertForMultipleChoice,
+        1,
+        train,
+        lambda out, batch: _cross_entropy(out.logits, batch["label"]),
+        lambda out: {"logits": out.logits},
+        evaluate,
+    )
 
 
 TASKS = {"glue": glue_data, "squad": squad_data, "race": race_data}
@@ -219,8 +265,9 @@ TASKS = {"glue": glue_data, "squad": squad_data, "race": race_data}
 # ---------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------
-def model_and_tokenizer(config: ml_collections.ConfigDict, init_from: initialization.Pretrained | None
-                        ) -> tuple[AlbertConfig, AlbertTokenizer]:
+def model_and_tokenizer(
+    config: ml_collections.ConfigDict, init_from: initialization.Pretrained | None
+) -> tuple[AlbertConfig, AlbertTokenizer]:
     """The model config to fine-tune (`init_from`'s with the config's `model` fields on top; the preset
     without init_from) and the tokenizer (`data.vocab_file`, else init_from's), checked against each other."""
     overrides = experiment.model_overrides(config.model)
@@ -234,16 +281,19 @@ def model_and_tokenizer(config: ml_collections.ConfigDict, init_from: initializa
     elif init_from is not None and init_from.tokenizer is not None:
         tokenizer = init_from.tokenizer
     elif init_from is not None:
-        raise ValueError(f"config.init_from={config.init_from!r} has no tokenizer ({VOCAB_FILE} in "
-                         f"{init_from.directory}); set config.data.vocab_file")
+        raise ValueError(
+            f"config.init_from={config.init_from!r} has no tokenizer ({VOCAB_FILE} in "
+            f"{init_from.directory}); set config.data.vocab_file"
+        )
     else:
         raise ValueError("config.data.vocab_file is needed to fine-tune from scratch (no config.init_from)")
     check_vocab_size(tokenizer, albert_config.vocab_size)
     return albert_config, tokenizer
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str, init_from: initialization.Pretrained | None = None
-               ) -> tuple[loop.Task, AlbertConfig, AlbertTokenizer]:
+def build_task(
+    config: ml_collections.ConfigDict, workdir: str, init_from: initialization.Pretrained | None = None
+) -> tuple[loop.Task, AlbertConfig, AlbertTokenizer]:
     """(task, model config, tokenizer) for `config` (and its resolved `init_from`): reads and featurizes the
     task's data."""
     if config.task not in TASKS:
@@ -254,22 +304,27 @@ def build_task(config: ml_collections.ConfigDict, workdir: str, init_from: initi
     model = data.head(albert_config)
 
     def loss_fn(params, batch, rng, deterministic):
-        out = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), deterministic=deterministic,
-                          rngs={"dropout": rng})
+        out = model.apply(
+            {"params": params}, *(batch[k] for k in MODEL_INPUTS), deterministic=deterministic, rngs={"dropout": rng}
+        )
         losses, correct = data.loss(out, batch)
-        return losses.mean(), dict(loss=losses.sum(), correct=correct.sum(),
-                                   count=jnp.asarray(losses.shape[0], jnp.float32))
+        return losses.mean(), dict(
+            loss=losses.sum(), correct=correct.sum(), count=jnp.asarray(losses.shape[0], jnp.float32)
+        )
 
     task = loop.Task(
         loss_fn=loss_fn,
         summarize=lambda s: dict(loss=float(s["loss"] / s["count"]), accuracy=float(s["correct"] / s["count"])),
         init_params=lambda rng: modeling.boxed_params(model, rng, config.data.max_seq_length),
-        train_batches=None if data.train is None else ArrayBatches(
-            data.train, config.batch_size // config.optimizer.grad_accum_steps, config.seed),
-        predict_fn=lambda params, batch: data.outputs(model.apply({"params": params},
-                                                                  *(batch[k] for k in MODEL_INPUTS))),
+        train_batches=None
+        if data.train is None
+        else ArrayBatches(data.train, config.batch_size // config.optimizer.grad_accum_steps, config.seed),
+        predict_fn=lambda params, batch: data.outputs(
+            model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
+        ),
         evaluate=data.evaluate,
-        finish=data.finish)
+        finish=data.finish,
+    )
     return task, albert_config, tokenizer
 
 

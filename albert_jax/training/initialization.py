@@ -25,6 +25,7 @@ from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer
 class Pretrained:
     """A resolved `config.init_from`: the model directory, its AlbertConfig (config.json) and its tokenizer
     (None when the directory holds no spiece.model)."""
+
     directory: str
     config: AlbertConfig
     tokenizer: AlbertTokenizer | None
@@ -38,8 +39,11 @@ def resolve(spec: str) -> Pretrained:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config.init_from={spec!r}: no config.json in {directory}")
     has_tokenizer = os.path.isfile(os.path.join(directory, VOCAB_FILE))
-    return Pretrained(directory, AlbertConfig.from_json_file(path),
-                      AlbertTokenizer.from_pretrained(directory) if has_tokenizer else None)
+    return Pretrained(
+        directory,
+        AlbertConfig.from_json_file(path),
+        AlbertTokenizer.from_pretrained(directory) if has_tokenizer else None,
+    )
 
 
 def _directory(spec: str) -> str:
@@ -51,13 +55,16 @@ def _directory(spec: str) -> str:
     if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec) and not os.path.exists(spec):
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
+
         try:
             return snapshot_download(spec, local_files_only=True)
         except LocalEntryNotFoundError:
             pass
-    raise FileNotFoundError(f"config.init_from={spec!r} is neither a model directory (transformers or "
-                            "albert-jax), a pretraining work dir with final/, nor a model in the local "
-                            "huggingface_hub cache (download it once with `huggingface-cli download`)")
+    raise FileNotFoundError(
+        f"config.init_from={spec!r} is neither a model directory (transformers or "
+        "albert-jax), a pretraining work dir with final/, nor a model in the local "
+        "huggingface_hub cache (download it once with `huggingface-cli download`)"
+    )
 
 
 def merge(fresh: dict, loaded: dict, skip: tuple[str, ...] = ()) -> tuple[dict, list[str], list[str]]:
@@ -73,9 +80,11 @@ def merge(fresh: dict, loaded: dict, skip: tuple[str, ...] = ()) -> tuple[dict, 
     for path, value in flat_fresh.items():
         if path in flat_loaded and not any(p.search(path) for p in patterns):
             if tuple(flat_loaded[path].shape) != tuple(value.shape):
-                raise ValueError(f"init_from: parameter {path} has shape {tuple(flat_loaded[path].shape)} in "
-                                 f"the checkpoint but {tuple(value.shape)} in the model (skip it with "
-                                 "config.init_from_skip)")
+                raise ValueError(
+                    f"init_from: parameter {path} has shape {tuple(flat_loaded[path].shape)} in "
+                    f"the checkpoint but {tuple(value.shape)} in the model (skip it with "
+                    "config.init_from_skip)"
+                )
             merged[path] = flat_loaded[path]
         else:
             merged[path] = value
@@ -100,7 +109,11 @@ def load_into(params: dict, directory: str, skip: tuple[str, ...] = ()) -> dict:
         return jax.make_array_from_callback(value.shape, fresh.sharding, lambda index: value[index])
 
     merged = jax.tree_util.tree_map(place, params, merged)
-    logging.warning("init_from %s: loaded %d parameters; freshly initialised: %s; not used: %s", directory,
-                    len(traverse_util.flatten_dict(params)) - len(kept), ", ".join(kept) or "none",
-                    ", ".join(unused) or "none")
+    logging.warning(
+        "init_from %s: loaded %d parameters; freshly initialised: %s; not used: %s",
+        directory,
+        len(traverse_util.flatten_dict(params)) - len(kept),
+        ", ".join(kept) or "none",
+        ", ".join(unused) or "none",
+    )
     return merged

@@ -17,8 +17,8 @@ import dataclasses
 import functools
 import signal
 import time
-from collections.abc import Iterator
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -43,24 +43,34 @@ Predict = Callable[[dict], dict]  # all rows of a dict of numpy arrays -> per-ro
 def base_config() -> ml_collections.ConfigDict:
     """The loop's own fields, which every job config (pretraining, fine-tuning) extends."""
     c = ml_collections.ConfigDict()
-    c.job = "pretrain"               # what run.py runs: 'pretrain' or 'finetune'
-    c.seed = 0                       # everything (init, data, dropout) derives from it
-    c.total_steps = 1000             # optimizer steps (0 with init_from: evaluate only)
-    c.batch_size = 32                # global batch per optimizer step
+    c.job = "pretrain"  # what run.py runs: 'pretrain' or 'finetune'
+    c.seed = 0  # everything (init, data, dropout) derives from it
+    c.total_steps = 1000  # optimizer steps (0 with init_from: evaluate only)
+    c.batch_size = 32  # global batch per optimizer step
     c.eval_batch_size = placeholder(int)  # rows per evaluation batch; None: the training micro-batch
-    c.log_every = 100                # steps between training-metric rows
-    c.eval_every = 1000              # steps between evaluations (0 = only at the end)
-    c.checkpoint_every = 1000        # steps between checkpoints (and always at the end / on SIGTERM)
-    c.keep_checkpoints = 3           # how many checkpoints to keep (at least 1)
-    c.nonfinite = "stop"             # a NaN/inf loss or gradient: 'stop' (error, last finite checkpoint kept)
-                                     # or 'skip' (that update is dropped and counted in `skipped_steps`)
+    c.log_every = 100  # steps between training-metric rows
+    c.eval_every = 1000  # steps between evaluations (0 = only at the end)
+    c.checkpoint_every = 1000  # steps between checkpoints (and always at the end / on SIGTERM)
+    c.keep_checkpoints = 3  # how many checkpoints to keep (at least 1)
+    c.nonfinite = "stop"  # a NaN/inf loss or gradient: 'stop' (error, last finite checkpoint kept)
+    # or 'skip' (that update is dropped and counted in `skipped_steps`)
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: all remaining devices
     c.sharding_rules = sharding.DEFAULT_RULES  # logical parameter axis -> mesh axis
-    c.init_from = placeholder(str)   # HF dir, albert-jax dir, pretraining work dir or hub name (local cache)
-    c.init_from_skip = ()            # regexes over '/'-joined parameter paths not to load from init_from
-    c.optimizer = ml_collections.ConfigDict(dict(
-        optimizer="lamb", learning_rate=0.00176, warmup_steps=100, weight_decay=0.01,
-        b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1))
+    c.init_from = placeholder(str)  # HF dir, albert-jax dir, pretraining work dir or hub name (local cache)
+    c.init_from_skip = ()  # regexes over '/'-joined parameter paths not to load from init_from
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            optimizer="lamb",
+            learning_rate=0.00176,
+            warmup_steps=100,
+            weight_decay=0.01,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            clip_norm=1.0,
+            grad_accum_steps=1,
+        )
+    )
     return c
 
 
@@ -74,6 +84,7 @@ class TrainState:
 class BatchSource(Protocol):
     """Deterministic batches: global micro-batch i is a pure function of (seed, i); `iterate(start)` yields
     this process's rows of micro-batches start, start + 1, ... (dicts of numpy arrays [B / processes, ...])."""
+
     def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]: ...
 
 
@@ -89,13 +100,14 @@ class Task:
       numpy arrays (in padded, sharded batches) and returns the per-row outputs as numpy arrays
     finish(predict) -> None: end-of-run outputs (e.g. test-set predictions), on every process
     """
+
     loss_fn: Callable
     summarize: Callable[[dict], dict]
     init_params: Callable[[jax.Array], Any]
     train_batches: BatchSource
-    predict_fn: Optional[Callable] = None
-    evaluate: Optional[Callable[[Predict], dict]] = None
-    finish: Optional[Callable[[Predict], None]] = None
+    predict_fn: Callable | None = None
+    evaluate: Callable[[Predict], dict] | None = None
+    finish: Callable[[Predict], None] | None = None
 
 
 class _StopRequested:
@@ -131,7 +143,8 @@ class _StopRequested:
             return self.requested
         where, local = self._flag_sharding, np.asarray([self.requested])
         flags = jax.make_array_from_single_device_arrays(
-            (where.mesh.size,), where, [jax.device_put(local, device) for device in where.addressable_devices])
+            (where.mesh.size,), where, [jax.device_put(local, device) for device in where.addressable_devices]
+        )
         previous, self._pending = self._pending, self._any(flags)
         return previous is not None and bool(previous.addressable_data(0))
 
@@ -144,16 +157,21 @@ def validate_batch(config: ml_collections.ConfigDict, mesh) -> int:
     """Micro-batch size; ValueError when the batch does not split over accumulation steps and devices."""
     accum = int(config.optimizer.grad_accum_steps)
     if config.batch_size % accum:
-        raise ValueError(f"config.batch_size ({config.batch_size}) must be divisible by "
-                         f"config.optimizer.grad_accum_steps ({accum})")
+        raise ValueError(
+            f"config.batch_size ({config.batch_size}) must be divisible by config.optimizer.grad_accum_steps ({accum})"
+        )
     micro = config.batch_size // accum
     devices = sharding.data_parallel_size(mesh)
     if micro % devices:
-        raise ValueError(f"the micro-batch (config.batch_size {config.batch_size} / grad_accum_steps {accum} = "
-                         f"{micro}) must be divisible by the {devices} data-parallel devices")
+        raise ValueError(
+            f"the micro-batch (config.batch_size {config.batch_size} / grad_accum_steps {accum} = "
+            f"{micro}) must be divisible by the {devices} data-parallel devices"
+        )
     if eval_batch_size(config) % devices:
-        raise ValueError(f"config.eval_batch_size ({eval_batch_size(config)}) must be divisible by the "
-                         f"{devices} data-parallel devices")
+        raise ValueError(
+            f"config.eval_batch_size ({eval_batch_size(config)}) must be divisible by the "
+            f"{devices} data-parallel devices"
+        )
     return micro
 
 
@@ -171,8 +189,10 @@ def claim_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
     if config.total_steps < 0 or (config.total_steps == 0 and not config.get("init_from")):
-        raise ValueError(f"config.total_steps must be positive (0 evaluates a checkpoint given by "
-                         f"config.init_from), got {config.total_steps}")
+        raise ValueError(
+            f"config.total_steps must be positive (0 evaluates a checkpoint given by "
+            f"config.init_from), got {config.total_steps}"
+        )
     mesh = sharding.create_mesh(config.mesh)
     validate_batch(config, mesh)
     claim_workdir(workdir, fingerprint, overwrite)
@@ -183,8 +203,14 @@ def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
     """Makes `workdir` this run's: refuses a work dir of another run (a different `fingerprint` in its
     run_config.json) and one that cannot be written; `overwrite` first deletes everything in it (checkpoints,
     metrics, caches, vocabulary). Every process decides from the same file before process 0 writes."""
-    experiment.check_claim(workdir, RUN_CONFIG_NAME, fingerprint, overwrite=overwrite, conflict="holds a different run",
-                           fix="use another --workdir, or pass --overwrite to delete it")
+    experiment.check_claim(
+        workdir,
+        RUN_CONFIG_NAME,
+        fingerprint,
+        overwrite=overwrite,
+        conflict="holds a different run",
+        fix="use another --workdir, or pass --overwrite to delete it",
+    )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("claim_workdir")
     error = None
@@ -202,8 +228,9 @@ def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Pure steps
 # ---------------------------------------------------------------------------------------------------------
-def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, tx: optax.GradientTransformation,
-               dropout_root: jax.Array) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState, batch: dict, *, loss_fn: Callable, tx: optax.GradientTransformation, dropout_root: jax.Array
+) -> tuple[TrainState, dict]:
     """One micro-step: gradients of `loss_fn` on `batch`, the optimizer update (MultiSteps accumulates),
     and the metric sums of the batch plus `grad_norm` and `nonfinite`.
 
@@ -215,9 +242,11 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, tx: optax.G
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params, opt_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
-                                               (optax.apply_updates(state.params, updates), opt_state),
-                                               (state.params, state.opt_state))
+    params, opt_state = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(finite, new, old),
+        (optax.apply_updates(state.params, updates), opt_state),
+        (state.params, state.opt_state),
+    )
     sums = {k: jnp.where(finite, v, 0) for k, v in dict(sums, grad_norm=grad_norm).items()}
     sums["nonfinite"] = 1 - finite.astype(jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
@@ -226,6 +255,7 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, tx: optax.G
 def make_predict(jit_predict: Callable, params, mesh, batch_size: int) -> Predict:
     """`predict(arrays)`: every row of `arrays` through `jit_predict(params, batch)` in batches of
     `batch_size` (the last one padded with copies of row 0, whose outputs are dropped), outputs as numpy."""
+
     def predict(arrays: dict) -> dict:
         n = len(next(iter(arrays.values())))
         outputs = []
@@ -236,14 +266,22 @@ def make_predict(jit_predict: Callable, params, mesh, batch_size: int) -> Predic
             out = jax.device_get(jit_predict(params, sharding.global_batch(local_rows(batch), mesh)))
             outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
         return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
+
     return predict
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
-def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, resume: bool = True,
-          init_from: initialization.Pretrained | None = None) -> TrainState:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    mesh,
+    *,
+    resume: bool = True,
+    init_from: initialization.Pretrained | None = None,
+) -> TrainState:
     """Runs (or resumes) the job described by `config` in `workdir` (claimed by `claim_run`, which gave
     `mesh`); returns the final TrainState (params sharded over `mesh`). A run that does not resume starts
     from the weights of `init_from` (the job's `initialization.resolve(config.init_from)`), else from scratch.
@@ -263,16 +301,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     boxed_state = jax.eval_shape(init_state, init_rng)
-    state_shardings = sharding.param_shardings(boxed_state, mesh, config.get("sharding_rules",
-                                                                             sharding.DEFAULT_RULES))
-    abstract_state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                            nn.meta.unbox(boxed_state), state_shardings)
+    state_shardings = sharding.param_shardings(boxed_state, mesh, config.get("sharding_rules", sharding.DEFAULT_RULES))
+    abstract_state = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed_state), state_shardings
+    )
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    jit_train_step = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, dropout_root=dropout_root),
-                             in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
-                             donate_argnums=0)
-    jit_predict = jax.jit(task.predict_fn, in_shardings=(state_shardings.params, batch_sharding),
-                          out_shardings=replicated) if task.predict_fn else None
+    jit_train_step = jax.jit(
+        functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, dropout_root=dropout_root),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    jit_predict = (
+        jax.jit(task.predict_fn, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+        if task.predict_fn
+        else None
+    )
 
     # -- initialise: resume -> init_from -> scratch --------------------------------------------------------
     checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -281,8 +325,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
         state, data_state = restored
         logging.warning("resumed from micro-step %d", int(state.step))
         if int(state.step) != data_state["micro_step"]:
-            raise RuntimeError(f"checkpoint in {workdir}: data position {data_state['micro_step']} and step "
-                               f"{int(state.step)} disagree")
+            raise RuntimeError(
+                f"checkpoint in {workdir}: data position {data_state['micro_step']} and step {int(state.step)} disagree"
+            )
     else:
         state, data_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)(init_rng), {}
         if init_from is not None:
@@ -327,9 +372,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task, mesh, *, 
                     pending = _to_host(pending)
                     _check_finite(config, pending, accum, checkpointer)
                 if log:
-                    writer.write({"step": step, **_summarize(task, pending),
-                                  "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)),
-                                  "tokens_per_sec": tokens / max(time.time() - t0, 1e-9)})
+                    writer.write(
+                        {
+                            "step": step,
+                            **_summarize(task, pending),
+                            "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)),
+                            "tokens_per_sec": tokens / max(time.time() - t0, 1e-9),
+                        }
+                    )
                     pending, tokens, t0 = [], 0, time.time()
                 if (config.eval_every and step % config.eval_every == 0) or last:
                     write_eval(step)
@@ -358,7 +408,8 @@ def host_params(params):
     shards (fsdp across hosts): a collective then, which every process calls."""
     return jax.tree_util.tree_map(
         lambda x: jax.device_get(x) if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True),
-        params)
+        params,
+    )
 
 
 def _to_host(pending: list) -> list:
@@ -373,7 +424,8 @@ def _check_finite(config: ml_collections.ConfigDict, pending: list, accum: int, 
         raise NonFiniteError(
             f"non-finite loss or gradient at step {bad[0] // accum + 1} (no update was applied); the last "
             f"checkpoint, step {checkpointer.latest_step()}, is finite. Lower optimizer.learning_rate, or set "
-            "config.nonfinite=skip to drop such updates and go on")
+            "config.nonfinite=skip to drop such updates and go on"
+        )
 
 
 def _summarize(task: Task, pending: list) -> dict:
@@ -386,4 +438,3 @@ def _summarize(task: Task, pending: list) -> dict:
     totals = {k: float(np.sum(np.asarray([r[k] for r in rows], np.float64))) for k in rows[0]}
     metrics = task.summarize({k: v for k, v in totals.items() if k not in ("grad_norm", "nonfinite")}) if kept else {}
     return {**metrics, "grad_norm": totals["grad_norm"] / max(kept, 1), "skipped_steps": skipped}
-

@@ -50,8 +50,14 @@ class MetricWriter:
         self.jsonl.flush()
         self._write_csv(row)
         prefix = row.get("split", "train")
-        self.tb.scalars(row["step"], {f"{prefix}/{key}": value for key, value in row.items()
-                                      if isinstance(value, float) and math.isfinite(value)})
+        self.tb.scalars(
+            row["step"],
+            {
+                f"{prefix}/{key}": value
+                for key, value in row.items()
+                if isinstance(value, float) and math.isfinite(value)
+            },
+        )
         self.tb.flush()
         print(self._format(row), file=self.stream, flush=True)
 

@@ -15,8 +15,10 @@ from flax import traverse_util
 
 def decay_mask(params) -> dict:
     """True for parameters that get weight decay (and LAMB's trust ratio): not LayerNorm, not biases."""
+
     def wants_decay(path):
         return path[-1] != "bias" and not any("LayerNorm" in p or "layer_norm" in p for p in path)
+
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict({path: wants_decay(path) for path in flat})
 
@@ -26,9 +28,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     warmup = max(int(config.warmup_steps), 0)
     decay_steps = max(int(config.total_steps) - warmup, 1)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
-         optax.linear_schedule(config.learning_rate, 0.0, decay_steps)],
-        boundaries=[warmup])
+        [
+            optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
+            optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
+        ],
+        boundaries=[warmup],
+    )
 
 
 def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:

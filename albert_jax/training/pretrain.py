@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from albert_jax import modeling
+from albert_jax import experiment, modeling
 from albert_jax.config import AlbertConfig
-from albert_jax import experiment
 from albert_jax.training import export, initialization, loop
 
 FINGERPRINT = ("seed", "batch_size", "model", "data", "optimizer", "total_steps", "init_from", "init_from_skip")
@@ -36,32 +35,36 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 5000
     c.optimizer.warmup_steps = 3125
     c.model = experiment.model_section("albert-base-v2")
-    c.data = ml_collections.ConfigDict(dict(
-        # 'builtin', 'files:<glob>[,<glob>]', 'tfds:<name>[:<split>]' or 'tfrecord:<glob>[,<glob>]' (files of
-        # google-research/albert's create_pretraining_data.py, used as they are: needs vocab_file)
-        source="builtin",
-        tfds_data_dir=placeholder(str),  # tfds data_dir
-        max_documents=placeholder(int),  # keep only the first N documents (quick experiments)
-        vocab_file=placeholder(str),     # an existing spiece.model; None: train one on the training documents
-        spm_sentences=2_000_000,     # sentences sampled (while streaming) for SentencePiece training
-        prepared_dir=placeholder(str),   # prepared data (python -m albert_jax.data.prepare); None: <workdir>/data
-        docs_per_shard=1000,         # documents per example shard (the unit of parallel work and of resuming)
-        prepare_workers=0,           # processes making examples; 0: one per CPU
-        loader_workers=0,            # grain worker processes decoding/masking batches; 0: in the main process
-        masking="static",            # 'static': masks fixed when prepared (the original); 'dynamic': per epoch
-        max_seq_length=512,
-        max_predictions_per_seq=20,
-        masked_lm_prob=0.15,
-        short_seq_prob=0.1,
-        ngram=3,
-        dupe_factor=1,               # passes over the corpus with different masks
-        eval_fraction=0.02,          # share of documents held out for evaluation
-        eval_batches=20,             # held-out batches per evaluation (at most)
-    ))
-    c.export = ml_collections.ConfigDict(dict(
-        hf_dir=placeholder(str),     # relative to the work dir; None: no export
-        fill_mask=(),                # sentences with [MASK] to complete after training
-    ))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            # 'builtin', 'files:<glob>[,<glob>]', 'tfds:<name>[:<split>]' or 'tfrecord:<glob>[,<glob>]' (files of
+            # google-research/albert's create_pretraining_data.py, used as they are: needs vocab_file)
+            source="builtin",
+            tfds_data_dir=placeholder(str),  # tfds data_dir
+            max_documents=placeholder(int),  # keep only the first N documents (quick experiments)
+            vocab_file=placeholder(str),  # an existing spiece.model; None: train one on the training documents
+            spm_sentences=2_000_000,  # sentences sampled (while streaming) for SentencePiece training
+            prepared_dir=placeholder(str),  # prepared data (python -m albert_jax.data.prepare); None: <workdir>/data
+            docs_per_shard=1000,  # documents per example shard (the unit of parallel work and of resuming)
+            prepare_workers=0,  # processes making examples; 0: one per CPU
+            loader_workers=0,  # grain worker processes decoding/masking batches; 0: in the main process
+            masking="static",  # 'static': masks fixed when prepared (the original); 'dynamic': per epoch
+            max_seq_length=512,
+            max_predictions_per_seq=20,
+            masked_lm_prob=0.15,
+            short_seq_prob=0.1,
+            ngram=3,
+            dupe_factor=1,  # passes over the corpus with different masks
+            eval_fraction=0.02,  # share of documents held out for evaluation
+            eval_batches=20,  # held-out batches per evaluation (at most)
+        )
+    )
+    c.export = ml_collections.ConfigDict(
+        dict(
+            hf_dir=placeholder(str),  # relative to the work dir; None: no export
+            fill_mask=(),  # sentences with [MASK] to complete after training
+        )
+    )
     return c
 
 
@@ -80,8 +83,9 @@ def demo_config() -> ml_collections.ConfigDict:
     600 steps of 64 x 64 tokens on the built-in corpus, a few minutes on a 2-core CPU."""
     c = default_config()
     c.total_steps, c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 600, 64, 25, 200, 200
-    c.model = experiment.model_section("albert-tiny", vocab_size=6000, hidden_size=128, intermediate_size=512,
-                                       num_attention_heads=2)
+    c.model = experiment.model_section(
+        "albert-tiny", vocab_size=6000, hidden_size=128, intermediate_size=512, num_attention_heads=2
+    )
     # Docstring documents are short (a 128-token pair would be half padding): 64 tokens, 10 predictions.
     c.data.max_seq_length, c.data.max_predictions_per_seq = 64, 10
     c.data.dupe_factor, c.data.spm_sentences, c.data.eval_batches = 5, 200_000, 8
@@ -116,9 +120,15 @@ def validate(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> 
 def pretraining_stats(model: modeling.AlbertForPreTraining, params, batch, dropout_rng, deterministic: bool):
     """Per-example statistics [B] of the original ALBERT losses: summed masked-LM NLL, correct and
     counted predictions (weighted), SOP NLL and correctness."""
-    out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                      deterministic=deterministic, rngs={"dropout": dropout_rng},
-                      masked_lm_positions=batch["masked_lm_positions"])
+    out = model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        deterministic=deterministic,
+        rngs={"dropout": dropout_rng},
+        masked_lm_positions=batch["masked_lm_positions"],
+    )
     mlm_logp = jax.nn.log_softmax(out.prediction_logits.astype(jnp.float32))
     mlm_nll = -jnp.take_along_axis(mlm_logp, batch["masked_lm_ids"][..., None], -1)[..., 0]
     weights = batch["masked_lm_weights"].astype(jnp.float32)
@@ -130,7 +140,8 @@ def pretraining_stats(model: modeling.AlbertForPreTraining, params, batch, dropo
         mlm_count=jnp.sum(weights, -1),
         sop_loss=-jnp.take_along_axis(sop_logp, labels[:, None], -1)[:, 0],
         sop_correct=(sop_logp.argmax(-1) == labels).astype(jnp.float32),
-        sop_count=jnp.ones(labels.shape, jnp.float32))
+        sop_count=jnp.ones(labels.shape, jnp.float32),
+    )
 
 
 def pretraining_loss(model: modeling.AlbertForPreTraining, params, batch, dropout_rng, deterministic: bool):
@@ -148,9 +159,13 @@ def summarize_pretraining(sums: dict) -> dict:
     """Additive sums -> loss, mlm_loss, sop_loss, mlm_accuracy, sop_accuracy."""
     mlm_loss = sums["mlm_loss"] / max(sums["mlm_count"], 1e-5)
     sop_loss = sums["sop_loss"] / max(sums["sop_count"], 1)
-    return dict(loss=float(mlm_loss + sop_loss), mlm_loss=float(mlm_loss), sop_loss=float(sop_loss),
-                mlm_accuracy=float(sums["mlm_correct"] / max(sums["mlm_count"], 1e-5)),
-                sop_accuracy=float(sums["sop_correct"] / max(sums["sop_count"], 1)))
+    return dict(
+        loss=float(mlm_loss + sop_loss),
+        mlm_loss=float(mlm_loss),
+        sop_loss=float(sop_loss),
+        mlm_accuracy=float(sums["mlm_correct"] / max(sums["mlm_count"], 1e-5)),
+        sop_accuracy=float(sums["sop_correct"] / max(sums["sop_count"], 1)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,6 +175,7 @@ def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, w
     """(task, tokenizer) for `config`: prepares the data if needed, then reads it with the grain loader."""
     from albert_jax.data import loader, prepare
     from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
+
     directory = prepare.ensure_prepared(config, workdir, albert_config.vocab_size)
     tokenizer = AlbertTokenizer(os.path.join(directory, prepare.read_manifest(directory)["vocab_file"]))
     check_vocab_size(tokenizer, albert_config.vocab_size)
@@ -180,7 +196,8 @@ def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, w
         init_params=lambda rng: modeling.boxed_params(model, rng, config.data.max_seq_length),
         train_batches=loader.PretrainingBatches(train_data, micro, workers=config.data.loader_workers),
         predict_fn=lambda params, batch: pretraining_stats(model, params, batch, jax.random.PRNGKey(0), True),
-        evaluate=evaluate if n_eval else None)
+        evaluate=evaluate if n_eval else None,
+    )
     return task, tokenizer
 
 

@@ -15,8 +15,17 @@ from albert_jax import experiment
 from albert_jax.modeling import count_params
 from albert_jax.training.sweep import DONE_NAME, cell_config, cells
 
-COLUMNS = ("cell", "sharing", "embedding_size", "parameters", "paper_parameters", "mlm_accuracy", "sop_accuracy",
-           "tokens_per_sec", "wall_seconds")
+COLUMNS = (
+    "cell",
+    "sharing",
+    "embedding_size",
+    "parameters",
+    "paper_parameters",
+    "mlm_accuracy",
+    "sop_accuracy",
+    "tokens_per_sec",
+    "wall_seconds",
+)
 
 
 def _rows(path: str) -> list[dict]:
@@ -43,12 +52,17 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         metrics = _rows(os.path.join(cell_dir, "metrics.jsonl"))
         evals = [r for r in metrics if r.get("split") == "eval"]
         train = [r for r in metrics if r.get("split", "train") == "train"]
-        row = dict(cell=name, sharing=model.sharing, embedding_size=model.embedding_size,
-                   parameters=count_params(model), paper_parameters=count_params(experiment.albert_config(paper)),
-                   mlm_accuracy=evals[-1]["mlm_accuracy"] if evals else float("nan"),
-                   sop_accuracy=evals[-1]["sop_accuracy"] if evals else float("nan"),
-                   tokens_per_sec=float(np.median([r["tokens_per_sec"] for r in train])) if train else float("nan"),
-                   wall_seconds=done["wall_seconds"])
+        row = dict(
+            cell=name,
+            sharing=model.sharing,
+            embedding_size=model.embedding_size,
+            parameters=count_params(model),
+            paper_parameters=count_params(experiment.albert_config(paper)),
+            mlm_accuracy=evals[-1]["mlm_accuracy"] if evals else float("nan"),
+            sop_accuracy=evals[-1]["sop_accuracy"] if evals else float("nan"),
+            tokens_per_sec=float(np.median([r["tokens_per_sec"] for r in train])) if train else float("nan"),
+            wall_seconds=done["wall_seconds"],
+        )
         tuned = [r for r in _rows(os.path.join(cell_dir, "finetune", "metrics.jsonl")) if r.get("split") == "eval"]
         if tuned:
             row.update({f"finetune_{k}": v for k, v in tuned[-1].items() if k not in ("step", "split")})
@@ -75,6 +89,7 @@ def write_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of `rows` over `columns` (parameters in millions, accuracies with 3 decimals)."""
+
     def cell(key, value):
         if isinstance(value, float) and not np.isfinite(value):
             return "-"
@@ -83,6 +98,7 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
         if isinstance(value, float):
             return f"{value:.0f}" if key in ("tokens_per_sec", "wall_seconds") else f"{value:.3f}"
         return str(value)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(k, r.get(k, float("nan"))) for k in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -91,8 +107,11 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 def _plot(rows: list[dict], workdir: str) -> dict[str, str]:
     # Figures without pyplot: no global backend switch in the caller's process (a notebook keeps its own).
     from matplotlib.figure import Figure
-    paths = {"accuracy_vs_params": os.path.join(workdir, "accuracy_vs_params.png"),
-             "loss_curves": os.path.join(workdir, "loss_curves.png")}
+
+    paths = {
+        "accuracy_vs_params": os.path.join(workdir, "accuracy_vs_params.png"),
+        "loss_curves": os.path.join(workdir, "loss_curves.png"),
+    }
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("mlm_accuracy", "sop_accuracy")):

@@ -28,8 +28,12 @@ DEFAULT_RULES = (
 )
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, heartbeat_timeout: int = 60) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    heartbeat_timeout: int = 60,
+) -> None:
     """Joins a multi-process job when one is described (flags, or JAX_COORDINATOR_ADDRESS /
     JAX_NUM_PROCESSES / JAX_PROCESS_ID, or a cluster jax auto-detects such as SLURM/TPU pods).
     On CPU the cross-process collectives use gloo. A process silent for `heartbeat_timeout` seconds
@@ -42,8 +46,12 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if not coordinator_address and not num_processes:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+    )
 
 
 def is_multiprocess() -> bool:
@@ -63,8 +71,10 @@ def create_mesh(shape: dict) -> Mesh:
             raise ValueError(f"config.mesh {dict(shape)}: {len(devices)} devices are not divisible by {known}")
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                         f"{len(devices)} are available")
+        raise ValueError(
+            f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"{len(devices)} are available"
+        )
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
@@ -84,8 +94,11 @@ def param_shardings(abstract_boxed_params, mesh: Mesh, rules=DEFAULT_RULES):
     shapes = nn.meta.unbox(abstract_boxed_params)
     mesh_specs = nn.logical_to_mesh(specs, rules)
     return jax.tree_util.tree_map(
-        lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)), mesh_specs, shapes,
-        is_leaf=lambda x: isinstance(x, PartitionSpec))
+        lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
+        mesh_specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -18,22 +18,29 @@ import time
 
 import ml_collections
 
-from albert_jax.data import prepare
 from albert_jax import experiment
+from albert_jax.data import prepare
 from albert_jax.training import finetune, pretrain
 
 DONE_NAME = "sweep_cell.json"  # written into a cell's work dir when the cell has finished
 
 
-def sweep_config(base: ml_collections.ConfigDict, grid: dict, finetune_spec: str | None = None,
-                 finetune_overrides: dict | None = None) -> ml_collections.ConfigDict:
+def sweep_config(
+    base: ml_collections.ConfigDict,
+    grid: dict,
+    finetune_spec: str | None = None,
+    finetune_overrides: dict | None = None,
+) -> ml_collections.ConfigDict:
     """`base` (a pretraining config) with `cells` (name -> nested overrides, kept in this order) and the
     `sweep` section set."""
     config = ml_collections.ConfigDict(base)
     config.cells = tuple(grid.items())
-    config.sweep = ml_collections.ConfigDict(dict(
-        finetune=ml_collections.config_dict.placeholder(str) if finetune_spec is None else finetune_spec,
-        finetune_overrides=ml_collections.ConfigDict(finetune_overrides or {})))
+    config.sweep = ml_collections.ConfigDict(
+        dict(
+            finetune=ml_collections.config_dict.placeholder(str) if finetune_spec is None else finetune_spec,
+            finetune_overrides=ml_collections.ConfigDict(finetune_overrides or {}),
+        )
+    )
     return config
 
 
@@ -65,8 +72,9 @@ def cells(config: ml_collections.ConfigDict) -> dict[str, dict]:
     return dict(config.cells)
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, shard: tuple[int, int] = (0, 1),
-              only=None) -> list[str]:
+def run_sweep(
+    config: ml_collections.ConfigDict, workdir: str, *, shard: tuple[int, int] = (0, 1), only=None
+) -> list[str]:
     """Runs the unfinished cells of this shard into `<workdir>/<cell>`; returns the names it ran. The data
     (vocabulary and examples) is prepared once for the sweep (`<workdir>/data/` unless the config names a
     `data.prepared_dir`), so every cell trains on the same examples."""

@@ -39,7 +39,7 @@ TITLES = {
     "forward": "a. forward (AlbertModel / backbone outputs), {batch}×{seq}",
     "train": "b. train step: MLM all positions + SOP, AdamW, {batch}×{seq}",
     "pretrain": "c. ALBERT pretraining step: MLM at {positions} masked positions + SOP, {batch}×{seq} "
-                "(transformers: full-vocab logits at every position)",
+    "(transformers: full-vocab logits at every position)",
     "squad": "d. SQuAD step (QA head, start/end loss, AdamW), {batch}×{seq}",
     "compile": "e. compile time of the train step, {layers} layers",
     "memory": "f. peak memory of a train step (b), {batch}×{seq}",
@@ -47,21 +47,37 @@ TITLES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("--quick", action="store_true", help="tiny dimensions, to check the harness")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype (parameters float32): albert-jax config dtype, torch AMP, Keras mixed")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype (parameters float32): albert-jax config dtype, torch AMP, Keras mixed",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls after the warm-up (5; --quick 3)")
     parser.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {','.join(ITEMS)}")
     parser.add_argument("--preset", default="albert-base-v2", help="an albert_jax.AlbertConfig preset")
     parser.add_argument("--seq", type=int, default=None, help="sequence length of a, b, c, e (128; --quick 32)")
     parser.add_argument("--pipeline-sentences", type=int, default=None, help="sentences of g (1000; --quick 64)")
-    parser.add_argument("--pipeline-passes", type=int, default=1,
-                        help="timed passes over the sentences of g, after an untimed one (median)")
-    parser.add_argument("--no-reuse-host-memory", dest="reuse_host_memory", action="store_false",
-                        help="run albert-jax's processes with glibc's and JAX's defaults, not as run.py does")
+    parser.add_argument(
+        "--pipeline-passes",
+        type=int,
+        default=1,
+        help="timed passes over the sentences of g, after an untimed one (median)",
+    )
+    parser.add_argument(
+        "--no-reuse-host-memory",
+        dest="reuse_host_memory",
+        action="store_false",
+        help="run albert-jax's processes with glibc's and JAX's defaults, not as run.py does",
+    )
     parser.add_argument("--out", default=report.RESULTS, help="directory for results.json and results.md")
     args = parser.parse_args(argv)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -83,6 +99,7 @@ def export_checkpoints(s: Settings, work: str, qa: bool) -> dict:
 
     import albert_jax as aj
     from albert_jax import convert
+
     config = s.albert_config()
     params = aj.init_params(aj.AlbertForPreTraining(config), jax.random.PRNGKey(0))
     dirs = {"pretraining": os.path.join(work, "pretraining")}
@@ -101,6 +118,7 @@ def forward_check(results: dict, s: Settings, dirs: dict, work: str, albert=None
     Server) when it has one, else from a runner in this process. Returns the forward runners built in this
     process (compiled, for the forward measurement) and the path of the saved outputs."""
     import numpy as np
+
     w = workloads(s)["forward"]
     path = os.path.join(work, "reference.npz")
     runners = {"transformers": systems.make_runner("transformers", w, dirs, s)}
@@ -114,7 +132,8 @@ def forward_check(results: dict, s: Settings, dirs: dict, work: str, albert=None
         np.savez(path, **reference)
     diffs = systems.check_outputs("transformers", runners["transformers"].outputs(), reference)
     results["checks"]["transformers backbone outputs vs albert-jax"] = dict(
-        max_abs_diff=diffs, attention=runners["transformers"].model.config._attn_implementation)
+        max_abs_diff=diffs, attention=runners["transformers"].model.config._attn_implementation
+    )
     return runners, path
 
 
@@ -136,8 +155,9 @@ def check_losses(results: dict, dtype: str) -> None:
             continue
         for system, record in item["systems"].items():
             if record.get("loss") is not None and abs(record["loss"] - ours) > tolerance * max(1.0, abs(ours)):
-                raise systems.ModelMismatch(f"{name}: {system}'s first loss {record['loss']:.6f} differs from "
-                                            f"albert-jax's {ours:.6f}")
+                raise systems.ModelMismatch(
+                    f"{name}: {system}'s first loss {record['loss']:.6f} differs from albert-jax's {ours:.6f}"
+                )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -152,8 +172,11 @@ def measure_steps(name: str, s: Settings, dirs: dict, servers: dict, runners: di
         if system in runners:
             continue
         try:
-            runners[system] = (systems.RemoteRunner(servers[system], name) if system in servers
-                               else systems.make_runner(system, w, dirs, s))
+            runners[system] = (
+                systems.RemoteRunner(servers[system], name)
+                if system in servers
+                else systems.make_runner(system, w, dirs, s)
+            )
         except Exception as e:
             traceback.print_exc()
             records[system] = systems.error(e)
@@ -175,6 +198,7 @@ def measure_compile(name: str, s: Settings, dirs: dict, keras) -> dict:
     """albert-jax: jit lower + compile of the train step (no call); Keras-Hub: first call - steady call;
     transformers: eager, nothing to compile."""
     from . import jax_steps
+
     w = workloads(s)[name]
     records = {"transformers": dict(status="n/a", reason="eager PyTorch: nothing is compiled")}
     try:
@@ -209,6 +233,7 @@ def matmul_peaks(s: Settings, before: dict | None = None) -> dict:
     """The XLA and PyTorch matmul peaks (float32, and the run's dtype when it is not float32), each the better
     of this measurement and `before` (the same measured at the start of the run)."""
     from . import flops
+
     out = {}
     for dtype in dict.fromkeys(("float32", s.dtype)):
         out[f"xla_{dtype}"] = flops.xla_matmul_peak(dtype, s.repeats)
@@ -235,6 +260,7 @@ def new_item(name: str, s: Settings) -> dict:
 def derive(results: dict, s: Settings) -> None:
     """Tokens/s, model FLOP/s and MFU of every timed step; ratios (other / albert-jax) of every item."""
     from . import flops
+
     config = s.albert_config()
     peaks = results.get("matmul_peak", {})
     for name, item in results["items"].items():
@@ -255,48 +281,62 @@ def derive(results: dict, s: Settings) -> None:
 
 
 def notes(s: Settings) -> list[str]:
-    return [
-        "Dropout is 0 in every system; weights come from one HF directory (albert_jax.convert.save_hf of "
-        "albert_jax.init_params); inputs are the same integer arrays (workloads.make_inputs).",
-        "Training steps: AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-6, weight decay 0.01 except biases and "
-        "LayerNorm) after global-norm clipping at 1.0 in all three (optax, torch.optim.AdamW with its default "
-        "implementation, keras.optimizers.AdamW; Keras adds epsilon to the un-corrected second moment, its "
-        "documented form). The step time includes the optimizer update.",
-        "MFU = matmul FLOPs of the model (flops.model_flops; training = 3x forward, no remat recomputation) / "
-        "median step time / the matmul peak of the system's own framework (XLA for albert-jax and Keras-Hub, "
-        "PyTorch for transformers): the fastest of several 2048³ matmuls, measured at the start and at the end "
-        "of the run (the better one). On a busy machine a step can meet a quieter moment than the peak did.",
-        "Keras-Hub has no ALBERT pretraining model: its heads here are Keras-Hub's MaskedLMHead (tied to the "
-        "token embedding; 'all positions' = mask_positions 0..T-1) and a Dense SOP classifier on pooled_output; "
-        "the SQuAD head is a Dense(2) on sequence_output (its unused pooler stays in the model). It runs with "
-        "Keras' predict_on_batch / train_on_batch (jit_compile=True), which also convert the numpy inputs. Its "
-        "worker blocks the TensorFlow import Keras-Hub would otherwise make (unused by these models).",
-        "Compile (e): albert-jax = jax.jit(step).lower() + .compile() (one scanned layer body); Keras-Hub = first "
-        "train_on_batch minus the median of the following calls (its layers are unrolled in the traced graph); "
-        "transformers runs eagerly.",
-        "Memory (f): each system in a fresh process; CPU: the peak resident set (VmHWM) over 2 steps minus VmRSS "
-        "once model, optimizer state and inputs exist (high-water mark reset there), so the first step's "
-        "compilation counts for albert-jax and Keras-Hub; 'steady step' is the second step's peak over the "
-        "memory it started with; GPU: allocator peak minus its use at the baseline. 'XLA temp' is XLA's own "
-        "estimate of the step's scratch buffers.",
-        f"Pipelines (g): a model of these dimensions with a {s.pipeline_vocab}-piece SentencePiece vocabulary "
-        "trained on the built-in corpus (it cannot support 30k pieces); fill-mask computes MLM logits at the "
-        "[MASK] positions in albert-jax and at every position in transformers; each system at its fastest batch "
-        f"size of {list(s.pipeline_batch_sizes)} (chosen on the first 128 sentences), then one untimed and "
-        f"{s.pipeline_passes} timed pass(es) over all; tokenization included.",
-        "The three systems take turns call by call (transformers in this process, Keras-Hub and albert-jax in "
-        "worker processes that time each call themselves), so a busy spell of a shared machine hits all of them; "
-        "compare ratios of this run only, and see the load average below.",
-    ] + ([
-        "Host memory: albert-jax's steps (a-d) and its memory (f) run in worker processes set up as run.py sets "
-        "itself up (albert_jax.training.hostmem: glibc keeps freed memory, JAX runs CPU computations inline, so "
-        "each step reuses the last one's scratch memory); transformers and Keras-Hub run with glibc's and their "
-        "framework's defaults (the setting is process-wide: given to transformers it speeds its steps up too, "
-        "its train step by 2-10% in paired runs). --no-reuse-host-memory: albert-jax at the defaults, in this process."]
-         if s.reuse_host_memory else []) + ([
-        "GPU, float32: XLA's default matmul precision uses TF32 on NVIDIA GPUs from Ampere on (albert-jax and "
-        "Keras-Hub), PyTorch's does not (torch.backends.cuda.matmul.allow_tf32 is False): compare bfloat16 "
-        "runs for like-for-like arithmetic."] if s.device == "gpu" and s.dtype == "float32" else [])
+    return (
+        [
+            "Dropout is 0 in every system; weights come from one HF directory (albert_jax.convert.save_hf of "
+            "albert_jax.init_params); inputs are the same integer arrays (workloads.make_inputs).",
+            "Training steps: AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-6, weight decay 0.01 except biases and "
+            "LayerNorm) after global-norm clipping at 1.0 in all three (optax, torch.optim.AdamW with its default "
+            "implementation, keras.optimizers.AdamW; Keras adds epsilon to the un-corrected second moment, its "
+            "documented form). The step time includes the optimizer update.",
+            "MFU = matmul FLOPs of the model (flops.model_flops; training = 3x forward, no remat recomputation) / "
+            "median step time / the matmul peak of the system's own framework (XLA for albert-jax and Keras-Hub, "
+            "PyTorch for transformers): the fastest of several 2048³ matmuls, measured at the start and at the end "
+            "of the run (the better one). On a busy machine a step can meet a quieter moment than the peak did.",
+            "Keras-Hub has no ALBERT pretraining model: its heads here are Keras-Hub's MaskedLMHead (tied to the "
+            "token embedding; 'all positions' = mask_positions 0..T-1) and a Dense SOP classifier on pooled_output; "
+            "the SQuAD head is a Dense(2) on sequence_output (its unused pooler stays in the model). It runs with "
+            "Keras' predict_on_batch / train_on_batch (jit_compile=True), which also convert the numpy inputs. Its "
+            "worker blocks the TensorFlow import Keras-Hub would otherwise make (unused by these models).",
+            "Compile (e): albert-jax = jax.jit(step).lower() + .compile() (one scanned layer body); Keras-Hub = first "
+            "train_on_batch minus the median of the following calls (its layers are unrolled in the traced graph); "
+            "transformers runs eagerly.",
+            "Memory (f): each system in a fresh process; CPU: the peak resident set (VmHWM) over 2 steps minus VmRSS "
+            "once model, optimizer state and inputs exist (high-water mark reset there), so the first step's "
+            "compilation counts for albert-jax and Keras-Hub; 'steady step' is the second step's peak over the "
+            "memory it started with; GPU: allocator peak minus its use at the baseline. 'XLA temp' is XLA's own "
+            "estimate of the step's scratch buffers.",
+            f"Pipelines (g): a model of these dimensions with a {s.pipeline_vocab}-piece SentencePiece vocabulary "
+            "trained on the built-in corpus (it cannot support 30k pieces); fill-mask computes MLM logits at the "
+            "[MASK] positions in albert-jax and at every position in transformers; each system at its fastest batch "
+            f"size of {list(s.pipeline_batch_sizes)} (chosen on the first 128 sentences), then one untimed and "
+            f"{s.pipeline_passes} timed pass(es) over all; tokenization included.",
+            "The three systems take turns call by call (transformers in this process, Keras-Hub and albert-jax in "
+            "worker processes that time each call themselves), so a busy spell of a shared machine hits all of them; "
+            "compare ratios of this run only, and see the load average below.",
+        ]
+        + (
+            [
+                "Host memory: albert-jax's steps (a-d) and its memory (f) run in worker processes set up as run.py "
+                "sets itself up (albert_jax.training.hostmem: glibc keeps freed memory, JAX runs CPU computations "
+                "inline, so each step reuses the last one's scratch memory); transformers and Keras-Hub run with "
+                "glibc's and their framework's defaults (the setting is process-wide: given to transformers it speeds "
+                "its steps up too, its train step by 2-10% in paired runs). --no-reuse-host-memory: albert-jax at the "
+                "defaults, in this process."
+            ]
+            if s.reuse_host_memory
+            else []
+        )
+        + (
+            [
+                "GPU, float32: XLA's default matmul precision uses TF32 on NVIDIA GPUs from Ampere on (albert-jax and "
+                "Keras-Hub), PyTorch's does not (torch.backends.cuda.matmul.allow_tf32 is False): compare bfloat16 "
+                "runs for like-for-like arithmetic."
+            ]
+            if s.device == "gpu" and s.dtype == "float32"
+            else []
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,12 +385,14 @@ def measure_models(results: dict, names: list[str], s: Settings, work: str) -> N
                 server.close()
     if not keras_installed:
         for name in names:
-            results["items"][name]["systems"]["keras_hub"] = dict(status="not installed",
-                                                                  reason='pip install -e ".[bench]"')
+            results["items"][name]["systems"]["keras_hub"] = dict(
+                status="not installed", reason='pip install -e ".[bench]"'
+            )
 
 
 def measure_pipelines(results: dict, s: Settings, work: str) -> None:
     from . import pipelines_bench
+
     print("pipelines", file=sys.stderr, flush=True)
     for name, item in pipelines_bench.run(s, os.path.join(work, "pipeline")).items():
         title = f"g. {item['task']} pipeline, {s.pipeline_sentences} sentences, {item['tokens']:,} tokens"
@@ -361,12 +403,23 @@ def run_meta(argv, s: Settings) -> dict:
     """The command, device, settings, model config, environment and thread settings of this run."""
     import jax
     import torch
+
     command = " ".join(["python -m experiments.bench"] + (sys.argv[1:] if argv is None else list(argv)))
     device = torch.cuda.get_device_name() if s.device == "gpu" else f"CPU ({jax.devices()[0].device_kind})"
-    threads = dict(torch_num_threads=torch.get_num_threads(), torch_num_interop_threads=torch.get_num_interop_threads(),
-                   xla_flags=os.environ.get("XLA_FLAGS"), jax_devices=[str(d) for d in jax.devices()])
-    return dict(command=command, device=device, settings=s.to_dict(), model=s.albert_config().to_dict(),
-                environment=environment(), threads=threads)
+    threads = dict(
+        torch_num_threads=torch.get_num_threads(),
+        torch_num_interop_threads=torch.get_num_interop_threads(),
+        xla_flags=os.environ.get("XLA_FLAGS"),
+        jax_devices=[str(d) for d in jax.devices()],
+    )
+    return dict(
+        command=command,
+        device=device,
+        settings=s.to_dict(),
+        model=s.albert_config().to_dict(),
+        environment=environment(),
+        threads=threads,
+    )
 
 
 def main(argv=None) -> int:
@@ -381,9 +434,12 @@ def main(argv=None) -> int:
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     import jax
     import torch
+
     if args.device == "gpu" and not (torch.cuda.is_available() and jax.devices()[0].platform == "gpu"):
-        raise SystemExit("--device gpu needs CUDA in both torch and jax (jax[cuda12]); found torch "
-                         f"cuda={torch.cuda.is_available()}, jax {jax.devices()[0].platform}")
+        raise SystemExit(
+            "--device gpu needs CUDA in both torch and jax (jax[cuda12]); found torch "
+            f"cuda={torch.cuda.is_available()}, jax {jax.devices()[0].platform}"
+        )
     s = Settings.for_args(args.preset, args.quick, args.device, args.dtype, args.repeats, args.seq)
     s.pipeline_sentences = args.pipeline_sentences or s.pipeline_sentences
     s.pipeline_passes = args.pipeline_passes
@@ -392,8 +448,7 @@ def main(argv=None) -> int:
     names = [x for x in STEP_ITEMS if x in items]
     names += [f"compile_{n}" for n in s.compile_layers] if "compile" in items else []
     names += ["memory"] if "memory" in items else []
-    results = {"meta": run_meta(argv, s), "checks": {}, "items": {n: new_item(n, s) for n in names},
-               "notes": notes(s)}
+    results = {"meta": run_meta(argv, s), "checks": {}, "items": {n: new_item(n, s) for n in names}, "notes": notes(s)}
     with tempfile.TemporaryDirectory(prefix="albert-bench-") as work:
         if "peak" in items:
             print("matmul peaks", file=sys.stderr, flush=True)
@@ -413,8 +468,9 @@ def main(argv=None) -> int:
         report.write_report(results, args.out)
         raise
     report.write_report(results, args.out)
-    failed = [f"{n}/{k}" for n, it in results["items"].items() for k, r in it["systems"].items()
-              if r.get("status") == "error"]
+    failed = [
+        f"{n}/{k}" for n, it in results["items"].items() for k, r in it["systems"].items() if r.get("status") == "error"
+    ]
     if failed:
         print(f"errors in: {', '.join(failed)} (see results.md)", file=sys.stderr)
     return 1 if failed else 0

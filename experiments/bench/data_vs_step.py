@@ -21,8 +21,9 @@ from .report import write_result
 
 
 def main():
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench.data_vs_step",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench.data_vs_step", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     config = experiment.load_config(os.path.join(ROOT, "experiments", "configs", "demo.py"))
@@ -32,8 +33,16 @@ def main():
         task, tokenizer = pretrain.build_task(config, experiment.albert_config(config.model), workdir)
         documents = builtin_corpus()
         start = time.perf_counter()
-        n = sum(1 for _ in create_examples(documents, tokenizer, max_seq_length=config.data.max_seq_length,
-                                           max_predictions_per_seq=config.data.max_predictions_per_seq, seed=1))
+        n = sum(
+            1
+            for _ in create_examples(
+                documents,
+                tokenizer,
+                max_seq_length=config.data.max_seq_length,
+                max_predictions_per_seq=config.data.max_predictions_per_seq,
+                seed=1,
+            )
+        )
         examples_per_sec = n / (time.perf_counter() - start)
         loop.train(config, workdir, task, mesh)  # compile + warm-up
         config.total_steps *= 2
@@ -42,9 +51,14 @@ def main():
         loop.train(config, workdir, task, mesh, resume=False)
         step_seconds = (time.perf_counter() - start) / config.total_steps
     consumed = config.batch_size / step_seconds
-    result = {"device": jax.devices()[0].device_kind, "examples": n, "examples_per_sec_created": examples_per_sec,
-              "train_step_seconds": step_seconds, "examples_per_sec_consumed": consumed,
-              "headroom": examples_per_sec / consumed}
+    result = {
+        "device": jax.devices()[0].device_kind,
+        "examples": n,
+        "examples_per_sec_created": examples_per_sec,
+        "train_step_seconds": step_seconds,
+        "examples_per_sec_consumed": consumed,
+        "headroom": examples_per_sec / consumed,
+    }
     write_result("data_vs_step", result)
 
 

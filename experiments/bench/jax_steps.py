@@ -38,14 +38,22 @@ def loss_fn(model, w: Workload):
     """`w`'s loss as a training Task's loss_fn: (params, inputs, dropout_rng, deterministic) -> (scalar loss,
     {'loss': it}) (see workloads.Workload)."""
     if w.loss == "mlm_masked_sop":
+
         def loss(params, x, rng, deterministic):  # the original losses, as albert-jax pretrains: x is its batch
             value = pretrain.pretraining_loss(model, params, x, rng, deterministic)[0]
             return value, {"loss": value}
+
         return loss
 
     def loss(params, x, rng, deterministic):
-        out = model.apply({"params": params}, x["input_ids"], x["attention_mask"], x["token_type_ids"],
-                          deterministic=deterministic, rngs={"dropout": rng})
+        out = model.apply(
+            {"params": params},
+            x["input_ids"],
+            x["attention_mask"],
+            x["token_type_ids"],
+            deterministic=deterministic,
+            rngs={"dropout": rng},
+        )
         if w.loss == "mlm_all_sop":
             value = _ce(out.prediction_logits, x["mlm_labels"]) + _ce(out.sop_logits, x["sentence_order_label"])
         elif w.loss == "span":
@@ -53,14 +61,23 @@ def loss_fn(model, w: Workload):
         else:
             raise ValueError(f"no loss {w.loss!r}")
         return value, {"loss": value}
+
     return loss
 
 
 def make_optimizer(params) -> optax.GradientTransformation:
     o = OPTIMIZER
-    return optax.chain(optax.clip_by_global_norm(o["clip_norm"]),
-                       optax.adamw(o["learning_rate"], o["b1"], o["b2"], o["eps"], weight_decay=o["weight_decay"],
-                                   mask=optimizers.decay_mask(params)))
+    return optax.chain(
+        optax.clip_by_global_norm(o["clip_norm"]),
+        optax.adamw(
+            o["learning_rate"],
+            o["b1"],
+            o["b2"],
+            o["eps"],
+            weight_decay=o["weight_decay"],
+            mask=optimizers.decay_mask(params),
+        ),
+    )
 
 
 class Forward:
@@ -70,8 +87,10 @@ class Forward:
     def __init__(self, hf_dir: str, w: Workload, dtype: str):
         model, params = load(hf_dir, w, dtype)
         self.params = jax.device_put(params)
-        self.inputs = [jax.device_put(make_inputs(w, model.config.vocab_size)[k])
-                       for k in ("input_ids", "attention_mask", "token_type_ids")]
+        self.inputs = [
+            jax.device_put(make_inputs(w, model.config.vocab_size)[k])
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+        ]
         self.fn = jax.jit(lambda p, *x: model.apply({"params": p}, *x))
 
     def __call__(self):
@@ -79,8 +98,10 @@ class Forward:
 
     def outputs(self) -> dict:
         out = self.fn(self.params, *self.inputs)
-        return {"last_hidden_state": np.asarray(out.last_hidden_state, np.float32),
-                "pooler_output": np.asarray(out.pooler_output, np.float32)}
+        return {
+            "last_hidden_state": np.asarray(out.last_hidden_state, np.float32),
+            "pooler_output": np.asarray(out.pooler_output, np.float32),
+        }
 
 
 class TrainStep:
@@ -92,11 +113,13 @@ class TrainStep:
         model, params = load(hf_dir, w, dtype)
         self.config = model.config
         tx = make_optimizer(params)
-        self._step = functools.partial(loop.train_step, loss_fn=loss_fn(model, w), tx=tx,
-                                       dropout_root=jax.random.PRNGKey(0))
+        self._step = functools.partial(
+            loop.train_step, loss_fn=loss_fn(model, w), tx=tx, dropout_root=jax.random.PRNGKey(0)
+        )
         self.batch = jax.device_put(make_inputs(w, model.config.vocab_size))
-        self.state = jax.device_put(loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                                    opt_state=tx.init(params)))
+        self.state = jax.device_put(
+            loop.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        )
         self.jit_step = jax.jit(self._step, donate_argnums=0)
 
     def __call__(self) -> float:

@@ -21,8 +21,10 @@ from albert_jax.convert import read_hf_tensors
 from .workloads import OPTIMIZER, Workload, decays, make_inputs
 
 if keras.config.backend() != "jax":
-    raise RuntimeError(f"Keras-Hub must run on the JAX backend here, got {keras.config.backend()!r}: set "
-                       "KERAS_BACKEND=jax before keras is imported")
+    raise RuntimeError(
+        f"Keras-Hub must run on the JAX backend here, got {keras.config.backend()!r}: set "
+        "KERAS_BACKEND=jax before keras is imported"
+    )
 
 _LAYER = r"group_(?P<g>\d+)_inner_layer_(?P<k>\d+)/"
 _HF_LAYER = "albert.encoder.albert_layer_groups.{g}.albert_layers.{k}."
@@ -85,6 +87,7 @@ def load_weights(model: keras.Model, tensors: dict[str, np.ndarray], unused_ok=(
 
 def _config(hf_dir: str) -> dict:
     import json
+
     with open(os.path.join(hf_dir, "config.json")) as f:
         return json.load(f)
 
@@ -95,11 +98,18 @@ def backbone(hf_dir: str, w: Workload) -> keras_hub.models.AlbertBackbone:
     if c["hidden_act"] != "gelu_new":
         raise ValueError(f"Keras-Hub's AlbertBackbone has gelu_new only, the checkpoint uses {c['hidden_act']!r}")
     return keras_hub.models.AlbertBackbone(
-        vocabulary_size=c["vocab_size"], num_layers=w.layers or c["num_hidden_layers"],
-        num_heads=c["num_attention_heads"], embedding_dim=c["embedding_size"], hidden_dim=c["hidden_size"],
-        intermediate_dim=c["intermediate_size"], num_groups=c["num_hidden_groups"],
-        num_inner_repetitions=c["inner_group_num"], dropout=0.0, max_sequence_length=c["max_position_embeddings"],
-        num_segments=c["type_vocab_size"])
+        vocabulary_size=c["vocab_size"],
+        num_layers=w.layers or c["num_hidden_layers"],
+        num_heads=c["num_attention_heads"],
+        embedding_dim=c["embedding_size"],
+        hidden_dim=c["hidden_size"],
+        intermediate_dim=c["intermediate_size"],
+        num_groups=c["num_hidden_groups"],
+        num_inner_repetitions=c["inner_group_num"],
+        dropout=0.0,
+        max_sequence_length=c["max_position_embeddings"],
+        num_segments=c["type_vocab_size"],
+    )
 
 
 def _inputs(x: dict) -> dict:
@@ -126,8 +136,10 @@ class Forward:
 
     def outputs(self) -> dict:
         out = self.model.predict_on_batch(self.inputs)
-        return {"last_hidden_state": np.asarray(out["sequence_output"], np.float32),
-                "pooler_output": np.asarray(out["pooled_output"], np.float32)}
+        return {
+            "last_hidden_state": np.asarray(out["sequence_output"], np.float32),
+            "pooler_output": np.asarray(out["pooled_output"], np.float32),
+        }
 
 
 def _training_model(hf_dir: str, w: Workload):
@@ -138,9 +150,12 @@ def _training_model(hf_dir: str, w: Workload):
     out = net(inputs)
     if w.head == "pretraining":
         positions = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
-        mlm = MaskedLMHead(token_embedding=net.token_embedding, intermediate_activation=gelu_approximate,
-                           layer_norm_epsilon=_config(hf_dir)["layer_norm_eps"], name="mlm_head")(
-            out["sequence_output"], mask_positions=positions)
+        mlm = MaskedLMHead(
+            token_embedding=net.token_embedding,
+            intermediate_activation=gelu_approximate,
+            layer_norm_epsilon=_config(hf_dir)["layer_norm_eps"],
+            name="mlm_head",
+        )(out["sequence_output"], mask_positions=positions)
         sop = keras.layers.Dense(2, name="sop_classifier")(out["pooled_output"])
         model = keras.Model({**inputs, "mask_positions": positions}, [mlm, sop])
         if w.loss == "mlm_all_sop":  # every position "masked": Keras-Hub's head gathers them all
@@ -164,9 +179,14 @@ class TrainStep:
         self.model, self.x, self.y, weights = _training_model(hf_dir, w)
         load_weights(self.model, read_hf_tensors(hf_dir))
         o = OPTIMIZER
-        optimizer = keras.optimizers.AdamW(learning_rate=o["learning_rate"], weight_decay=o["weight_decay"],
-                                           beta_1=o["b1"], beta_2=o["b2"], epsilon=o["eps"],
-                                           global_clipnorm=o["clip_norm"])
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=o["learning_rate"],
+            weight_decay=o["weight_decay"],
+            beta_1=o["b1"],
+            beta_2=o["b2"],
+            epsilon=o["eps"],
+            global_clipnorm=o["clip_norm"],
+        )
         optimizer.exclude_from_weight_decay(var_list=[v for v in self.model.trainable_variables if not decays(v.path)])
         ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.model.compile(optimizer=optimizer, loss=[ce, ce], loss_weights=weights, jit_compile=True)

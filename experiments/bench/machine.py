@@ -11,8 +11,21 @@ import threading
 # The repository root: subprocesses start here, so that `python -m experiments.bench.<module>` finds the package.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MIB = 1 << 20
-LIBRARIES = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "keras", "keras-hub", "tensorflow-cpu",
-             "tensorflow", "numpy", "sentencepiece", "tokenizers")
+LIBRARIES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "torch",
+    "transformers",
+    "keras",
+    "keras-hub",
+    "tensorflow-cpu",
+    "tensorflow",
+    "numpy",
+    "sentencepiece",
+    "tokenizers",
+)
 
 
 def cpu_model() -> str:
@@ -41,11 +54,27 @@ def environment() -> dict:
     """Date, host CPU and its load average (1, 5, 15 min: other work on a shared machine), library versions,
     the thread-relevant environment variables of this process and, where it runs JAX, whether JAX's persistent
     compilation cache is on (it must not be: compile times would be cache loads)."""
-    env = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_PLATFORMS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                          "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
-    out = dict(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-               cpu=cpu_model(), cpu_count=os.cpu_count(), cpus_usable=len(os.sched_getaffinity(0)),
-               load_average=os.getloadavg(), platform=platform.platform(), versions=versions(), env=env)
+    env = {
+        k: os.environ.get(k)
+        for k in (
+            "XLA_FLAGS",
+            "JAX_PLATFORMS",
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "TF_CPP_MIN_LOG_LEVEL",
+            "KERAS_BACKEND",
+        )
+    }
+    out = dict(
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        cpu=cpu_model(),
+        cpu_count=os.cpu_count(),
+        cpus_usable=len(os.sched_getaffinity(0)),
+        load_average=os.getloadavg(),
+        platform=platform.platform(),
+        versions=versions(),
+        env=env,
+    )
     if "jax" in sys.modules:
         config = sys.modules["jax"].config
         out["jax_compilation_cache"] = bool(config.jax_enable_compilation_cache and config.jax_compilation_cache_dir)
@@ -137,6 +166,11 @@ class TreeSampler(threading.Thread):
         main_cpu_seconds and samples."""
         self.halt.set()
         self.join()
-        return dict(peak_tree_mb=self.peak_sum / MIB, peak_main_mb=self.peak_main / MIB, processes=self.processes,
-                    tree_cpu_seconds=sum(self.cpu.values()), main_cpu_seconds=self.cpu.get(self.pid, 0.0),
-                    samples=self.samples)
+        return dict(
+            peak_tree_mb=self.peak_sum / MIB,
+            peak_main_mb=self.peak_main / MIB,
+            processes=self.processes,
+            tree_cpu_seconds=sum(self.cpu.values()),
+            main_cpu_seconds=self.cpu.get(self.pid, 0.0),
+            samples=self.samples,
+        )

@@ -64,6 +64,7 @@ def _ours(task: str, hf_dir: str, s: Settings):
     def make(bs):
         pipe = aj.pipeline(task, model, tokenizer, batch_size=bs)
         return lambda texts: pipe(texts, **_call_kwargs(task))
+
     return make
 
 
@@ -73,6 +74,7 @@ def _theirs(task: str, hf_dir: str, s: Settings):
     def make(bs):
         pipe = transformers.pipeline(task, model=hf_dir, batch_size=bs, device=device, dtype=dtype)
         return lambda texts: pipe(texts, **_call_kwargs(task))
+
     return make
 
 
@@ -98,10 +100,12 @@ def throughput(makers: dict, texts: list[str], batch_sizes, passes: int) -> dict
 
     for bs in batch_sizes:
         for name, make in makers.items():
+
             def select(name=name, make=make, bs=bs):
                 pipes[name][bs] = make(bs)
                 pipes[name][bs](subset)  # warm-up: compiles / allocates what this batch size needs
                 per_size[name][bs] = len(subset) / _seconds(pipes[name][bs], subset)
+
             attempt(name, select)
     best = {name: max(sizes, key=sizes.get) for name, sizes in per_size.items() if name not in errors}
     for name in best:
@@ -115,9 +119,15 @@ def throughput(makers: dict, texts: list[str], batch_sizes, passes: int) -> dict
         if name in errors:
             continue
         seconds = statistics.median(times[name])
-        out[name] = dict(status="ok", seconds=seconds, times=times[name], batch_size=best[name],
-                         sentences=len(texts), sentences_per_s=len(texts) / seconds,
-                         selection_sentences_per_s={str(k): v for k, v in per_size[name].items()})
+        out[name] = dict(
+            status="ok",
+            seconds=seconds,
+            times=times[name],
+            batch_size=best[name],
+            sentences=len(texts),
+            sentences_per_s=len(texts) / seconds,
+            selection_sentences_per_s={str(k): v for k, v in per_size[name].items()},
+        )
     return out
 
 
@@ -137,6 +147,7 @@ def run(s: Settings, work_dir: str) -> dict:
             if record["status"] == "ok":
                 record["tokens_per_s"] = tokens / record["seconds"]
         records["keras_hub"] = dict(status="n/a", reason="Keras-Hub pipelines are not part of this comparison")
-        out[item] = dict(systems=records, tokens=tokens, vocab_size=tokenizer.vocab_size, task=task,
-                         passes=s.pipeline_passes)
+        out[item] = dict(
+            systems=records, tokens=tokens, vocab_size=tokenizer.vocab_size, task=task, passes=s.pipeline_passes
+        )
     return out

@@ -39,8 +39,10 @@ def _cell(item: dict, record: dict) -> str:
         text += ")"
         return text
     if kind == "pipeline":
-        return (f"{record['sentences_per_s']:,.1f} sent/s, {record['tokens_per_s']:,.0f} tok/s "
-                f"(batch {record['batch_size']})")
+        return (
+            f"{record['sentences_per_s']:,.1f} sent/s, {record['tokens_per_s']:,.0f} tok/s "
+            f"(batch {record['batch_size']})"
+        )
     raise ValueError(kind)
 
 
@@ -78,7 +80,8 @@ def markdown(results: dict) -> str:
         "# albert-jax vs transformers vs Keras-Hub",
         "",
         f"`{meta['command']}` — {env['date']}, {meta['device']}, {s['dtype']}, preset {s['preset']}"
-        + (" (--quick: tiny dimensions)" if s["quick"] else "") + f", median of {s['repeats']} after a warm-up.",
+        + (" (--quick: tiny dimensions)" if s["quick"] else "")
+        + f", median of {s['repeats']} after a warm-up.",
         "",
         "Ratios are the other system's time (or memory) over albert-jax's, measured in this run: above 1, "
         "albert-jax is faster (or smaller).",
@@ -89,20 +92,29 @@ def markdown(results: dict) -> str:
     ]
     for item in results["items"].values():
         cells = [_cell(item, item["systems"].get(x, {"status": "not run"})) for x in SYSTEMS]
-        lines.append(f"| {item['title']} | " + " | ".join(cells) + f" | {_ratio(item, 'transformers')} | "
-                     f"{_ratio(item, 'keras_hub')} |")
+        lines.append(
+            f"| {item['title']} | " + " | ".join(cells) + f" | {_ratio(item, 'transformers')} | "
+            f"{_ratio(item, 'keras_hub')} |"
+        )
     lines += ["", "## Matmul peak (2048³, fastest call; the denominators of MFU)", ""]
     for framework, peak in results.get("matmul_peak", {}).items():
-        lines.append(f"- {framework}: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
-                     f"{peak['seconds'] * 1e3:.1f} ms; median {peak['median_seconds'] * 1e3:.1f} ms)")
+        lines.append(
+            f"- {framework}: {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, "
+            f"{peak['seconds'] * 1e3:.1f} ms; median {peak['median_seconds'] * 1e3:.1f} ms)"
+        )
     lines += ["", "## Same model, same work", ""] + _checks(results)
     lines += ["", "## Notes", ""] + [f"- {note}" for note in results.get("notes", [])]
-    lines += ["", "## Environment", "",
-              f"- CPU: {env['cpu']} ({env['cpus_usable']} usable of {env['cpu_count']}); load average at the "
-              f"start {_load(env)}, at the end {_load(meta.get('environment_at_end', {}))}",
-              f"- threads: {meta['threads']}",
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-              "- environment variables: " + ", ".join(f"{k}={v}" for k, v in env["env"].items() if v), ""]
+    lines += [
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {env['cpu']} ({env['cpus_usable']} usable of {env['cpu_count']}); load average at the "
+        f"start {_load(env)}, at the end {_load(meta.get('environment_at_end', {}))}",
+        f"- threads: {meta['threads']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        "- environment variables: " + ", ".join(f"{k}={v}" for k, v in env["env"].items() if v),
+        "",
+    ]
     return "\n".join(lines)
 
 

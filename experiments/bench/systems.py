@@ -58,8 +58,10 @@ def check_outputs(system: str, outputs: dict, reference: dict) -> dict:
         diffs[name] = float(np.max(np.abs(got - want)))
     bad = {k: v for k, v in diffs.items() if not v <= FORWARD_TOLERANCE}
     if bad:
-        raise ModelMismatch(f"{system} computes a different model than albert-jax from the same weights and inputs: "
-                            f"max abs differences {bad} > {FORWARD_TOLERANCE}")
+        raise ModelMismatch(
+            f"{system} computes a different model than albert-jax from the same weights and inputs: "
+            f"max abs differences {bad} > {FORWARD_TOLERANCE}"
+        )
     return diffs
 
 
@@ -109,8 +111,12 @@ def time_alone(runner, repeats: int) -> dict:
 def keras_compile_record(runner, repeats: int) -> dict:
     """Keras compiles inside its first call: compile time = first call - median steady call."""
     t = interleaved({"x": runner}, repeats)["x"]
-    return ok(t, seconds=t["first_seconds"] - t["seconds"], steady_seconds=t["seconds"],
-              method="first train_on_batch minus the median of the next calls")
+    return ok(
+        t,
+        seconds=t["first_seconds"] - t["seconds"],
+        steady_seconds=t["seconds"],
+        method="first train_on_batch minus the median of the next calls",
+    )
 
 
 def memory_record(system: str, w: Workload, dirs: dict, s: Settings) -> dict:
@@ -133,9 +139,15 @@ def memory_record(system: str, w: Workload, dirs: dict, s: Settings) -> dict:
     runner()
     steady_peak = proc_status("VmHWM")
     peak = max(first_peak, steady_peak)
-    record = dict(status="ok", loss=loss, rss_baseline_mib=baseline / MIB, rss_peak_mib=peak / MIB,
-                  rss_increase_mib=(peak - baseline) / MIB, steady_increase_mib=(steady_peak - steady_start) / MIB,
-                  hwm_reset=hwm_reset)
+    record = dict(
+        status="ok",
+        loss=loss,
+        rss_baseline_mib=baseline / MIB,
+        rss_peak_mib=peak / MIB,
+        rss_increase_mib=(peak - baseline) / MIB,
+        steady_increase_mib=(steady_peak - steady_start) / MIB,
+        hwm_reset=hwm_reset,
+    )
     if not hwm_reset:
         record["note"] = "VmHWM could not be reset: the peak may predate the baseline (an over-estimate)"
     after = device_stats(reset=False)
@@ -151,6 +163,7 @@ def _device_stats(system: str):
     """A function (reset) -> {'current', 'peak'} bytes of the accelerator allocator, or None on CPU."""
     if system == "transformers":
         import torch
+
         if not torch.cuda.is_available():
             return lambda reset: None
 
@@ -158,14 +171,17 @@ def _device_stats(system: str):
             if reset:
                 torch.cuda.reset_peak_memory_stats()
             return dict(current=torch.cuda.memory_allocated(), peak=torch.cuda.max_memory_allocated())
+
         return stats
     import jax
+
     if jax.devices()[0].platform == "cpu":
         return lambda reset: None
 
     def stats(reset):  # XLA's allocator keeps its peak for the process: the baseline is the current use
         m = jax.devices()[0].memory_stats() or {}
         return dict(current=m.get("bytes_in_use", 0), peak=m.get("peak_bytes_in_use", 0))
+
     return stats
 
 
@@ -186,8 +202,14 @@ class Server:
             json.dump(dict(system=system, settings=s.to_dict(), dirs=dirs), f)
         self.system, self.log_path = system, os.path.join(work, f"{system}.log")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", WORKER, "serve", spec_path], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", WORKER, "serve", spec_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=ROOT,
+        )
 
     def request(self, **request) -> dict:
         try:
@@ -238,8 +260,13 @@ def run_memory(system: str, s: Settings, dirs: dict, work: str) -> dict:
     spec_path, out_path = os.path.join(work, f"memory-{system}.json"), os.path.join(work, f"memory-{system}.out.json")
     with open(spec_path, "w") as f:
         json.dump(dict(system=system, settings=s.to_dict(), dirs=dirs), f)
-    proc = subprocess.run([sys.executable, "-m", WORKER, "memory", spec_path, out_path], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", WORKER, "memory", spec_path, out_path],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     if proc.returncode != 0 or not os.path.exists(out_path):
         sys.stderr.write(proc.stderr[-3000:])
         last = (proc.stderr.strip().splitlines() or [""])[-1]

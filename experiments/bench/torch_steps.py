@@ -16,8 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
 
-HEADS = {"backbone": transformers.AlbertModel, "pretraining": transformers.AlbertForPreTraining,
-         "qa": transformers.AlbertForQuestionAnswering}
+HEADS = {
+    "backbone": transformers.AlbertModel,
+    "pretraining": transformers.AlbertForPreTraining,
+    "qa": transformers.AlbertForQuestionAnswering,
+}
 
 
 def torch_device(device: str) -> str:
@@ -64,16 +67,20 @@ class Forward:
 
     def outputs(self) -> dict:
         out = self._run()
-        return {"last_hidden_state": out.last_hidden_state.float().cpu().numpy(),
-                "pooler_output": out.pooler_output.float().cpu().numpy()}
+        return {
+            "last_hidden_state": out.last_hidden_state.float().cpu().numpy(),
+            "pooler_output": out.pooler_output.float().cpu().numpy(),
+        }
 
 
 def make_optimizer(model) -> torch.optim.AdamW:
     """torch's AdamW (its default implementation for the device) with OPTIMIZER's settings."""
     o = OPTIMIZER
     named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if decays(n)], "weight_decay": o["weight_decay"]},
-              {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for n, p in named if decays(n)], "weight_decay": o["weight_decay"]},
+        {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=o["learning_rate"], betas=(o["b1"], o["b2"]), eps=o["eps"])
 
 

@@ -78,6 +78,7 @@ def _set_up_like_run_py(spec: dict, s: Settings) -> bool:
     """albert-jax's worker reuses host memory as run.py does (before jax's backend starts); whether it does."""
     if spec["system"] == "albert_jax" and s.reuse_host_memory:
         from albert_jax.training import hostmem
+
         return hostmem.reuse_cpu_step_memory()
     return False
 

@@ -2,8 +2,8 @@
 (ALBERT-style), on ALBERT-base dims at `scale=paper`, on the demo's small model at `scale=demo`.
 
     python experiments/ablate.py --config=experiments/configs/ablation_embedding.py:scale=demo --workdir=runs/embedding
-    python experiments/ablate.py --config=experiments/configs/ablation_embedding.py:scale=paper --workdir=runs/embedding \
-        --shard=0/4                                   # one of 4 machines; --cells=E128-all,E128-none picks cells
+    python experiments/ablate.py --config=experiments/configs/ablation_embedding.py:scale=paper \
+        --workdir=runs/embedding --shard=0/4          # one of 4 machines; --cells=E128-all,E128-none picks cells
 
 The paper (ALBERT-base, 125k steps; parameters / avg of SQuAD1.1, SQuAD2.0, MNLI, SST-2, RACE):
 not-shared E=64 87M 81.3, E=128 89M 81.7, E=256 93M 81.8, E=768 108M 82.3;
@@ -18,6 +18,9 @@ from albert_jax.training.sweep import sweep_config
 
 def get_config(arg=None):
     arg = parse_arg(arg, scale="demo")
-    cells = {f"E{e}-{sharing}": {"model": {"embedding_size": e, "sharing": sharing}}
-             for sharing in ("none", "all") for e in (64, 128, 256, 768)}
+    cells = {
+        f"E{e}-{sharing}": {"model": {"embedding_size": e, "sharing": sharing}}
+        for sharing in ("none", "all")
+        for e in (64, 128, 256, 768)
+    }
     return sweep_config(ablation_config(arg.scale), cells)

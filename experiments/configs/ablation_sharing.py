@@ -17,6 +17,9 @@ from albert_jax.training.sweep import sweep_config
 
 def get_config(arg=None):
     arg = parse_arg(arg, scale="demo")
-    cells = {f"E{e}-{sharing}": {"model": {"embedding_size": e, "sharing": sharing}}
-             for e in (768, 128) for sharing in ("all", "attention", "ffn", "none")}
+    cells = {
+        f"E{e}-{sharing}": {"model": {"embedding_size": e, "sharing": sharing}}
+        for e in (768, 128)
+        for sharing in ("all", "attention", "ffn", "none")
+    }
     return sweep_config(ablation_config(arg.scale), cells)

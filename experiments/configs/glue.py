@@ -21,9 +21,14 @@ from albert_jax.training.finetune import default_config
 
 # task: (warmup steps, learning rate, train steps, batch size)
 PAPER = {
-    "cola": (320, 1e-5, 5336, 16), "sst2": (1256, 1e-5, 20935, 32), "mrpc": (200, 2e-5, 800, 32),
-    "stsb": (214, 2e-5, 3598, 16), "qqp": (1000, 5e-5, 14000, 128), "mnli": (1000, 3e-5, 10000, 128),
-    "qnli": (1986, 1e-5, 33112, 32), "rte": (200, 3e-5, 800, 32),
+    "cola": (320, 1e-5, 5336, 16),
+    "sst2": (1256, 1e-5, 20935, 32),
+    "mrpc": (200, 2e-5, 800, 32),
+    "stsb": (214, 2e-5, 3598, 16),
+    "qqp": (1000, 5e-5, 14000, 128),
+    "mnli": (1000, 3e-5, 10000, 128),
+    "qnli": (1986, 1e-5, 33112, 32),
+    "rte": (200, 3e-5, 800, 32),
     "wnli": (200, 2e-5, 800, 32),  # not in the paper's table: MRPC's settings (both are small pair tasks)
 }
 

@@ -11,9 +11,16 @@ def get_config():
     c.log_every = 1
     c.eval_every = 4
     c.checkpoint_every = 2
-    c.model = model_section("albert-tiny", vocab_size=600, embedding_size=16, hidden_size=32,
-                           num_attention_heads=2, intermediate_size=64, num_hidden_layers=2,
-                           max_position_embeddings=64)
+    c.model = model_section(
+        "albert-tiny",
+        vocab_size=600,
+        embedding_size=16,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+    )
     c.data.max_documents = 150
     c.data.max_seq_length = 32
     c.data.max_predictions_per_seq = 5
