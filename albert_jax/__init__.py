@@ -23,7 +23,7 @@ _EXPORTS = {
     "from_pretrained": "albert_jax.pretrained",
     "save_pretrained": "albert_jax.pretrained",
 }
-__all__ = list(_EXPORTS)
+__all__ = list(_EXPORTS)  # pyright: ignore[reportUnsupportedDunderAll] (the TYPE_CHECKING block declares them)
 
 
 def __getattr__(name: str):

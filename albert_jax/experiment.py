@@ -68,6 +68,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """`get_config(arg)` of an experiment config file given as `path[:arg]` (what `run.py --config` loads)."""
     path, _, arg = spec.partition(":")
     spec_ = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    if spec_ is None or spec_.loader is None:
+        raise ValueError(f"config {path!r} is not a Python file that can be loaded (expected path/to/config.py[:arg])")
     module = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()

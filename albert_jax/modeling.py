@@ -20,7 +20,7 @@ index, so compile time does not grow with depth and a shared set receives the su
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal, cast
 
 import flax.linen as nn
 import jax
@@ -253,7 +253,7 @@ class _StackedLayerNorm(nn.Module):
         return (y + bias.astype(jnp.float32)).astype(x.dtype)
 
 
-def _fused_attention(dtype, head_dim: int, length: int) -> str | None:
+def _fused_attention(dtype, head_dim: int, length: int) -> Literal["cudnn"] | None:
     """The `implementation` of `jax.nn.dot_product_attention` that attention uses, or None for the explicit
     einsum-softmax-einsum path.
 
@@ -385,14 +385,16 @@ class AlbertTransformer(nn.Module):
             body,
             variable_broadcast="params",
             split_rngs={"params": False, "dropout": True},
-            in_axes=(0, nn.broadcast),
+            # flax's `in_axes` is unannotated, so its type is inferred from the default 0: `int`; a tuple is valid.
+            in_axes=(0, nn.broadcast),  # pyright: ignore[reportArgumentType]
             length=len(layer_of_step),
         )
         first = hidden
         hidden, (all_hidden, all_attn) = scan(
             c, deterministic, output_attentions, output_hidden_states, name="albert_layer_groups"
         )(hidden, steps, mask)
-        if output_hidden_states:  # transformers: the projected embeddings, then every (inner) layer's output
+        # With output_hidden_states: as transformers, the projected embeddings, then every (inner) layer's output.
+        if all_hidden is not None:
             all_hidden = (first,) + tuple(all_hidden)
         return hidden, all_hidden, all_attn
 
@@ -434,8 +436,8 @@ class AlbertBackbone(nn.Module):
         return AlbertModelOutput(
             last_hidden_state=hidden,
             pooler_output=pooled,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
+            hidden_states=None if all_hidden is None else tuple(all_hidden),  # None unless output_hidden_states
+            attentions=None if all_attn is None else tuple(all_attn),  # None unless output_attentions
         )
 
     def attend(self, x, bias):
@@ -647,7 +649,8 @@ def boxed_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
     """Randomly initialised parameters of `model`, boxed with their logical axes (`model.init(...)["params"]`
     on a dummy batch of one `seq_len`-token row; one row of one choice for multiple choice)."""
     shape = (1, 1, seq_len) if isinstance(model, AlbertForMultipleChoice) else (1, seq_len)
-    return model.init(rng, jnp.zeros(shape, jnp.int32))["params"]
+    # flax declares `init` -> FrozenDict | dict; it returns a dict (flax_return_frozendict is off).
+    return cast(dict, model.init(rng, jnp.zeros(shape, jnp.int32))["params"])
 
 
 def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:

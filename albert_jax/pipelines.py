@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -57,6 +58,8 @@ class _Pipeline:
     task: str
     head: type
     uses: tuple[str, ...]
+    _forward: Callable[..., Any]  # a staticmethod (module, *arrays) -> outputs, run by `head.apply`
+    _postprocess: Callable[..., list]  # (rows, **kwargs) -> one result per row
 
     def __init__(self, config: AlbertConfig, params: dict, tokenizer, batch_size: int = 16):
         _check_positive_int("batch_size", batch_size)
@@ -67,8 +70,9 @@ class _Pipeline:
 
     def _select(self, params: dict) -> dict:
         """The parameters this task reads; PipelineError naming the missing or mis-shaped ones."""
-        expected = traverse_util.flatten_dict(nn.meta.unbox(modeling.abstract_params(self.model)), sep="/")
-        given = traverse_util.flatten_dict(params, sep="/")
+        abstract = nn.meta.unbox(modeling.abstract_params(self.model))
+        expected = cast(dict[str, jax.ShapeDtypeStruct], traverse_util.flatten_dict(abstract, sep="/"))
+        given = cast(dict[str, Any], traverse_util.flatten_dict(params, sep="/"))
         wanted = [p for p in expected if p.startswith(self.uses)]
         missing = [p for p in wanted if p not in given]
         if missing:
@@ -137,7 +141,7 @@ class _Pipeline:
         rows = self._encode(items)
         # Batches of similar lengths pad little: the chunks are cut from the inputs sorted by length.
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-        results = [None] * len(rows)
+        results: list[Any] = [None] * len(rows)
         for start in range(0, len(rows), self.batch_size):
             chunk = order[start : start + self.batch_size]
             for i, result in zip(chunk, self._postprocess([rows[i] for i in chunk], **kwargs)):

@@ -17,6 +17,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 import sentencepiece as spm
@@ -44,6 +45,18 @@ class AlbertTokenizer:
       model_max_length: length used when truncating or padding to 'max_length' without `max_length`.
       **special_tokens: override the strings of pad/unk/cls/sep/mask_token (ids come from the model).
     """
+
+    # Set in __init__ from DEFAULT_SPECIAL_TOKENS (and the `**special_tokens` overrides).
+    pad_token: str
+    unk_token: str
+    cls_token: str
+    sep_token: str
+    mask_token: str
+    pad_token_id: int
+    unk_token_id: int
+    cls_token_id: int
+    sep_token_id: int
+    mask_token_id: int
 
     def __init__(
         self,
@@ -317,7 +330,8 @@ class AlbertTokenizer:
         batch size, or the number of windows with overflow. Rows of unequal length need padding.
         """
         if isinstance(texts, str):
-            texts, text_pairs = [texts], None if text_pairs is None else [text_pairs]
+            # A single text's pair is a single str.
+            texts, text_pairs = [texts], None if text_pairs is None else [cast(str, text_pairs)]
         if not texts or (text_pairs is not None and len(text_pairs) != len(texts)):
             raise ValueError(
                 f"need a non-empty batch and as many text_pairs as texts; got {len(texts)} texts "
@@ -351,7 +365,11 @@ class AlbertTokenizer:
             samples.extend([index] * len(windows))
 
         lengths = [len(row) for row in rows]
-        width = max_length if padding == "max_length" else max(lengths) if padding else min(lengths)
+        if padding == "max_length":
+            assert max_length is not None  # raised above otherwise
+            width = max_length
+        else:
+            width = max(lengths) if padding else min(lengths)
         if max(lengths) > width:
             raise ValueError(
                 f"sequences have different lengths ({min(lengths)} to {max(lengths)} tokens); pass "
@@ -413,9 +431,9 @@ def _truncate(a, b, max_len, strategy, stride):
             n1, n2 = n2, n1
         wa, wb = _windows(a, n1, stride), _windows(b, n2, stride)
     else:
-        if b is None and strategy == "only_second":
-            raise ValueError("truncation='only_second' needs text_pairs")
         target = a if strategy == "only_first" else b
+        if target is None:
+            raise ValueError("truncation='only_second' needs text_pairs")
         keep = len(target) - (total - max_len)
         if keep <= 0:
             raise ValueError(
@@ -439,7 +457,8 @@ def _windows(seq, max_len, stride):
     for start in range(0, len(seq), max_len - stride):
         windows.append(seq[start : start + max_len])
         if start + max_len >= len(seq):
-            return windows
+            break
+    return windows
 
 
 def preprocess_text(

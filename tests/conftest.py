@@ -13,8 +13,6 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402  (after the environment above, before jax is imported by any test)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_PRETRAIN = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 # A command line that starts one of the project's entry points: run.py, experiments/ablate.py, the benchmark
 # (`python -m experiments.bench[.module]`), `python -m albert_jax.convert` / `albert_jax.data.prepare`, a kernel.
 ENTRY_POINT = re.compile(
@@ -65,9 +63,63 @@ def tiny_pretrained(tmp_path_factory):
     (albert-jax format + tokenizer) and `hf/` (a transformers directory)."""
     from albert_jax import experiment
     from albert_jax.training import pretrain
+    from helpers import TINY_PRETRAIN
 
     workdir = tmp_path_factory.mktemp("tiny_pretrained")
     config = experiment.load_config(TINY_PRETRAIN)
     config.export.hf_dir = "hf"
     pretrain.run(config, str(workdir))
     return workdir
+
+
+# Data shared by the tests of two modules (data and evaluation, prepare and loader), made once per session (once
+# per xdist worker). Like tiny_pretrained, they import inside: jax (which helpers imports) must not be imported
+# before pytest_configure has set the compilation cache.
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """(config, directory) of the tiny config prepared with static masking."""
+    from albert_jax.data import prepare
+    from helpers import VOCAB, tiny_config
+
+    config = tiny_config()
+    directory = str(tmp_path_factory.mktemp("prepared"))
+    prepare.prepare(config, directory, VOCAB)
+    return config, directory
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    """A synthetic corpus of 1000 documents and its PieceTokenizer (helpers.synthetic_corpus)."""
+    from helpers import synthetic_corpus
+
+    return synthetic_corpus(1000, ((4, 25), (3, 30)))
+
+
+@pytest.fixture(scope="session")
+def dynamic(corpus, tmp_path_factory):
+    """The corpus's unmasked pairs prepared for dynamic masking and their loader data (helpers.dynamic_data)."""
+    from helpers import dynamic_data
+
+    docs, tok = corpus
+    return dynamic_data(tmp_path_factory.mktemp("dynamic"), docs, tok, 128, 20, seed=3)
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory):
+    """The GLUE files in the official layout (helpers.GLUE_FILES); test_training_finetune has its own."""
+    from helpers import GLUE_FILES, write_files
+
+    return write_files(tmp_path_factory.mktemp("glue"), GLUE_FILES)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """The SQuAD tests' tokenizer: 150 pieces trained on helpers.squad_sentences (the GLUE and RACE tests
+    train their own, under the same name)."""
+    from albert_jax.tokenizer import AlbertTokenizer, train_spm
+    from helpers import squad_sentences
+
+    path = train_spm(
+        iter(squad_sentences(400, seed=0)), 150, str(tmp_path_factory.mktemp("spm") / "spm"), num_threads=1
+    )
+    return AlbertTokenizer(path)

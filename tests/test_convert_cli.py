@@ -1,5 +1,6 @@
-"""`python -m albert_jax.convert`: each output directory holds exactly one model (weights, config and the
-source's tokenizer), files get ordinary permissions, and every error is one line on stderr.
+"""albert_jax.convert.cli (`python -m albert_jax.convert`): a round trip through both commands is exact, each
+output directory holds exactly one model (weights, config and the source's tokenizer), files get ordinary
+permissions, and every error is one line on stderr.
 
 References: transformers (its model, tokenizer and fill-mask pipeline read the source and the outputs).
 """
@@ -19,6 +20,7 @@ import albert_jax as aj
 from albert_jax import convert
 from albert_jax.convert import cli
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
+from helpers import hf_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_FILES = {"spiece.model", "tokenizer_config.json", "special_tokens_map.json"}
@@ -35,17 +37,8 @@ def spm_models(tmp_path_factory):
 
 def hf_dir(path, vocab_size, spm_model=None, seed=0):
     """A random transformers AlbertForMaskedLM saved in `path`, with tokenizer files when `spm_model` is given."""
-    config = transformers.AlbertConfig(
-        vocab_size=vocab_size,
-        embedding_size=16,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=40,
-        attn_implementation="eager",
-    )
     torch.manual_seed(seed)
-    transformers.AlbertForMaskedLM(config).save_pretrained(path)
+    transformers.AlbertForMaskedLM(hf_config(vocab_size=vocab_size)).save_pretrained(path)
     if spm_model:
         AlbertTokenizer(spm_model).save_pretrained(path)
     return str(path)
@@ -94,6 +87,16 @@ def test_tokenizer_travels_with_the_model_both_ways(tmp_path, spm_models):
     assert_same_predictions(fill_mask_reference(str(tmp_path / "hf2")), reference)
     theirs = transformers.AutoTokenizer.from_pretrained(source)
     assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf2"))(TEXT).input_ids == theirs(TEXT).input_ids
+
+
+def test_cli_roundtrip(tmp_path):
+    model = transformers.AlbertForPreTraining(hf_config()).eval()
+    model.save_pretrained(tmp_path / "hf")
+    assert cli.main(["from-hf", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    assert cli.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")]) == 0
+    reloaded = transformers.AlbertForPreTraining.from_pretrained(str(tmp_path / "hf2")).eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
 
 
 @pytest.mark.integration

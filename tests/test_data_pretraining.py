@@ -5,82 +5,25 @@ Most tests use a synthetic whitespace tokenizer whose every piece is unique, so 
 an example tells which document, sentence and position it came from.
 """
 
-import json
 import pydoc_data.topics
 import string
 
-import ml_collections
 import numpy as np
 import pytest
 
-from albert_jax.data import prepare, records
 from albert_jax.data.corpus import builtin_corpus
-from albert_jax.data.loader import PretrainingDataset
 from albert_jax.data.pretraining import (
     FEATURES,
     choose_masked_spans,
     create_examples,
-    create_pairs,
     examples_to_arrays,
     is_start_piece,
     ngram_probabilities,
-    special_ids,
     truncation_counts,
 )
+from helpers import CLS, MASK, PAD, SEP, UNK, PieceTokenizer, epoch, restore, synthetic_corpus
 
-PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIALS = {PAD, UNK, CLS, SEP, MASK}
-
-
-class PieceTokenizer:
-    """Duck-typed tokenizer: the text is already whitespace-separated sentencepiece pieces."""
-
-    pad_token_id, unk_token_id, cls_token_id, sep_token_id, mask_token_id = PAD, UNK, CLS, SEP, MASK
-
-    def __init__(self, pieces):
-        self.pieces = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]", *pieces]
-        self.vocab = {p: i for i, p in enumerate(self.pieces)}
-        self.vocab_size = len(self.pieces)
-
-    def tokenize(self, text):
-        return text.split()
-
-    def convert_tokens_to_ids(self, tokens):
-        return [self.vocab.get(t, UNK) for t in tokens]
-
-    def pieces_and_ids(self, text):
-        pieces = self.tokenize(text)
-        return pieces, self.convert_tokens_to_ids(pieces)
-
-    def convert_ids_to_tokens(self, ids):
-        return [self.pieces[i] for i in ids]
-
-
-def synthetic_corpus(num_docs, shape, seed=0, continuation_prob=0.3):
-    """Documents of unique pieces "▁t<k>" (word start) / "t<k>" (continuation); k counts up
-    through the corpus, so piece id - 5 = position in the corpus token stream. k is spelled with
-    the letters a-j for the digits 0-9: a piece holding a digit always starts a word. ``shape`` is
-    (sentences per document, pieces per sentence), each an int or a [low, high) range."""
-    rng = np.random.default_rng(seed)
-    spell = str.maketrans("0123456789", "abcdefghij")
-
-    def draw(spec):
-        return int(rng.integers(*spec)) if isinstance(spec, tuple) else spec
-
-    docs, pieces = [], []
-    for _ in range(num_docs):
-        doc = []
-        for _ in range(draw(shape[0])):
-            n = draw(shape[1])
-            sentence = []
-            for j in range(n):
-                name = f"t{len(pieces)}".translate(spell)
-                piece = name if j and rng.random() < continuation_prob else "▁" + name
-                pieces.append(piece)
-                sentence.append(piece)
-            doc.append(" ".join(sentence))
-        docs.append(doc)
-    return docs, PieceTokenizer(pieces)
 
 
 def doc_of_ids(docs):
@@ -88,60 +31,10 @@ def doc_of_ids(docs):
     return np.concatenate([[d] * sum(len(s.split()) for s in doc) for d, doc in enumerate(docs)])
 
 
-def restore(example):
-    """input_ids with the masked positions put back to their labels, cut at the padding."""
-    ids = example["input_ids"].copy()
-    k = int(example["masked_lm_weights"].sum())
-    ids[example["masked_lm_positions"][:k]] = example["masked_lm_ids"][:k]
-    return ids[: int(example["attention_mask"].sum())]
-
-
 def split_segments(ids):
     seps = np.flatnonzero(ids == SEP)
     assert ids[0] == CLS and len(seps) == 2 and seps[1] == len(ids) - 1
     return ids[1 : seps[0]], ids[seps[0] + 1 : seps[1]]
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return synthetic_corpus(1000, ((4, 25), (3, 30)))
-
-
-def dynamic_data(directory, docs, tok, max_seq_length, max_predictions, seed):
-    """A prepared directory of the unmasked pairs of `docs` (dynamic masking) and its loader data."""
-    dtype = records.record_dtype(tok.vocab_size, max_seq_length)
-    (directory / "examples").mkdir(parents=True)
-    pairs = create_pairs(docs, tok, max_seq_length=max_seq_length, seed=1)
-    count = prepare._write_records(
-        str(directory / "examples" / "train-00000.array_record"),
-        (records.encode_pair(a, b, swapped, dtype) for a, b, swapped in pairs),
-    )
-    manifest = dict(
-        masking="dynamic",
-        record_dtype=dtype.str,
-        max_seq_length=max_seq_length,
-        settings={},
-        special_ids=special_ids(tok),
-        vocab_size=tok.vocab_size,
-        shards=[dict(name="train-00000", split="train", examples=count)],
-    )
-    (directory / prepare.MANIFEST).write_text(json.dumps(manifest))
-    data = ml_collections.ConfigDict(
-        dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions, masked_lm_prob=0.15, ngram=3)
-    )
-    return PretrainingDataset(str(directory), "train", data, seed)
-
-
-def epoch(data, index):
-    """Epoch `index` of dynamically masked examples, in stored order."""
-    stream = data.examples(shuffle=False)
-    return [stream[index * data.size + i] for i in range(data.size)]
-
-
-@pytest.fixture(scope="module")
-def dynamic(corpus, tmp_path_factory):
-    docs, tok = corpus
-    return dynamic_data(tmp_path_factory.mktemp("dynamic"), docs, tok, 128, 20, seed=3)
 
 
 # The masking tests hold for examples masked once when prepared (static, create_examples) and for every
@@ -152,32 +45,6 @@ def sample(corpus, request):
     if request.param == "static":
         return list(create_examples(docs, tok, max_seq_length=128, max_predictions_per_seq=20, seed=1))
     return epoch(request.getfixturevalue("dynamic"), int(request.param[-1]))
-
-
-def test_dynamic_masking_draws_new_masks_every_epoch_deterministically(corpus, dynamic, tmp_path):
-    first, second = epoch(dynamic, 0), epoch(dynamic, 1)
-    assert len(first) > 2000
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(restore(a), restore(b))  # the same pair, other masks
-    different = np.mean(
-        [not np.array_equal(a["masked_lm_positions"], b["masked_lm_positions"]) for a, b in zip(first, second)]
-    )
-    assert different > 0.9
-    docs, tok = corpus
-    again = dynamic_data(tmp_path / "again", docs, tok, 128, 20, seed=3)
-    other_seed = dynamic_data(tmp_path / "other", docs, tok, 128, 20, seed=4)
-    for a, b in zip(first[:200], epoch(again, 0)[:200]):
-        for key in FEATURES:
-            np.testing.assert_array_equal(a[key], b[key])
-    assert (
-        np.mean(
-            [
-                not np.array_equal(a["input_ids"], b["input_ids"])
-                for a, b in zip(first[:200], epoch(other_seed, 0)[:200])
-            ]
-        )
-        > 0.9
-    )
 
 
 def test_format_shapes_dtypes(sample):

@@ -1,4 +1,5 @@
-"""Text sources: the built-in corpus, text files in the google-research/albert format, tfds."""
+"""albert_jax.data.sources, the text sources: the source specs (the built-in corpus among them), text files in
+the google-research/albert format, tfds."""
 
 import sys
 import time
@@ -6,65 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from albert_jax.data import corpus
-from albert_jax.data.corpus import builtin_corpus, clean_document, split_sentences, write_corpus
+from albert_jax.data.corpus import builtin_corpus, write_corpus
 from albert_jax.data.sources import load_source, load_tfds_text, read_text_files, text_to_sentences
-
-
-def test_builtin_corpus_is_deterministic():
-    docs = builtin_corpus()
-    assert builtin_corpus() == docs  # cached
-    corpus._builtin_corpus.cache_clear()  # built again by a fresh interpreter
-    assert builtin_corpus() == docs
-
-
-def test_builtin_corpus_size_and_english(tmp_path):
-    docs = builtin_corpus()
-    sentences = [s for doc in docs for s in doc]
-    write_corpus(docs, tmp_path / "corpus.txt")
-    size = (tmp_path / "corpus.txt").stat().st_size
-    assert 0.8e6 < size < 20e6, size
-    assert len(docs) > 1500 and len(sentences) > 8000
-    assert all(len(doc) >= 2 for doc in docs)
-    assert sum(" " in s for s in sentences) > 0.99 * len(sentences)
-    assert sum(">>>" in s or "::" in s for s in sentences) < 0.001 * len(sentences)
-    assert sum(s[-1] in ".!?:\"')”" for s in sentences) > 0.99 * len(sentences)
-    words = " ".join(sentences).lower().split()
-    for common in ("the", "is", "of", "a", "to"):
-        assert words.count(common) > 0.005 * len(words), common
-    assert sum(w.isalpha() for w in words) > 0.7 * len(words)
-
-
-def test_clean_document_drops_code_and_markup():
-    doc = """Short summary of :func:`foo` and ``bar``.
-
-    Longer text with *emphasis* and **strong** words. It has a second sentence, e.g. this one!
-
-    Example::
-
-        x = foo(1)
-        print(x)
-
-    >>> foo(2)
-    4
-
-    Parameters
-    ----------
-    .. versionadded:: 3.2
-
-    * A list item that is prose.
-    """
-    assert clean_document(doc) == [
-        "Short summary of foo and bar.",
-        "Longer text with emphasis and strong words.",
-        "It has a second sentence, e.g. this one!",
-        "A list item that is prose.",
-    ]
-    assert split_sentences("One two three. Four five six?  Seven (etc.) eight.") == [
-        "One two three.",
-        "Four five six?",
-        "Seven (etc.) eight.",
-    ]
 
 
 def test_text_files_round_trip_and_globs(tmp_path):

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `main` (commands to-hf, from-hf, from-tf)."""
     parser = argparse.ArgumentParser(
         prog="python -m albert_jax.convert",
-        epilog=__doc__.split("\n\n")[1],
+        epilog=__doc__.split("\n\n")[1] if __doc__ else None,  # no docstrings under python -OO
         description="Checkpoint conversion: transformers <-> albert-jax, original TF checkpoints -> both.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

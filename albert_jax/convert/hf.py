@@ -15,8 +15,10 @@ import os
 import re
 import stat
 from collections.abc import Iterable
+from typing import cast
 
 import flax.linen as nn
+import jax
 import numpy as np
 from flax import traverse_util
 
@@ -98,9 +100,8 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], config: AlbertConfig, str
     """
     from albert_jax import modeling
 
-    expected = traverse_util.flatten_dict(
-        nn.meta.unbox(modeling.abstract_params(modeling.AlbertForPreTraining(config))), sep="/"
-    )
+    abstract = nn.meta.unbox(modeling.abstract_params(modeling.AlbertForPreTraining(config)))
+    expected = cast(dict[str, jax.ShapeDtypeStruct], traverse_util.flatten_dict(abstract, sep="/"))
     groups, inner = config.num_hidden_groups, config.inner_group_num
     layers: dict[str, np.ndarray] = {}
     flat: dict[str, np.ndarray] = {}

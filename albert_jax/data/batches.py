@@ -30,13 +30,12 @@ class ArrayBatches:
             raise ValueError(
                 f"only {self.size} examples for a batch of {batch_size}: use more data or a smaller batch_size"
             )
-        self._cached_epoch, self._cached_perm = -1, None
+        self._cached: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._cached_epoch:
-            self._cached_epoch = epoch
-            self._cached_perm = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        return self._cached_perm
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        return self._cached[1]
 
     def batch(self, index: int) -> dict[str, np.ndarray]:
         """The `index`-th batch: dict of [batch_size, ...] arrays."""

@@ -321,12 +321,16 @@ def featurize(examples: Sequence[GlueExample], tokenizer, task: str, max_seq_len
     if info.labels is None:
         features["label"] = np.array([np.nan if e.label is None else e.label for e in examples], np.float32)
     else:
-        index = {label: i for i, label in enumerate(info.labels)}
+        index, ids = {label: i for i, label in enumerate(info.labels)}, []
         for e in examples:
-            if e.label is not None and e.label not in index:
+            if e.label is None:
+                ids.append(-1)
+            elif e.label in index:
+                ids.append(index[e.label])
+            else:
                 raise ValueError(
                     f"example {e.guid!r} has label {e.label!r}, which GLUE {info.name} does not have "
                     f"(labels: {list(info.labels)})"
                 )
-        features["label"] = np.array([-1 if e.label is None else index[e.label] for e in examples], np.int32)
+        features["label"] = np.array(ids, np.int32)
     return features

@@ -152,8 +152,9 @@ def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, value
     check_vocab_size(tokenizer, vocab_size)
     counts = _run_jobs(jobs, data.prepare_workers)
     shards = [dict(name=name, split=name.split("-")[0], examples=counts[name]) for name in sorted(counts)]
+    examples = {split: sum(n for name, n in counts.items() if name.split("-")[0] == split) for split in SPLITS}
     for split in SPLITS:
-        if not sum(s["examples"] for s in shards if s["split"] == split):
+        if not examples[split]:
             raise ValueError(
                 f"No {split} pretraining example can be made from {data.source}: an example pairs two segments of "
                 "one document for sentence-order prediction, so a document needs at least two (non-empty) "
@@ -173,14 +174,11 @@ def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, value
         max_seq_length=data.max_seq_length,
         record_dtype=record_dtype(tokenizer.vocab_size, data.max_seq_length).str,
         shards=shards,
-        examples={split: sum(s["examples"] for s in shards if s["split"] == split) for split in SPLITS},
+        examples=examples,
     )
     experiment.write_json(manifest_path, manifest)
     shutil.rmtree(os.path.join(out, "documents"), ignore_errors=True)
-    _progress(
-        f"done: {manifest['examples']['train']} train and {manifest['examples']['eval']} eval examples "
-        f"in {len(shards)} shards in {out}"
-    )
+    _progress(f"done: {examples['train']} train and {examples['eval']} eval examples in {len(shards)} shards in {out}")
     return manifest
 
 

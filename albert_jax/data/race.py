@@ -92,6 +92,8 @@ def read_race_tfds(split: str, data_dir: str | None = None, levels: Sequence[str
             record = {key: _decode(value) for key, value in row.items()}
             # tfds keeps the file's JSON "id", which is the level followed by the file name ("high1001.txt")
             file_id = record.pop("example_id", "")
+            if not isinstance(file_id, str):
+                raise ValueError(f"tfds race/{level} {split}: example_id must be a string, got {file_id!r}")
             name = file_id[len(level) :] if file_id.startswith(level) else file_id
             examples.extend(_examples(record, level, name, f"tfds race/{level} {split} example {file_id!r}"))
     return examples
@@ -162,7 +164,7 @@ def _examples(record, level: str, name: str, source: str) -> list[RaceExample]:
                 article=article,
                 question=question,
                 options=tuple(choices),
-                label=ANSWERS.index(answer) if labelled else -1,
+                label=-1 if answer is None else ANSWERS.index(answer),
                 level=level,
             )
         )

@@ -198,12 +198,12 @@ def featurize(
     [F, max_seq_length] (padded with the pad id / 0) and `start_positions`, `end_positions`,
     `example_index` [F]. features: the `SquadFeatures` that `postprocess` takes.
     """
-    inputs, windows, skipped, context, encoded_context = [], [], 0, None, None
+    inputs, windows, skipped, last = [], [], 0, None  # last: (context, its encoding) of the previous example
     for index, example in enumerate(examples):
         question_ids = _encode(tokenizer, example.question)[0][:max_query_length]
-        if example.context != context:  # the questions on one paragraph come in a row
-            context, encoded_context = example.context, _encode(tokenizer, example.context)
-        context_ids, context_offsets = encoded_context
+        if last is None or example.context != last[0]:  # the questions on one paragraph come in a row
+            last = example.context, _encode(tokenizer, example.context)
+        context, (context_ids, context_offsets) = last
         window_size = max_seq_length - len(question_ids) - 3
         if window_size <= 0:
             raise ValueError(

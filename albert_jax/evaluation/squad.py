@@ -230,12 +230,12 @@ def postprocess(
         entries = _nbest_entries(example.context, features.offsets, candidates, null_logits, n_best_size)
         nbest[example.qas_id] = entries
         best_span = next((e for e in entries if e["text"]), None)
-        if not version_2_with_negative:
+        if null_logits is None:  # not version_2_with_negative
             predictions[example.qas_id] = entries[0]["text"]
             continue
         best_score = -np.inf if best_span is None else best_span["start_logit"] + best_span["end_logit"]
         null_odds[example.qas_id] = float(sum(null_logits) - best_score)
-        predictions[example.qas_id] = "" if null_odds[example.qas_id] > 0 else best_span["text"]
+        predictions[example.qas_id] = "" if best_span is None or null_odds[example.qas_id] > 0 else best_span["text"]
     return predictions, nbest, null_odds
 
 

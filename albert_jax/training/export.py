@@ -4,6 +4,7 @@ transformers directory checked against transformers when it is installed, fill-m
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import numpy as np
 
@@ -36,7 +37,9 @@ def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str) -> N
     ids = np.asarray([tokenizer.encode("The function returns a list of the arguments.")])
     with torch.no_grad():
         theirs = hf_model(input_ids=torch.tensor(ids)).prediction_logits.numpy()
-    ours = modeling.AlbertForPreTraining(albert_config).apply({"params": params}, ids).prediction_logits
+    ours = cast(
+        modeling.AlbertForPreTrainingOutput, modeling.AlbertForPreTraining(albert_config).apply({"params": params}, ids)
+    ).prediction_logits
     print(
         f"transformers.AlbertForPreTraining loads {out_dir}: max |logit difference| "
         f"{float(np.abs(np.asarray(ours) - theirs).max()):.2e}"
@@ -50,5 +53,5 @@ def show_fill_mask(albert_config: AlbertConfig, params, tokenizer, sentences: li
     unmasker = pipeline("fill-mask", model=(albert_config, params), tokenizer=tokenizer)
     for sentence in sentences:
         print(f"\nfill-mask: {sentence}")
-        for prediction in unmasker(sentence):
+        for prediction in cast(list, unmasker(sentence)):  # one text's predictions (the pipeline is untyped)
             print(f"  {prediction}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import cast
 
 import jax
 import numpy as np
@@ -73,8 +74,9 @@ def merge(fresh: dict, loaded: dict, skip: tuple[str, ...] = ()) -> tuple[dict, 
     Both are nested dicts of arrays; paths are compared '/'-joined. Returns (params, fresh paths kept,
     loaded paths not used). A loaded array whose shape differs from the fresh one is a ValueError naming it.
     """
-    flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
-    flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
+    # flax types flatten_dict's leaves as possibly nested dicts; here they are arrays
+    flat_fresh = cast(dict[str, jax.Array | np.ndarray], traverse_util.flatten_dict(fresh, sep="/"))
+    flat_loaded = cast(dict[str, jax.Array | np.ndarray], traverse_util.flatten_dict(loaded, sep="/"))
     patterns = [re.compile(p) for p in skip]
     merged, kept = {}, []
     for path, value in flat_fresh.items():

@@ -104,7 +104,7 @@ class Task:
     loss_fn: Callable
     summarize: Callable[[dict], dict]
     init_params: Callable[[jax.Array], Any]
-    train_batches: BatchSource
+    train_batches: BatchSource | None  # None: nothing to train on (config.total_steps 0)
     predict_fn: Callable | None = None
     evaluate: Callable[[Predict], dict] | None = None
     finish: Callable[[Predict], None] | None = None
@@ -343,6 +343,8 @@ def train(
     pending = [(micro, sums) for micro, sums in data_state.get("pending", [])]
 
     def predict_with_current_params(arrays: dict) -> dict:
+        if jit_predict is None:
+            raise ValueError("the task's evaluate and finish need its predict_fn")
         return make_predict(jit_predict, state.params, mesh, eval_batch_size(config))(arrays)
 
     def write_eval(step: int) -> None:
@@ -352,7 +354,11 @@ def train(
     if config.total_steps == 0:
         write_eval(0)
     tokens, t0 = 0, time.time()
-    batches = task.train_batches.iterate(int(state.step)) if int(state.step) < total_micro else iter(())
+    batches: Iterator[dict[str, np.ndarray]] = iter(())
+    if int(state.step) < total_micro:
+        if task.train_batches is None:
+            raise ValueError(f"config.total_steps={config.total_steps} but the task has no train_batches")
+        batches = task.train_batches.iterate(int(state.step))
     try:
         with mesh, _StopRequested(mesh) as stop:
             for micro in range(int(state.step), total_micro):
@@ -390,8 +396,9 @@ def train(
                     logging.warning("stopped at step %d; run again with the same --workdir to resume", step)
                     break
     finally:  # an error too waits for checkpoint writes in flight, or they die with the interpreter
-        if hasattr(batches, "close"):  # loader worker processes
-            batches.close()
+        close = getattr(batches, "close", None)
+        if close is not None:  # loader worker processes
+            close()
         checkpointer.close()
         writer.close()
     if task.finish is not None and int(state.step) == total_micro:

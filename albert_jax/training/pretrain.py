@@ -9,6 +9,7 @@ export and fill-mask predictions.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -120,14 +121,17 @@ def validate(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> 
 def pretraining_stats(model: modeling.AlbertForPreTraining, params, batch, dropout_rng, deterministic: bool):
     """Per-example statistics [B] of the original ALBERT losses: summed masked-LM NLL, correct and
     counted predictions (weighted), SOP NLL and correctness."""
-    out = model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["token_type_ids"],
-        deterministic=deterministic,
-        rngs={"dropout": dropout_rng},
-        masked_lm_positions=batch["masked_lm_positions"],
+    out = cast(
+        modeling.AlbertForPreTrainingOutput,
+        model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            deterministic=deterministic,
+            rngs={"dropout": dropout_rng},
+            masked_lm_positions=batch["masked_lm_positions"],
+        ),
     )
     mlm_logp = jax.nn.log_softmax(out.prediction_logits.astype(jnp.float32))
     mlm_nll = -jnp.take_along_axis(mlm_logp, batch["masked_lm_ids"][..., None], -1)[..., 0]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -52,7 +54,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         metrics = _rows(os.path.join(cell_dir, "metrics.jsonl"))
         evals = [r for r in metrics if r.get("split") == "eval"]
         train = [r for r in metrics if r.get("split", "train") == "train"]
-        row = dict(
+        row: dict[str, Any] = dict(
             cell=name,
             sharing=model.sharing,
             embedding_size=model.embedding_size,
@@ -87,7 +89,7 @@ def write_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     return paths
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
+def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
     """A Markdown table of `rows` over `columns` (parameters in millions, accuracies with 3 decimals)."""
 
     def cell(key, value):

@@ -12,6 +12,7 @@ import os
 import flax.linen as nn
 import jax
 import numpy as np
+from flax.linen.spmd import logical_to_mesh  # its home: flax.linen re-exports it unmarked (private to pyright)
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -92,7 +93,7 @@ def param_shardings(abstract_boxed_params, mesh: Mesh, rules=DEFAULT_RULES):
     """NamedShardings for a (boxed, abstract) parameter tree from its logical axis names."""
     specs = nn.get_partition_spec(abstract_boxed_params)
     shapes = nn.meta.unbox(abstract_boxed_params)
-    mesh_specs = nn.logical_to_mesh(specs, rules)
+    mesh_specs = logical_to_mesh(specs, rules)
     return jax.tree_util.tree_map(
         lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
         mesh_specs,

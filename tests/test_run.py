@@ -1,6 +1,6 @@
-"""What goes wrong in real runs, tried on purpose: divergence, corrupted checkpoints, --overwrite, bad input
-before any file is written, one-line errors, a failing process in a multi-process job. (A killed run's resume,
-parameters and metrics: tests/test_training.py.)"""
+"""run.py on what goes wrong in real runs, tried on purpose: divergence, corrupted checkpoints, --overwrite, bad
+input before any file is written, one-line errors, a failing process in a multi-process job. (A killed run's
+resume, parameters and metrics: tests/test_training_pretrain.py.)"""
 
 import json
 import os

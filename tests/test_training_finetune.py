@@ -1,5 +1,6 @@
-"""Fine-tuning end to end through run.py and the experiment configs, from the shared tiny pretraining run:
-synthetic but learnable tasks in the original GLUE / SQuAD / RACE formats, eval-only mode, exact resume."""
+"""albert_jax.training.finetune end to end through run.py and the experiment configs, from the shared tiny
+pretraining run: synthetic but learnable tasks in the original GLUE / SQuAD / RACE formats, eval-only mode, exact
+resume."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""HF <-> albert-jax conversion: parity with transformers (PyTorch) for every head, both directions."""
+"""albert_jax.convert.hf, HF <-> albert-jax conversion: parity with transformers (PyTorch) for every head, both
+directions; bad checkpoints are named."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import transformers
 
 import albert_jax as aj
 from albert_jax import convert, pretrained
-from albert_jax.convert import cli
+from helpers import hf_config
 
 # (transformers class, our class, output fields to compare (ours, theirs))
 HEAD_PAIRS = [
@@ -46,21 +47,6 @@ def head_config(head, config_name):
     if head == "AlbertForQuestionAnswering":
         overrides["num_labels"] = 2
     return hf_config(**overrides)
-
-
-def hf_config(**overrides):
-    base = dict(
-        vocab_size=101,
-        embedding_size=16,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=40,
-        type_vocab_size=2,
-        attn_implementation="eager",
-    )
-    base.update(overrides)
-    return transformers.AlbertConfig(**base)
 
 
 def make_inputs(head, seed=0, batch=3, length=11, vocab=101):
@@ -206,16 +192,6 @@ def test_sharded_safetensors_index(tmp_path):
     assert_close(
         our_outputs("AlbertForMaskedLM", config, params, *inputs), torch_outputs(model, *inputs), [("logits", "logits")]
     )
-
-
-def test_cli_roundtrip(tmp_path):
-    model = transformers.AlbertForPreTraining(hf_config()).eval()
-    model.save_pretrained(tmp_path / "hf")
-    assert cli.main(["from-hf", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
-    assert cli.main(["to-hf", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "hf2")]) == 0
-    reloaded = transformers.AlbertForPreTraining.from_pretrained(str(tmp_path / "hf2")).eval()
-    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
 
 
 # -- bad checkpoints ----------------------------------------------------------------------------------------

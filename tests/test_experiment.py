@@ -1,5 +1,5 @@
-"""Every experiment config (and each variant of its argument) loads, builds a valid model config and
-passes the pre-compute checks; the paper settings are the paper's."""
+"""albert_jax.experiment and the experiment configs: every config (and each variant of its argument) loads,
+builds a valid model config and passes the pre-compute checks; the paper settings are the paper's."""
 
 import glob
 import os

@@ -1,4 +1,5 @@
-"""hostmem: a jitted step's scratch memory is reused from one call to the next instead of faulted in afresh.
+"""albert_jax.training.hostmem: a jitted step's scratch memory is reused from one call to the next instead of
+faulted in afresh.
 
 Each case runs in a fresh process (the setting must precede the CPU backend, and it changes the allocator of
 the whole process): a gradient step whose XLA scratch memory is 80 MiB (16 MiB activations) runs 12 times; the

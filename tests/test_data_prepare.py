@@ -1,6 +1,6 @@
-"""The prepare stage (streamed source -> document shards -> vocabulary -> ArrayRecord example shards) and the
-grain loader over it: shards equal `create_examples` of their documents, resuming, refusing other
-settings, batches independent of worker and process counts, and the original TFRecord format."""
+"""albert_jax.data.prepare, the prepare stage (streamed source -> document shards -> vocabulary -> ArrayRecord
+example shards): shards equal `create_examples` of their documents, resuming, refusing other settings, and the
+original TFRecord format."""
 
 import json
 import os
@@ -10,25 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from albert_jax import experiment
 from albert_jax.data import prepare, records
-from albert_jax.data.loader import PretrainingBatches, PretrainingDataset
+from albert_jax.data.loader import PretrainingDataset
 from albert_jax.data.pretraining import FEATURES, create_examples, create_pairs
 from albert_jax.data.sources import load_source
 from albert_jax.tokenizer import AlbertTokenizer
-from helpers import ROOT
-from test_tfrecord import make_instances, write_original_example_files
+from helpers import ROOT, VOCAB, tiny_config
+from test_data_tfrecord import make_instances, write_original_example_files
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
-VOCAB = 600
-
-
-def tiny_config(**data):
-    config = experiment.load_config(TINY)
-    config.data.docs_per_shard = 40
-    config.data.prepare_workers = 1
-    config.data.update(data)
-    return config
 
 
 def shard_documents(config):
@@ -52,15 +42,6 @@ def read_records(directory, name):
     out = reader.read_all()
     reader.close()
     return out
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """(config, directory) of the tiny config prepared with static masking."""
-    config = tiny_config()
-    directory = str(tmp_path_factory.mktemp("prepared"))
-    prepare.prepare(config, directory, VOCAB)
-    return config, directory
 
 
 def test_shards_hold_create_examples_of_their_documents(prepared):
@@ -218,40 +199,6 @@ def test_a_concurrent_prepare_waits_for_the_first_then_reuses_it(prepared, tmp_p
     assert second.wait() == 0, rest
     assert "done:" not in rest and "shard" not in rest, rest  # it made nothing: it reused the first one's data
     assert prepare.read_manifest(str(out)) == manifest == prepare.read_manifest(directory)
-
-
-@pytest.mark.parametrize("masking", ["static", "dynamic"])
-def test_batches_do_not_depend_on_workers_or_processes(tmp_path, masking):
-    config = tiny_config(masking=masking, max_documents=80)
-    prepare.prepare(config, str(tmp_path), VOCAB)
-    data = PretrainingDataset(str(tmp_path), "train", config.data, seed=5)
-    one = PretrainingBatches(data, 8, process_index=0, process_count=1)
-    expected = [one.batch(i) for i in range(6)]
-    assert not all(np.array_equal(expected[0]["input_ids"], b["input_ids"]) for b in expected[1:])
-    iterators = [one.iterate(2), PretrainingBatches(data, 8, workers=2, process_index=0, process_count=1).iterate(2)]
-    for it in iterators:
-        for i in range(2, 6):
-            got = next(it)
-            for key in FEATURES:
-                np.testing.assert_array_equal(got[key], expected[i][key])
-        it.close()
-    shares = [PretrainingBatches(data, 8, process_index=p, process_count=2).iterate(0) for p in range(2)]
-    for i in range(6):
-        parts = [next(share) for share in shares]
-        for key in FEATURES:
-            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), expected[i][key])
-
-
-def test_epochs_visit_every_example_once_in_a_new_order(prepared):
-    config, directory = prepared
-    data = PretrainingDataset(directory, "train", config.data, seed=0)
-    batches = PretrainingBatches(data, 4, process_index=0, process_count=1)
-    stream = data.examples()
-    keys = [stream[i]["input_ids"].tobytes() for i in range(2 * data.size)]
-    stored = {data.examples(shuffle=False)[i]["input_ids"].tobytes() for i in range(data.size)}
-    assert set(keys[: data.size]) == set(keys[data.size :]) == stored
-    assert keys[: data.size] != keys[data.size :]
-    np.testing.assert_array_equal(batches.batch(1)["input_ids"][0], stream[4]["input_ids"])
 
 
 def test_original_tfrecords_train(tmp_path, prepared):

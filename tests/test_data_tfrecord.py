@@ -17,7 +17,7 @@ import pytest
 
 from albert_jax.data.pretraining import FEATURES, create_examples
 from albert_jax.data.tfrecord import expand_tfrecord_patterns, read_original_tfrecords
-from test_data_pretraining import PieceTokenizer
+from helpers import PieceTokenizer
 
 tf = pytest.importorskip("tensorflow")
 

@@ -1,27 +1,18 @@
-"""Metric files: metrics.jsonl / metrics.csv and TensorBoard event files, read back with TensorFlow's own
-reader (its Event proto and TFRecord CRC checks) as the independent reference."""
+"""albert_jax.training.events, TensorBoard event files, read back with TensorFlow's own reader (its Event proto
+and TFRecord CRC checks) as the independent reference: the CRC-32C, every finite scalar, a corrupted byte."""
 
-import glob
 import io
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 
 from albert_jax.training import events
 from albert_jax.training.metrics import MetricWriter
+from helpers import event_files, read_events
 
 tf = pytest.importorskip("tensorflow")
-
-
-def read_events(path):
-    return [tf.compat.v1.Event.FromString(record.numpy()) for record in tf.data.TFRecordDataset(path)]
-
-
-def event_files(workdir):
-    return sorted(glob.glob(os.path.join(workdir, "tensorboard", "*tfevents*")))  # the order TensorBoard reads them in
 
 
 def test_crc32c_check_value():
@@ -52,28 +43,6 @@ def test_tensorboard_events_hold_every_finite_scalar(tmp_path):
     assert all(e.wall_time > 1e9 for e in got)
     with open(tmp_path / "metrics.jsonl") as f:
         assert [json.loads(line)["loss"] for line in f] == [5.25, None, 4.5]
-
-
-def test_a_resumed_writer_purges_the_redone_steps(tmp_path):
-    first = MetricWriter(str(tmp_path), total_steps=6, stream=io.StringIO())
-    for step in range(1, 5):
-        first.write(dict(step=step, loss=float(step)))
-    first.close()
-    resumed = MetricWriter(str(tmp_path), total_steps=6, stream=io.StringIO(), start_step=2)
-    for step in range(3, 7):
-        resumed.write(dict(step=step, loss=10.0 + step))
-    resumed.close()
-    old, new = event_files(tmp_path)
-    start = read_events(new)[1]
-    assert start.session_log.status == tf.compat.v1.SessionLog.START and start.step == 3
-    # what TensorBoard shows: events before the purge step from the old file, then the new file's
-    kept = [(e.step, e.summary.value[0].simple_value) for e in read_events(old) if e.summary.value and e.step < 3]
-    kept += [(e.step, e.summary.value[0].simple_value) for e in read_events(new) if e.summary.value]
-    assert kept == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0), (6, 16.0)]
-    with open(tmp_path / "metrics.jsonl") as f:
-        assert [json.loads(line)["loss"] for line in f] == [1.0, 2.0, 13.0, 14.0, 15.0, 16.0]
-    with open(tmp_path / "metrics.csv") as f:
-        assert [line.split(",")[0] for line in f] == ["step", "1", "2", "3", "4", "5", "6"]
 
 
 def test_a_flipped_byte_fails_the_readers_crc_check(tmp_path):

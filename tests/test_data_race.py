@@ -1,4 +1,4 @@
-"""RACE: the official-download and tfds readers, the multiple-choice inputs of race_utils.py, the metrics.
+"""albert_jax.data.race: the official-download and tfds readers, the multiple-choice inputs of race_utils.py.
 
 The fixture is a RACE folder in the official layout; the tfds reader is checked on that same folder, read
 by tfds' own `race` builder (its `_generate_examples`) and sent through the builder's feature encoding.
@@ -14,7 +14,6 @@ import pytest
 
 from albert_jax.data.corpus import builtin_corpus
 from albert_jax.data.race import RaceExample, featurize, load_race, read_race_dir, read_race_tfds
-from albert_jax.evaluation.race import race_metrics
 from albert_jax.tokenizer import AlbertTokenizer, train_spm
 
 FILES = {  # (split, level, file name) -> the file's JSON, as in RACE.tar.gz
@@ -302,35 +301,3 @@ def test_featurize_bad_lengths(tokenizer):
         featurize(DEV, tokenizer, max_seq_length=16, max_qa_length=14)
     empty = featurize([], tokenizer, max_seq_length=16, max_qa_length=8)
     assert empty["input_ids"].shape == (0, 4, 16) and empty["label"].shape == (0,)
-
-
-# --- metrics --------------------------------------------------------------------------------------------------
-
-
-def test_race_metrics():
-    predictions = np.array([0, 1, 2, 3, 0, 1, 2])
-    labels = np.array([0, 1, 0, 3, 1, 2, 2])
-    levels = np.array([0, 0, 0, 1, 1, 1, 1])
-    # middle: right, right, wrong -> 2/3; high: right, wrong, wrong, right -> 2/4; all: 4/7
-    assert race_metrics(predictions, labels, levels) == pytest.approx(
-        {"accuracy": 4 / 7, "accuracy_middle": 2 / 3, "accuracy_high": 0.5, "num_middle": 3, "num_high": 4}
-    )
-    assert race_metrics(predictions[:3], labels[:3], levels[:3]) == pytest.approx(
-        {"accuracy": 2 / 3, "accuracy_middle": 2 / 3, "num_middle": 3}
-    )
-    assert race_metrics(predictions[3:], labels[3:], levels[3:]) == pytest.approx(
-        {"accuracy": 0.5, "accuracy_high": 0.5, "num_high": 4}
-    )
-
-
-def test_race_metrics_errors():
-    with pytest.raises(ValueError, match="no label"):
-        race_metrics(np.array([0, 1]), np.array([0, -1]), np.array([0, 1]))
-    with pytest.raises(ValueError, match="one shape"):
-        race_metrics(np.array([0, 1]), np.array([0]), np.array([0, 1]))
-    with pytest.raises(ValueError, match="one shape"):
-        race_metrics(np.zeros((2, 4)), np.array([0, 1]), np.array([0, 1]))
-    with pytest.raises(ValueError, match="one shape"):
-        race_metrics(np.array([]), np.array([]), np.array([]))
-    with pytest.raises(ValueError, match="levels must be 0"):
-        race_metrics(np.array([0, 1]), np.array([0, 1]), np.array([0, 2]))

@@ -1,4 +1,5 @@
-"""Pretraining end to end: learning, determinism and exact resume, sharding, multi-process, bad input."""
+"""albert_jax.training.pretrain end to end, in process and through run.py: learning, exact resume, sharding,
+multi-process, bad input, gradient accumulation."""
 
 import json
 import os
@@ -12,8 +13,7 @@ import pytest
 
 import helpers
 from albert_jax import experiment, pretrained
-from albert_jax.data.batches import ArrayBatches
-from albert_jax.training import optimizers, pretrain
+from albert_jax.training import pretrain
 from helpers import ROOT, device_env, read_metrics, run_command
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
@@ -57,21 +57,6 @@ def test_tiny_pretraining_learns(tmp_path):
 
 
 # -- determinism and resume ------------------------------------------------------------------------------
-def test_batches_are_a_pure_function_of_seed_and_index():
-    arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
-    source = ArrayBatches(arrays, batch_size=4, seed=3)
-    stream = [source.batch(i)["x"] for i in range(10)]
-    resumed = ArrayBatches(arrays, batch_size=4, seed=3)
-    for i in (7, 3, 9):  # any order, fresh object: the same batch
-        np.testing.assert_array_equal(resumed.batch(i)["x"], stream[i])
-    flat = np.concatenate(stream)
-    for epoch in range(4):  # each epoch visits every example once
-        assert sorted(flat[epoch * 10 : (epoch + 1) * 10]) == list(range(10))
-    assert not np.array_equal(flat[:10], flat[10:20])  # epochs are shuffled differently
-    np.testing.assert_array_equal(resumed.batch(2)["y"], stream[2] * 2)
-    iterator = resumed.iterate(7)  # what the loop reads from a resume at micro-step 7
-    for i in (7, 8, 9):
-        np.testing.assert_array_equal(next(iterator)["x"], stream[i])
 
 
 @pytest.mark.slow
@@ -266,21 +251,7 @@ def test_workdir_of_another_run_is_not_overwritten(tmp_path):
     assert json.loads((tmp_path / "run_config.json").read_text())["seed"] == 5
 
 
-# -- optimizer -------------------------------------------------------------------------------------------
-def test_lamb_excludes_layernorm_and_bias_from_decay_and_trust_ratio():
-    params = {"dense": {"kernel": np.ones((2, 2)), "bias": np.ones(2)}, "LayerNorm": {"scale": np.ones(2)}}
-    mask = optimizers.decay_mask(params)
-    assert mask == {"dense": {"kernel": True, "bias": False}, "LayerNorm": {"scale": False}}
-
-
-def test_schedule_warmup_then_linear_decay():
-    import ml_collections
-
-    config = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, total_steps=110))
-    schedule = optimizers.learning_rate_schedule(config)
-    np.testing.assert_allclose(
-        [schedule(0), schedule(5), schedule(10), schedule(60), schedule(110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
-    )
+# -- gradient accumulation -------------------------------------------------------------------------------
 
 
 @pytest.mark.integration

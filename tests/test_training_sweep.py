@@ -1,4 +1,5 @@
-"""Ablation sweeps through experiments/ablate.py: cells, shards, skipping and resuming, the tables."""
+"""albert_jax.training.sweep, ablation sweeps through experiments/ablate.py: cells, shards, skipping and
+resuming, the tables."""
 
 import csv
 import os

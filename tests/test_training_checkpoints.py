@@ -1,0 +1,28 @@
+"""albert_jax.training.checkpoints: a checkpoint saved on one mesh is restored onto another, with the target's
+shardings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from albert_jax.training import checkpoints
+
+
+def test_restore_reshards_onto_another_mesh(tmp_path):
+    """Saved from a 4-device mesh, restored onto a 2-device mesh: same values, the new shardings."""
+    four = Mesh(np.asarray(jax.devices()[:4]).reshape(4), ("data",))
+    two = Mesh(np.asarray(jax.devices()[:2]).reshape(2), ("data",))
+    value = np.arange(32, dtype=np.float32).reshape(8, 4)
+    state = {"w": jax.device_put(value, NamedSharding(four, PartitionSpec("data"))), "step": jnp.asarray(3)}
+    saver = checkpoints.Checkpointer(str(tmp_path))
+    saver.save(3, state, {"micro_step": 3})
+    saver.close()
+    target = {
+        "w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(two, PartitionSpec("data"))),
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(two, PartitionSpec())),
+    }
+    restored, data = checkpoints.Checkpointer(str(tmp_path)).restore_latest(target)
+    np.testing.assert_array_equal(restored["w"], value)
+    assert restored["w"].sharding == target["w"].sharding and len(restored["w"].sharding.device_set) == 2
+    assert data["micro_step"] == 3
