@@ -4,9 +4,12 @@ Joins a multi-process job when one is described (--coordinator_address/--num_pro
 JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), then runs the config's job (`config.job`:
 'pretrain' or 'finetune').
 A run in an existing work dir resumes from its last checkpoint (--noresume to start over in place).
+Exit status: 0 finished; 75 (EX_TEMPFAIL) stopped by SIGTERM after saving a checkpoint, run again to resume;
+130 stopped by Ctrl-C (also after a checkpoint when training); 1 failed.
 """
 
 import os
+import signal
 import sys
 import traceback
 
@@ -35,7 +38,7 @@ def main(argv):
     import jax
 
     from albert_jax import experiment
-    from albert_jax.training import checkpoints, finetune, hostmem, loop, pretrain, sharding
+    from albert_jax.training import checkpoints, finetune, hostmem, loop, pretrain, sharding, spikes
 
     config = experiment.config_from_flag(_CONFIG)
     if config is None or _WORKDIR.value is None:
@@ -50,9 +53,13 @@ def main(argv):
     if _REUSE_HOST_MEMORY.value:  # before the backend starts
         hostmem.reuse_cpu_step_memory()
     logging.set_verbosity(logging.WARNING)
-    expected = (ValueError, OSError, ImportError, loop.NonFiniteError, checkpoints.CheckpointError)
+    expected = (ValueError, OSError, ImportError, loop.NonFiniteError, checkpoints.CheckpointError, spikes.SpikeError)
     try:
         jobs[job](config, _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value)
+    except (loop.Preempted, KeyboardInterrupt) as e:  # every process of a job stops here: a normal exit
+        preempted = isinstance(e, loop.Preempted)
+        print(f"{'preempted' if preempted else 'interrupted'}: {e}".rstrip(": "), file=sys.stderr, flush=True)
+        sys.exit(loop.PREEMPTED_EXIT_STATUS if preempted else 128 + signal.SIGINT)
     except BaseException as e:  # noqa: BLE001 - every failure ends the job: see below
         message = f"error: {e}" if isinstance(e, expected) else traceback.format_exc()
         if sharding.is_multiprocess():

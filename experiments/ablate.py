@@ -6,7 +6,8 @@
 Each cell pretrains into <workdir>/<cell> (and fine-tunes into <workdir>/<cell>/finetune when the sweep
 config names a fine-tuning config); a re-run skips finished cells and resumes interrupted ones. The
 results (results.csv, results.md, accuracy_vs_params.png, loss_curves.png in <workdir>) are assembled
-from every finished cell, so n machines running --shard=i/n fill one table.
+from every finished cell, so n machines running --shard=i/n fill one table. A cell stopped by SIGTERM stops
+the sweep with run.py's status 75 (run again to resume it).
 """
 
 import sys
@@ -28,7 +29,7 @@ _REUSE_HOST_MEMORY = flags.DEFINE_bool(
 def main(argv):
     del argv
     from albert_jax import experiment
-    from albert_jax.training import hostmem, reporting, sweep
+    from albert_jax.training import hostmem, loop, reporting, sweep
 
     config = experiment.config_from_flag(_CONFIG)
     if config is None or _WORKDIR.value is None:
@@ -43,6 +44,9 @@ def main(argv):
     try:
         sweep.run_sweep(config, _WORKDIR.value, shard=(index, count), only=_CELLS.value)
         paths = reporting.write_results(config, _WORKDIR.value)
+    except loop.Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        sys.exit(loop.PREEMPTED_EXIT_STATUS)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     with open(paths["markdown"]) as f:

@@ -1,11 +1,14 @@
 """What several test modules share: running `run.py` (its metrics, killing it mid-run), pretraining data (a
 synthetic corpus, dynamically masked data, the tiny config's prepare settings), the GLUE files in the official
-layout, the SQuAD tests' sentences and long example, a small transformers config, TensorBoard event files."""
+layout, the SQuAD tests' sentences and long example, a small transformers config, TensorBoard event files,
+a file-size limit that makes writes fail."""
 
+import contextlib
 import glob
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -467,3 +470,16 @@ def read_events(path):
 
 def event_files(workdir):
     return sorted(glob.glob(os.path.join(workdir, "tensorboard", "*tfevents*")))  # the order TensorBoard reads them in
+
+
+# -- write errors ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """RLIMIT_FSIZE for this process: a write past `nbytes` of any file fails with EFBIG ("File too large"),
+    as a full disk or a quota does; Python ignores the SIGXFSZ that would otherwise kill the process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -199,6 +199,23 @@ def test_other_malformed_files(tmp_path):
         read_glue_tsv(str(tmp_path), "rte", "dev")
 
 
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_bytes(b"sentence\tlabel\nfine .\t1\ncaf\xe9 au lait\t0\n")
+    expected = f"{tmp_path / 'SST-2' / 'train.tsv'} line 3: not UTF-8 text (invalid continuation byte at byte 3)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        read_glue_tsv(str(tmp_path), "sst2", "train")
+
+
+def test_a_file_without_examples_is_an_error(tmp_path):
+    qqp_header = FILES["QQP/train.tsv"][0]
+    _write_files(tmp_path, {"SST-2/train.tsv": ["sentence\tlabel"], "QQP/train.tsv": [qqp_header, "1\t2"]})
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'SST-2' / 'train.tsv'} holds no examples")):
+        read_glue_tsv(str(tmp_path), "sst2", "train")
+    with pytest.raises(ValueError, match=re.escape("QQP/train.tsv holds no examples (1 malformed rows skipped)")):
+        read_glue_tsv(str(tmp_path), "qqp", "train")
+
+
 def test_missing_file_and_unknown_split(tmp_path, glue_dir):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "QNLI" / "dev.tsv"))):
         read_glue_tsv(str(tmp_path), "qnli", "dev")

@@ -2,6 +2,8 @@
 or processes, each epoch visits every example once in a new order, and dynamic masking draws new masks every
 epoch, deterministically."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,25 @@ def test_dynamic_masking_draws_new_masks_every_epoch_deterministically(corpus, d
         )
         > 0.9
     )
+
+
+def test_an_unreadable_record_names_its_shard_and_the_repair(prepared, tmp_path):
+    from test_data_prepare import damaged_copy, repair_command, shard_path
+
+    config, directory = prepared
+    damaged = damaged_copy(directory, tmp_path / "data", flip=["train-00001"])
+    data = PretrainingDataset(damaged, "train", config.data, seed=0)
+    message = (
+        rf"{re.escape(shard_path(damaged, 'train-00001'))} is damaged \(record \d+: Corrupted Riegeli.*\); "
+        rf"make it again: {re.escape(repair_command(damaged))}"
+    )
+    stream = data.examples(shuffle=False)
+    with pytest.raises(ValueError) as error:
+        for i in range(data.size):
+            stream[i]
+    assert re.fullmatch(message, str(error.value)), error.value  # one line: what run.py prints after "error: "
+    batches = PretrainingBatches(data, 8, workers=2, process_index=0, process_count=1).iterate(0)
+    with pytest.raises(ValueError) as error:  # raised in a worker process (grain adds a note, not to str())
+        for _ in range(data.size // 8 + 1):
+            next(batches)
+    assert re.fullmatch(message, str(error.value)), error.value

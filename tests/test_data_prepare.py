@@ -1,9 +1,10 @@
 """albert_jax.data.prepare, the prepare stage (streamed source -> document shards -> vocabulary -> ArrayRecord
-example shards): shards equal `create_examples` of their documents, resuming, refusing other settings, and the
-original TFRecord format."""
+example shards): shards equal `create_examples` of their documents, resuming, refusing other settings, the
+original TFRecord format, and the shards' integrity (sizes checked at start, --verify, --repair)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -256,3 +257,101 @@ def test_a_corpus_without_two_sentence_documents_is_named(tmp_path, prepared):
         r"at least two \(non-empty\) sentences",
     ):
         prepare.prepare(config, str(tmp_path / "out"), VOCAB)
+
+
+# -- integrity -------------------------------------------------------------------------------------------
+def damaged_copy(directory, out, flip=(), truncate=()):
+    """A copy of the prepared `directory` in `out` (the shared fixture stays intact) with one bit flipped in each
+    shard named in `flip` (inside its first chunk) and each shard named in `truncate` cut to 3/4 of its size."""
+    shutil.copytree(directory, out)
+    for name in flip:
+        with open(shard_path(out, name), "r+b") as f:
+            f.seek(5000)
+            byte = f.read(1)[0]
+            f.seek(5000)
+            f.write(bytes([byte ^ 0x10]))
+    for name in truncate:
+        os.truncate(shard_path(out, name), os.path.getsize(shard_path(out, name)) * 3 // 4)
+    return str(out)
+
+
+def shard_path(directory, name):
+    return os.path.join(directory, "examples", name + ".array_record")
+
+
+def repair_command(directory):
+    return f"python -m albert_jax.data.prepare --config=<the config it was prepared with> --out={directory} --repair"
+
+
+@pytest.mark.integration
+def test_verify_names_each_damaged_shard(prepared, tmp_path):
+    _, directory = prepared
+    verify = [sys.executable, "-m", "albert_jax.data.prepare", "--verify"]
+    intact = subprocess.run([*verify, directory], capture_output=True, text=True, cwd=ROOT)
+    assert intact.returncode == 0, intact.stderr
+    assert intact.stdout.splitlines() == [
+        f"{directory}: all 5 shards intact (0.8 MiB, sizes and sha256 as in the manifest)"
+    ]
+    damaged = damaged_copy(directory, tmp_path / "data", flip=["train-00001"], truncate=["train-00002"])
+    size = os.path.getsize(shard_path(directory, "train-00002"))
+    result = subprocess.run([*verify, damaged], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{shard_path(damaged, 'train-00001')}: its sha256 is not the manifest's: its bytes changed",
+        f"{shard_path(damaged, 'train-00002')}: {size * 3 // 4} bytes, the manifest records {size}",
+    ]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: 2 of 5 shards of {damaged} are damaged; make them again: {repair_command(damaged)}"
+    )
+
+
+def test_a_run_with_a_truncated_shard_stops_before_training(prepared, tmp_path):
+    from albert_jax.training import pretrain
+
+    _, directory = prepared
+    damaged = damaged_copy(directory, tmp_path / "data", truncate=["train-00002"])
+    size = os.path.getsize(shard_path(directory, "train-00002"))
+    with pytest.raises(ValueError) as error:
+        pretrain.run(tiny_config(prepared_dir=damaged), str(tmp_path / "run"))
+    assert str(error.value) == (
+        f"{shard_path(damaged, 'train-00002')} is damaged ({size * 3 // 4} bytes, the manifest records {size}); "
+        f"make it again: {repair_command(damaged)}"
+    )
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_repair_makes_the_damaged_shards_again_identical_to_the_originals(prepared, tmp_path, monkeypatch):
+    config, directory = prepared
+    damaged = damaged_copy(directory, tmp_path / "data", flip=["train-00001"], truncate=["eval-00000"])
+    real, made = prepare._make_document_shard, []
+    monkeypatch.setattr(
+        prepare, "_make_document_shard", lambda **kwargs: made.append(os.path.basename(kwargs["out"])) or real(**kwargs)
+    )
+    manifest = prepare.prepare(config, damaged, VOCAB, repair=True)
+    assert sorted(made) == ["eval-00000.array_record", "train-00001.array_record"]  # only the damaged ones
+    assert manifest == prepare.read_manifest(damaged) == prepare.read_manifest(directory)
+    for shard in manifest["shards"]:
+        with open(shard_path(damaged, shard["name"]), "rb") as a, open(shard_path(directory, shard["name"]), "rb") as b:
+            assert a.read() == b.read(), shard["name"]
+    assert sorted(os.listdir(damaged)) == sorted(os.listdir(directory))  # no documents/ or vocabulary sample left
+    made.clear()
+    assert prepare.prepare(config, damaged, VOCAB, repair=True) == manifest and not made  # intact: nothing to do
+
+
+def test_data_of_an_older_version_is_refused(prepared, tmp_path):
+    config, directory = prepared
+    old = damaged_copy(directory, tmp_path / "data")
+    for name in (prepare.SETTINGS, prepare.MANIFEST):
+        values = json.load(open(os.path.join(old, name)))
+        (values if name == prepare.SETTINGS else values["settings"])["format"] = 1
+        json.dump(values, open(os.path.join(old, name), "w"))
+    message = (
+        f"{old} was prepared by another version of albert-jax (format 1, this one reads {prepare.FORMAT}); "
+        "prepare again (--overwrite)"
+    )
+    with pytest.raises(ValueError) as error:
+        prepare.prepare(config, old, VOCAB)
+    assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
+        prepare.verify(old)
+    assert str(error.value) == message

@@ -2,6 +2,7 @@
 conftest's, trained on helpers.squad_sentences)."""
 
 import json
+import logging
 import re
 
 import numpy as np
@@ -228,3 +229,21 @@ def test_featurize_truncates_the_question(tokenizer):
     assert arrays["token_type_ids"][0, 6] == 0 and arrays["token_type_ids"][0, 7] == 1
     with pytest.raises(ValueError, match="leaves no room"):
         featurize([example], tokenizer, max_seq_length=8, max_query_length=5, is_training=True)
+
+
+def test_misplaced_answers_are_counted_and_all_misplaced_is_an_error(tokenizer, caplog):
+    good = SquadExample("a", "which bridge ?", "The old bridge.", (("old", 4),), False)
+    misplaced = SquadExample("b", "which bridge ?", "The old bridge.", (("old", 0),), False)
+    impossible = SquadExample("c", "which bridge ?", "The old bridge.", (), True)
+    with caplog.at_level(logging.WARNING, logger="albert_jax.data.squad"):
+        arrays, _ = featurize(
+            [good, misplaced, impossible], tokenizer, max_seq_length=32, is_training=True, source="t.json"
+        )
+    assert list(arrays["example_index"]) == [0, 2]
+    assert (
+        "t.json: skipped 1 of 2 answerable training questions whose answer text is not at answer_start" in caplog.text
+    )
+    with pytest.raises(ValueError, match="t.json: the answer text of every one of the 1 answerable training questions"):
+        featurize([misplaced, impossible], tokenizer, max_seq_length=32, is_training=True, source="t.json")
+    arrays, _ = featurize([misplaced], tokenizer, max_seq_length=32, is_training=False)  # dev: kept
+    assert list(arrays["example_index"]) == [0]

@@ -4,6 +4,10 @@ resume, parameters and metrics: tests/test_training_pretrain.py.)"""
 
 import json
 import os
+import re
+import resource
+import shutil
+import signal
 import subprocess
 import time
 
@@ -114,6 +118,8 @@ def test_overwrite_after_a_different_corpus_equals_a_clean_run(tmp_path):
         (["--config.nonfinite=ignore"], "config.nonfinite must be 'stop' or 'skip'"),
         (["--config.batch_size=6", "--config.mesh.data=4"], "divisible by the 4 data-parallel devices"),
         (["--config.model.vocab_size=50000", "--config.model.sharing=half"], "sharing must be one of"),
+        (["--config.checkpoint_every=-1"], "config.checkpoint_every must be positive or 0"),
+        (["--config.data.source=files:/missing/*.txt"], "config.data.source: No file matches '/missing/*.txt'"),
     ],
 )
 def test_config_checks_fire_before_any_file_is_written(tmp_path, overrides, message):
@@ -163,3 +169,102 @@ def test_a_failing_process_ends_the_whole_job(tmp_path):
     assert all(p.returncode != 0 for p in procs), errors
     assert "process 1: error:" in errors[1] and "divisible" in errors[1]
     assert time.time() - start < 120
+
+
+def test_a_sigterm_exits_75_leaves_no_final_and_a_rerun_finishes(tmp_path):
+    """A preempted run (SIGTERM) saves its checkpoint and exits 75 ("run again"), writing neither final/ nor the
+    export; fine-tuning from its work dir is refused saying how far it got; run again, it finishes and exports."""
+    from albert_jax.training import export, initialization
+
+    overrides = ("--config.total_steps=200", "--config.checkpoint_every=0", "--config.eval_every=0")
+    overrides += ("--config.export.hf_dir=hf",)
+    proc = subprocess.Popen(
+        run_command(TINY, tmp_path, *overrides),
+        env=helpers.device_env(),
+        cwd=helpers.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "preempted: stopped at step" in stderr and "run again" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "final").exists() and not (tmp_path / "hf").exists()
+    step = checkpoint_steps(tmp_path)[-1]
+    with pytest.raises(FileNotFoundError, match=rf"has not finished \(step {step} of 200\); run it again"):
+        initialization.resolve(str(tmp_path))
+    run_py(tmp_path, *overrides)
+    done = {"step": 200, "total_steps": 200, "complete": True}
+    assert export.read_run_state(str(tmp_path / "final")) == export.read_run_state(str(tmp_path / "hf")) == done
+    assert initialization.resolve(str(tmp_path)).directory == str(tmp_path / "final")
+
+
+def test_a_second_launch_on_a_work_dir_is_refused_naming_the_first(tmp_path):
+    """Two launches at once: one runs, the other is refused at once naming the host and PID of the one that holds the
+    work dir; the metrics hold each step once."""
+    procs = [
+        subprocess.Popen(
+            run_command(TINY, tmp_path, "--config.total_steps=40"),
+            env=helpers.device_env(),
+            cwd=helpers.ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=400)[1] for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 1], errors
+    ran, refused = (0, 1) if procs[0].returncode == 0 else (1, 0)
+    assert re.search(rf"is in use by another run.*held by host .+, pid {procs[ran].pid}\)", errors[refused])
+    assert "Traceback" not in errors[refused], errors[refused]
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 41))
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_work_dir(tmp_path):
+    """--overwrite deletes a work dir's contents; a directory of something else is refused and left alone."""
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_text("mine too")
+    result = run_py(tmp_path, "--overwrite", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{tmp_path} holds notes.txt, photos: nothing was deleted" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "photos" / "a.jpg").read_text() == "mine too"
+
+
+def test_a_torn_metrics_line_resumes_and_a_failed_save_is_one_line(tmp_path):
+    """A run cut off with a partial last line in metrics.jsonl and metrics.csv (a write cut short) resumes:
+    the torn line is dropped and the redone rows are the uninterrupted run's; a checkpoint save that then
+    fails (a file-size limit, as a full disk) ends the run with one line naming the directory and the reason."""
+    args = ("--config.total_steps=4", "--config.eval_every=0")
+    run_py(tmp_path, *args)
+    done = read_metrics(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after step 4's rows, before its checkpoint
+    for name in ("metrics.jsonl", "metrics.csv"):
+        text = (tmp_path / name).read_text()
+        (tmp_path / name).write_text(text[: text.rindex("\n", 0, -1) + 9])  # 8 characters of the last line
+    result = subprocess.run(
+        run_command(TINY, tmp_path, *args),
+        env=helpers.device_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=helpers.ROOT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000)),
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "metrics.jsonl: dropped its last line" in result.stderr and "metrics.csv: dropped" in result.stderr
+    # run.py's error, one line (tensorstore prints tracebacks of its own: callbacks into orbax's closed event loops)
+    message = f"error: cannot write a checkpoint in {tmp_path / 'checkpoints'}: File too large"
+    assert message in result.stderr.splitlines(), result.stderr[-3000:]
+    resumed = read_metrics(tmp_path)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert resumed == [dict(r, tokens_per_sec=n["tokens_per_sec"]) for r, n in zip(done, resumed)]
+    with open(tmp_path / "metrics.csv") as f:
+        assert [line.split(",")[0] for line in f] == ["step", "1", "2", "3", "4"]

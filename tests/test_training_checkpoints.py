@@ -1,11 +1,13 @@
 """albert_jax.training.checkpoints: a checkpoint saved on one mesh is restored onto another, with the target's
-shardings."""
+shardings; a save that fails is one line naming the directory."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import helpers
 from albert_jax.training import checkpoints
 
 
@@ -26,3 +28,15 @@ def test_restore_reshards_onto_another_mesh(tmp_path):
     np.testing.assert_array_equal(restored["w"], value)
     assert restored["w"].sharding == target["w"].sharding and len(restored["w"].sharding.device_set) == 2
     assert data["micro_step"] == 3
+
+
+def test_a_failed_save_is_a_one_line_error_naming_the_directory(tmp_path):
+    """orbax writes in the background and its error (tensorstore's, many lines, without the OS's errno as an
+    OSError) surfaces at close: a CheckpointError saying where and why."""
+    state = {"w": jnp.asarray(np.random.default_rng(0).standard_normal(5000, dtype=np.float32))}  # 20 kB
+    checkpoints.checksum(state)  # compiled (and cached) before the limit
+    saver = checkpoints.Checkpointer(str(tmp_path))
+    with helpers.file_size_limit(8000), pytest.raises(checkpoints.CheckpointError) as error:
+        saver.save(1, state, {"micro_step": 1})
+        saver.close()
+    assert str(error.value) == f"cannot write a checkpoint in {tmp_path / 'checkpoints'}: File too large"

@@ -1,13 +1,17 @@
 """albert_jax.training.events, TensorBoard event files, read back with TensorFlow's own reader (its Event proto
-and TFRecord CRC checks) as the independent reference: the CRC-32C, every finite scalar, a corrupted byte."""
+and TFRecord CRC checks) as the independent reference: the CRC-32C, every finite scalar, a corrupted byte; a
+write error names the file."""
 
+import errno
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 
+import helpers
 from albert_jax.training import events
 from albert_jax.training.metrics import MetricWriter
 from helpers import event_files, read_events
@@ -55,3 +59,12 @@ def test_a_flipped_byte_fails_the_readers_crc_check(tmp_path):
     open(writer.path, "wb").write(bytes(data))
     with pytest.raises(tf.errors.DataLossError):
         read_events(writer.path)
+
+
+def test_a_write_error_names_the_event_file(tmp_path):
+    writer = events.EventWriter(str(tmp_path))
+    writer.scalars(1, {"train/loss": 1.0})  # buffered
+    with helpers.file_size_limit(os.path.getsize(writer.path)), pytest.raises(OSError) as error:
+        writer.flush()
+    assert str(error.value) == f"[Errno {errno.EFBIG}] cannot write {writer.path}: File too large"
+    writer.close()

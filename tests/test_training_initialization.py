@@ -103,3 +103,24 @@ def test_init_from_hub_name_uses_the_local_cache_only(pretrained_dirs, tmp_path,
     assert resolved.directory == str(snapshot) and resolved.config.hidden_size == TINY.hidden_size
     with pytest.raises(FileNotFoundError, match="huggingface_hub cache"):
         initialization.resolve("someone/not-downloaded")
+
+
+def test_init_from_refuses_a_work_dir_whose_run_has_not_finished(pretrained_dirs, tmp_path):
+    """A work dir (run_config.json) is used through its final/ only once the run has finished (final/run_state.json
+    complete); before, one line says how far it got. A final/ without the marker is a run stopped while writing it."""
+    import shutil
+
+    from albert_jax.training import export, loop
+
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "100").mkdir(parents=True)
+    (workdir / "checkpoints" / "200").mkdir()
+    (workdir / loop.RUN_CONFIG_NAME).write_text('{"total_steps": 600}')
+    unfinished = r"the run in .*run has not finished \(step 200 of 600\); run it again to finish it$"
+    with pytest.raises(FileNotFoundError, match=unfinished):
+        initialization.resolve(str(workdir))
+    shutil.copytree(pretrained_dirs[0] / "work" / "final", workdir / "final")
+    with pytest.raises(FileNotFoundError, match=unfinished):
+        initialization.resolve(str(workdir))
+    (workdir / "final" / export.RUN_STATE_NAME).write_text('{"step": 600, "total_steps": 600, "complete": true}')
+    assert initialization.resolve(str(workdir)).directory == str(workdir / "final")

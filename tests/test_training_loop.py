@@ -144,3 +144,52 @@ def test_a_nonfinite_micro_step_changes_nothing_but_the_step(grad_accum_steps, b
         (resumed.params, resumed.opt_state),
         (never_poisoned.params, never_poisoned.opt_state),
     )
+
+
+# -- a run stopped by a signal ---------------------------------------------------------------------------
+class SignalledBatches:
+    """Regression batches (micro-batch i = `regression_batch(i)`) that send `signum` to this process when micro-batch
+    `at` is drawn, as a scheduler's SIGTERM or a Ctrl-C would arrive mid-run."""
+
+    def __init__(self, signum=None, at=-1):
+        self.signum, self.at = signum, at
+
+    def iterate(self, start):
+        for i in range(start, 1 << 30):
+            if i == self.at:
+                os.kill(os.getpid(), self.signum)
+            yield regression_batch(i)
+
+
+def regression_task(batches):
+    def init_params(rng):
+        k1, k2 = jax.random.split(rng)
+        return {
+            "hidden": {"kernel": jax.random.normal(k1, (4, 8)), "bias": jnp.zeros(8)},
+            "out": {"kernel": jax.random.normal(k2, (8, 2))},
+        }
+
+    return loop.Task(
+        loss_fn=regression_loss,
+        summarize=lambda sums: {"loss": sums["loss"] / sums["rows"]},
+        init_params=init_params,
+        train_batches=batches,
+    )
+
+
+@pytest.mark.parametrize("signum,raised", [("SIGTERM", loop.Preempted), ("SIGINT", KeyboardInterrupt)])
+def test_a_signal_saves_a_checkpoint_and_train_raises_instead_of_returning(tmp_path, signum, raised):
+    """SIGTERM (Preempted) or Ctrl-C (KeyboardInterrupt) while drawing step 3's batch: step 3 is checkpointed, then
+    `train` raises saying so, so that no caller writes final/ for a half-trained model; run again, it resumes there
+    and returns the finished state."""
+    import signal
+
+    config = loop.base_config()
+    config.update(dict(total_steps=6, batch_size=8, log_every=1, eval_every=0, checkpoint_every=0))
+    config.optimizer.warmup_steps = 0
+    mesh = sharding.create_mesh(config.mesh)
+    with pytest.raises(raised, match=r"stopped at step 3; run again with the same --workdir to resume"):
+        loop.train(config, str(tmp_path), regression_task(SignalledBatches(getattr(signal, signum), at=2)), mesh)
+    assert os.listdir(tmp_path / "checkpoints") == ["3"]
+    state = loop.train(config, str(tmp_path), regression_task(SignalledBatches()), mesh)
+    assert int(state.step) == 6 and sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]

@@ -146,8 +146,8 @@ def read_glue_tsv(glue_dir: str, task: str, split: str) -> list[GlueExample]:
 
     Raises:
       FileNotFoundError: the file is missing (the path is named).
-      ValueError: unknown split; a row with a wrong number of columns or an STS-B score that is not a
-        number (the file and 1-based line are named).
+      ValueError: unknown split; a row with a wrong number of columns, an STS-B score that is not a
+        number or bytes that are not UTF-8 (the file and 1-based line are named); a file without examples.
     """
     info = get_task(task)
     _check_split(info, split)
@@ -160,9 +160,10 @@ def read_glue_tsv(glue_dir: str, task: str, split: str) -> list[GlueExample]:
     has_header = is_test or info.name != "cola"
     needed = 1 + max(i for i in (text_a, text_b, 0 if is_test else columns.label) if i is not None)
     examples, skipped = [], 0
-    # newline="\n": only "\n" ends a row (a stray "\r" inside a text stays there); "\r\n" endings are stripped.
-    with open(path, encoding="utf-8", newline="\n") as f:
-        lines = (line.rstrip("\r\n").split("\t") for line in f)
+    # Binary lines: only "\n" ends a row (a stray "\r" inside a text stays there; "\r\n" endings are stripped),
+    # and each line is decoded alone, so that bytes that are not UTF-8 are reported with their line.
+    with open(path, "rb") as f:
+        lines = (_decode(line, path, number).rstrip("\r\n").split("\t") for number, line in enumerate(f, 1))
         expected = _COLA_COLUMNS
         if has_header:
             header = next(lines, None)
@@ -198,7 +199,17 @@ def read_glue_tsv(glue_dir: str, task: str, split: str) -> list[GlueExample]:
         logger.warning(
             "%s: skipped %d malformed rows (wrong number of columns), as the original reader does", path, skipped
         )
+    if not examples:
+        raise ValueError(f"{path} holds no examples" + (f" ({skipped} malformed rows skipped)" if skipped else ""))
     return examples
+
+
+def _decode(line: bytes, path: str, number: int) -> str:
+    """Line `number` of `path` as text; ValueError naming the file and line when it is not UTF-8."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} line {number}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 # tensorflow-datasets' GLUE features: the text fields, and the ClassLabel names that stand for the GLUE label

@@ -51,6 +51,28 @@ class Decoder:
         return self.masker(*records.decode_pair(record, self.dtype), rng)
 
 
+class ShardSource:
+    """The records of ArrayRecord shards (grain's ArrayRecordDataSource) with a record that cannot be read (a
+    damaged shard fails its checksums) raised as a ValueError naming the shard and the command that makes it
+    again, in grain's worker processes too (grain re-raises it as it is). Picklable."""
+
+    def __init__(self, paths: list[str], examples: list[int]):
+        self.paths, self.ends = paths, np.cumsum(examples)
+        self.source = grain.sources.ArrayRecordDataSource(paths)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> bytes:
+        try:
+            return self.source[index]
+        except (RuntimeError, OSError) as e:  # riegeli's "Corrupted Riegeli/records file: ... hash mismatch"
+            shard = int(np.searchsorted(self.ends, index, side="right"))
+            record = index - (int(self.ends[shard - 1]) if shard else 0)
+            reason = str(e).strip().splitlines()[0]
+            raise ValueError(prepare.damaged_shard(self.paths[shard], f"record {record}: {reason}")) from e
+
+
 class PretrainingDataset:
     """The examples of one split of a prepared directory, as grain datasets."""
 
@@ -66,12 +88,11 @@ class PretrainingDataset:
                 f"{directory} was prepared with max_seq_length={self.manifest['max_seq_length']}, the "
                 f"config asks for {data.max_seq_length}"
             )
-        paths = [
-            os.path.join(directory, "examples", s["name"] + ".array_record")
-            for s in self.manifest["shards"]
-            if s["split"] == split and s["examples"]
-        ]
-        self.source = grain.sources.ArrayRecordDataSource(paths)
+        shards = [s for s in self.manifest["shards"] if s["split"] == split and s["examples"]]
+        self.source = ShardSource(
+            [os.path.join(directory, "examples", s["name"] + ".array_record") for s in shards],
+            [s["examples"] for s in shards],
+        )
         self.size = len(self.source)
         self.decoder = Decoder(self.manifest, data, seed)
         self.seed = seed

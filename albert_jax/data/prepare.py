@@ -19,14 +19,18 @@ other settings is refused unless `overwrite`. One prepare of a directory runs at
 `<out>.lock` beside it): a concurrent one waits, then reuses the result.
 
 A prepared directory holds `settings.json` (written first), `spiece.model`, `documents/` (deleted when
-done), `examples/{train,eval}-NNNNN.array_record` and `manifest.json` (written last).
+done), `examples/{train,eval}-NNNNN.array_record` and `manifest.json` (written last), which records each
+shard's size and sha256. A run checks the sizes when it starts (`check_sizes`: a stat per shard) and names the
+shard of a record it cannot read; `--verify DIR` reads every shard against its checksum; `--repair` deletes the
+damaged shards and makes them again, identical to the originals:
+
+    python -m albert_jax.data.prepare --verify DIR
+    python -m albert_jax.data.prepare --config=... --out=DIR --repair
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -44,7 +48,7 @@ from albert_jax import experiment
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
-FORMAT = 1
+FORMAT = 2  # 2: the manifest records each shard's bytes and sha256
 SPLITS = ("train", "eval")
 _EVAL_OFFSET_STREAM = 7
 
@@ -105,36 +109,35 @@ def read_manifest(directory: str) -> dict:
         return json.load(f)
 
 
-def prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, *, overwrite: bool = False) -> dict:
+def prepare(
+    config: ml_collections.ConfigDict, out: str, vocab_size: int, *, overwrite: bool = False, repair: bool = False
+) -> dict:
     """Prepares (or finishes preparing, or reuses) the pretraining data of `config` in `out`; returns the
-    manifest. ValueError when `out` was prepared with other settings and not `overwrite`."""
+    manifest. ValueError when `out` was prepared with other settings (or by another version) and not
+    `overwrite`. `repair` first deletes the shards of a finished `out` that fail `verify`, and its manifest."""
     values = settings(config, vocab_size)
     with _exclusive(out):
-        return _prepare(config, out, vocab_size, values, overwrite)
+        return _prepare(config, out, vocab_size, values, overwrite, repair)
 
 
-@contextlib.contextmanager
 def _exclusive(out: str):
-    """Holds an fcntl lock on `<out>.lock` (which the OS releases if the process dies), so that one prepare of a
-    directory runs at a time: concurrent runs, e.g. sweep shards on several hosts over a shared file system,
-    wait for the first and then reuse what it made. The lock file stays beside the directory."""
-    path = os.path.abspath(out).rstrip(os.sep) + ".lock"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            _progress(f"waiting for another prepare of {out} to finish (it holds {path})")
-            fcntl.lockf(f, fcntl.LOCK_EX)
-        yield
+    """A lock on `<out>.lock` (`experiment.exclusive`), so that one prepare of a directory runs at a time:
+    concurrent runs, e.g. sweep shards on several hosts over a shared file system, wait for the first and then
+    reuse what it made. The lock file stays beside the directory."""
+    busy = f"waiting for another prepare of {out} to finish"
+    return experiment.exclusive(os.path.abspath(out).rstrip(os.sep) + ".lock", busy=busy, wait=True)
 
 
-def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, values: dict, overwrite: bool) -> dict:
+def _prepare(
+    config: ml_collections.ConfigDict, out: str, vocab_size: int, values: dict, overwrite: bool, repair: bool
+) -> dict:
     from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
 
     digest = settings_hash(values)
     _claim(out, values, overwrite)
     manifest_path = os.path.join(out, MANIFEST)
+    if repair and os.path.exists(manifest_path):
+        _delete_damaged(out)
     if os.path.exists(manifest_path):
         return read_manifest(out)
     data = config.data
@@ -150,9 +153,9 @@ def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, value
         jobs = _document_jobs(config, out, shards, vocab)
     tokenizer = AlbertTokenizer(vocab)
     check_vocab_size(tokenizer, vocab_size)
-    counts = _run_jobs(jobs, data.prepare_workers)
-    shards = [dict(name=name, split=name.split("-")[0], examples=counts[name]) for name in sorted(counts)]
-    examples = {split: sum(n for name, n in counts.items() if name.split("-")[0] == split) for split in SPLITS}
+    made = _run_jobs(jobs, data.prepare_workers)
+    shards = [made[name] for name in sorted(made)]
+    examples = {split: sum(s["examples"] for s in shards if s["split"] == split) for split in SPLITS}
     for split in SPLITS:
         if not examples[split]:
             raise ValueError(
@@ -183,7 +186,8 @@ def _prepare(config: ml_collections.ConfigDict, out: str, vocab_size: int, value
 
 
 def ensure_prepared(config: ml_collections.ConfigDict, workdir: str, vocab_size: int) -> str:
-    """The prepared data of a run (prepared by process 0 if missing; the other processes wait for it)."""
+    """The prepared data of a run (prepared by process 0 if missing; the other processes wait for it), its shards'
+    sizes checked by every process (`check_sizes`)."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -192,6 +196,7 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str, vocab_size:
         prepare(config, out, vocab_size)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("prepared data")
+    check_sizes(out)
     return out
 
 
@@ -211,11 +216,100 @@ def shard_seed(seed: int, split: str, shard: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Integrity: the manifest records each shard's bytes and sha256
+# ---------------------------------------------------------------------------------------------------------
+def check_sizes(directory: str) -> None:
+    """Raises ValueError naming a shard of `directory` that is missing or not of the size in the manifest
+    (truncated): a stat per shard, no reading, so that a run checks it before it starts training."""
+    damaged = {}
+    for shard in _manifest_of_this_version(directory)["shards"]:
+        path = _shard_path(directory, shard["name"])
+        if problem := _size_problem(path, shard):
+            damaged[path] = problem
+    if damaged:
+        path, problem = next(iter(damaged.items()))
+        more = f" (and {len(damaged) - 1} more shards: --verify lists them)" if len(damaged) > 1 else ""
+        raise ValueError(damaged_shard(path, problem + more))
+
+
+def verify(directory: str) -> dict[str, str]:
+    """Reads every shard of `directory` against the manifest (missing, size, sha256), with progress on stderr;
+    returns damaged shard path -> what is wrong with it. ValueError when `directory` holds no prepared data of
+    this version."""
+    shards = _manifest_of_this_version(directory)["shards"]
+    total, read, last = sum(s["bytes"] for s in shards), 0, time.time()
+    damaged = {}
+    for i, shard in enumerate(shards, 1):
+        path = _shard_path(directory, shard["name"])
+        problem = _size_problem(path, shard)
+        if not problem and _sha256(path) != shard["sha256"]:
+            problem = "its sha256 is not the manifest's: its bytes changed"
+        if problem:
+            damaged[path] = problem
+        read += shard["bytes"]
+        if time.time() - last > 10:
+            _progress(f"verified {i} / {len(shards)} shards ({read / 2**30:.1f} of {total / 2**30:.1f} GiB)")
+            last = time.time()
+    return damaged
+
+
+def damaged_shard(path: str, problem: str) -> str:
+    """The one-line error of a damaged shard `path` (`directory/examples/NAME.array_record`): what is wrong
+    and the command that makes it again."""
+    return f"{path} is damaged ({problem}); make it again: {_repair_command(os.path.dirname(os.path.dirname(path)))}"
+
+
+def _repair_command(directory: str) -> str:
+    return f"python -m albert_jax.data.prepare --config=<the config it was prepared with> --out={directory} --repair"
+
+
+def _size_problem(path: str, shard: dict) -> str | None:
+    if not os.path.exists(path):
+        return "missing"
+    size = os.path.getsize(path)
+    return None if size == shard["bytes"] else f"{size} bytes, the manifest records {shard['bytes']}"
+
+
+def _manifest_of_this_version(directory: str) -> dict:
+    manifest = read_manifest(directory)
+    _check_format(directory, manifest["settings"])
+    return manifest
+
+
+def _check_format(directory: str, values: dict) -> None:
+    """ValueError when `values` (settings.json) were written by another version of the prepare stage."""
+    if values.get("format") != FORMAT:
+        raise ValueError(
+            f"{directory} was prepared by another version of albert-jax (format {values.get('format')}, this one "
+            f"reads {FORMAT}); prepare again (--overwrite)"
+        )
+
+
+def _delete_damaged(out: str) -> None:
+    """Deletes the damaged shards of a finished `out` (`verify`) and its manifest, so that the resumable prepare
+    makes those shards again: from the source streamed anew (the document shards are gone), each a function
+    of its documents and seed only, so identical to the originals."""
+    damaged = verify(out)
+    for path in damaged:
+        _progress(f"deleting {path}: {damaged[path]}")
+        if os.path.exists(path):
+            os.remove(path)
+    if damaged:
+        os.remove(os.path.join(out, MANIFEST))
+    else:
+        _progress(f"every shard of {out} is intact: nothing to repair")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------------------
 def _claim(out: str, values: dict, overwrite: bool) -> None:
-    """Makes `out` this preparation's (resuming one with the same settings); refuses other data unless
-    `overwrite`, which starts over."""
+    """Makes `out` this preparation's (resuming one with the same settings); refuses other data, or data of
+    another version, unless `overwrite`, which starts over."""
+    path = os.path.join(out, SETTINGS)
+    if not overwrite and os.path.exists(path):
+        with open(path) as f:
+            _check_format(out, json.load(f))
     ours = experiment.check_claim(
         out,
         SETTINGS,
@@ -224,6 +318,7 @@ def _claim(out: str, values: dict, overwrite: bool) -> None:
         conflict="holds pretraining data prepared with other settings",
         fix="use --overwrite to prepare it anew, or another directory",
         foreign="holds no prepared data; use another directory or --overwrite",
+        ours=(MANIFEST,),
     )
     if not ours:
         experiment.write_claim(out, SETTINGS, values, overwrite=overwrite)
@@ -243,7 +338,9 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     data = config.data
-    sample = _Reservoir(0 if data.vocab_file else data.spm_sentences, config.seed)
+    # no sample when the vocabulary is given or already trained (a --repair streams the source again)
+    sampled = not data.vocab_file and not os.path.exists(os.path.join(out, "spiece.model"))
+    sample = _Reservoir(data.spm_sentences if sampled else 0, config.seed)
     buffers: dict[str, list] = {split: [] for split in SPLITS}
     shards: dict[str, int] = {}
     offset, start, count = eval_offset(config.seed), time.time(), 0
@@ -275,7 +372,7 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
     for split in SPLITS:
         if buffers[split]:
             flush(split)
-    if not data.vocab_file:
+    if sampled:
         sample.save(os.path.join(out, "spm_sample.txt"))
     experiment.write_json(index_path, shards)
     _progress(f"read {count} documents into {len(shards)} shards")
@@ -381,25 +478,25 @@ def _shard_path(out: str, name: str) -> str:
     return os.path.join(out, "examples", name + ".array_record")
 
 
-def _run_jobs(jobs: list, workers: int) -> dict[str, int]:
+def _run_jobs(jobs: list, workers: int) -> dict[str, dict]:
     """Runs the shard jobs not done yet (in `workers` processes when more than one is left); returns shard
-    name -> examples for every shard."""
-    counts, todo = {}, []
+    name -> manifest entry (`_shard_entry`) for every shard."""
+    shards, todo = {}, []
     for job in jobs:
-        done = _done_counts(job[1])
+        done = _done_shards(job[1])
         if done is None:
             todo.append(job)
         else:
-            counts.update(done)
+            shards.update(done)
     if len(jobs) > len(todo):
         _progress(f"{len(jobs) - len(todo)} of {len(jobs)} shards already prepared")
     start, made = time.time(), 0
 
     def finished(result):
         nonlocal made
-        counts.update(result)
-        made += sum(result.values())
-        _progress(f"shard {len(counts)} / {len(jobs)}: {made} examples ({made / (time.time() - start):.0f}/s)")
+        shards.update(result)
+        made += sum(entry["examples"] for entry in result.values())
+        _progress(f"shard {len(shards)} / {len(jobs)}: {made} examples ({made / (time.time() - start):.0f}/s)")
 
     workers = min(workers or os.cpu_count() or 1, len(todo))
     if workers <= 1:
@@ -409,28 +506,40 @@ def _run_jobs(jobs: list, workers: int) -> dict[str, int]:
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for future in concurrent.futures.as_completed([pool.submit(fn, **kwargs) for fn, kwargs in todo]):
                 finished(future.result())
-    return counts
+    return shards
 
 
-def _done_counts(kwargs: dict) -> dict[str, int] | None:
-    """Shard name -> examples of a job's outputs when they all exist, else None."""
+def _done_shards(kwargs: dict) -> dict[str, dict] | None:
+    """Shard name -> manifest entry of a job's outputs when they all exist (made by an interrupted prepare),
+    else None."""
     outputs = kwargs["out"] if isinstance(kwargs["out"], dict) else {"": kwargs["out"]}
     if not all(os.path.exists(p) for p in outputs.values()):
         return None
     from array_record.python.array_record_module import ArrayRecordReader
 
-    counts = {}
+    shards = {}
     for path in outputs.values():
         reader = ArrayRecordReader(path)
-        counts[os.path.basename(path).split(".")[0]] = reader.num_records()
+        shards.update(_shard_entry(path, reader.num_records()))
         reader.close()
-    return counts
+    return shards
+
+
+def _shard_entry(path: str, examples: int) -> dict[str, dict]:
+    """{name: the manifest entry of the written shard `path`}: split, examples, and the bytes and sha256 that
+    `check_sizes` and `verify` compare against."""
+    name = os.path.basename(path).split(".")[0]
+    return {
+        name: dict(
+            name=name, split=name.split("-")[0], examples=examples, bytes=os.path.getsize(path), sha256=_sha256(path)
+        )
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Worker jobs (module-level: they run in spawned processes)
 # ---------------------------------------------------------------------------------------------------------
-def _make_document_shard(documents: str, out: str, vocab: str, masking: str, args: dict) -> dict[str, int]:
+def _make_document_shard(documents: str, out: str, vocab: str, masking: str, args: dict) -> dict[str, dict]:
     from albert_jax.data import pretraining, records
     from albert_jax.data.sources import read_text_files
     from albert_jax.tokenizer import AlbertTokenizer
@@ -445,8 +554,7 @@ def _make_document_shard(documents: str, out: str, vocab: str, masking: str, arg
             records.encode_pair(a, b, swapped, dtype)
             for a, b, swapped in pretraining.create_pairs(docs, tokenizer, **args)
         )
-    name = os.path.basename(out).split(".")[0]
-    return {name: _write_records(out, _skip_empty(encoded))}
+    return _shard_entry(out, _write_records(out, _skip_empty(encoded)))
 
 
 def _skip_empty(encoded):
@@ -467,7 +575,7 @@ def _convert_tfrecord(
     offset: float,
     max_seq_length: int,
     max_predictions: int,
-) -> dict[str, int]:
+) -> dict[str, dict]:
     from albert_jax.data import records
     from albert_jax.data.tfrecord import read_original_tfrecords
     from albert_jax.tokenizer import AlbertTokenizer
@@ -477,7 +585,10 @@ def _convert_tfrecord(
     writers = {split: _RecordWriter(out[split]) for split in SPLITS}
     for i, example in enumerate(examples):
         writers["eval" if is_eval(i, eval_fraction, offset) else "train"].write(records.encode_example(example, dtype))
-    return {os.path.basename(out[split]).split(".")[0]: writers[split].close() for split in SPLITS}
+    shards = {}
+    for split in SPLITS:
+        shards.update(_shard_entry(out[split], writers[split].close()))
+    return shards
 
 
 def _write_records(path: str, encoded) -> int:
@@ -520,20 +631,27 @@ def _progress(message: str) -> None:
 
 
 def main(argv=None) -> None:
-    """The CLI: --config (an experiment config, as for run.py) --out DIR [--overwrite]."""
+    """The CLI: --config (an experiment config, as for run.py) --out DIR [--overwrite | --repair], or
+    --verify DIR."""
     from absl import app, flags
     from ml_collections import config_flags
 
     holder = config_flags.DEFINE_config_file("config", None, "pretraining config (experiments/configs/*.py)")
     out = flags.DEFINE_string("out", None, "directory of the prepared data")
     overwrite = flags.DEFINE_bool("overwrite", False, "prepare anew even if the directory holds other data")
+    repair = flags.DEFINE_bool("repair", False, "make the shards that fail --verify again (and only those)")
+    check = flags.DEFINE_string("verify", None, "check every shard of this prepared directory against its sha256")
 
     def run(_):
-        config = experiment.config_from_flag(holder)
-        if config is None or out.value is None:
-            sys.exit("error: --config and --out are required")
         try:
-            prepare(config, out.value, experiment.albert_config(config.model).vocab_size, overwrite=overwrite.value)
+            if check.value is not None:
+                _verify_command(check.value)
+                return
+            config = experiment.config_from_flag(holder)
+            if config is None or out.value is None:
+                sys.exit("error: --config and --out are required")
+            vocab_size = experiment.albert_config(config.model).vocab_size
+            prepare(config, out.value, vocab_size, overwrite=overwrite.value, repair=repair.value)
         except (ValueError, OSError, ImportError) as e:
             sys.exit(f"error: {e}")
 
@@ -543,9 +661,24 @@ def main(argv=None) -> None:
         flags_parser=lambda args: experiment.parse_flags(
             args,
             "python -m albert_jax.data.prepare --config=experiments/configs/NAME.py[:arg] [--config.data.x=v] "
-            "--out=DIR [--overwrite]",
+            "--out=DIR [--overwrite | --repair]\n       python -m albert_jax.data.prepare --verify=DIR",
         ),
     )
+
+
+def _verify_command(directory: str) -> None:
+    """--verify: one line per damaged shard on stdout and exit status 1, or a summary line."""
+    damaged = verify(directory)
+    for path, problem in damaged.items():
+        print(f"{path}: {problem}", flush=True)
+    shards = read_manifest(directory)["shards"]
+    if damaged:
+        sys.exit(
+            f"error: {len(damaged)} of {len(shards)} shards of {directory} are damaged; make them again: "
+            + _repair_command(directory)
+        )
+    size = sum(s["bytes"] for s in shards)
+    print(f"{directory}: all {len(shards)} shards intact ({size / 2**20:.1f} MiB, sizes and sha256 as in the manifest)")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ def featurize(
     doc_stride: int = 128,
     max_query_length: int = 64,
     is_training: bool,
+    source: str | None = None,
 ) -> tuple[dict[str, np.ndarray], SquadFeatures]:
     """Cuts examples into model inputs, the way the original run_squad does.
 
@@ -192,13 +193,16 @@ def featurize(
     `doc_stride` context tokens apart (the step, not the overlap). Answer positions come from the first
     gold answer: its char span maps to the context tokens overlapping it; positions are 0 ([CLS]) when
     the example is impossible or the span is not wholly inside the window. With `is_training`, examples
-    whose answer text is not at its `answer_start` (whitespace aside) are skipped, as the original does.
+    whose answer text is not at its `answer_start` (whitespace aside) are skipped, as the original does,
+    with a warning that counts them; a ValueError when that is every answerable question (the answer
+    offsets do not fit the contexts). `source` (the file the examples come from) is named in both.
 
     Returns (arrays, features). arrays: int32 `input_ids`, `attention_mask`, `token_type_ids`
     [F, max_seq_length] (padded with the pad id / 0) and `start_positions`, `end_positions`,
     `example_index` [F]. features: the `SquadFeatures` that `postprocess` takes.
     """
-    inputs, windows, skipped, last = [], [], 0, None  # last: (context, its encoding) of the previous example
+    inputs, windows, last = [], [], None  # last: (context, its encoding) of the previous example
+    answerable = skipped = 0  # training questions with an answer; those whose answer is not at answer_start
     for index, example in enumerate(examples):
         question_ids = _encode(tokenizer, example.question)[0][:max_query_length]
         if last is None or example.context != last[0]:  # the questions on one paragraph come in a row
@@ -214,9 +218,11 @@ def featurize(
         if example.answers and not example.is_impossible:
             text, char_start = example.answers[0]
             char_end = char_start + len(text)
-            if is_training and " ".join(context[char_start:char_end].split()) != " ".join(text.split()):
-                skipped += 1
-                continue
+            if is_training:
+                answerable += 1
+                if " ".join(context[char_start:char_end].split()) != " ".join(text.split()):
+                    skipped += 1
+                    continue
             answer = _token_span(context_offsets, char_start, char_end)
         spans = _doc_spans(len(context_ids), window_size, doc_stride)
         max_context = _max_context_windows(spans, len(context_ids))
@@ -234,10 +240,22 @@ def featurize(
             )
             inputs.append({**row, "example_index": np.int32(index)})
             windows.append(post)
+    where = f"{source}: " if source else ""
+    if skipped and skipped == answerable:
+        raise ValueError(
+            f"{where}the answer text of every one of the {answerable} answerable training questions is not at "
+            "its answer_start: are the answer_start values character offsets into these contexts?"
+        )
     if skipped:
-        logger.warning("skipped %d training examples whose answer text is not at answer_start", skipped)
+        logger.warning(
+            "%sskipped %d of %d answerable training questions whose answer text is not at answer_start, as the "
+            "original run_squad does",
+            where,
+            skipped,
+            answerable,
+        )
     if not inputs:
-        raise ValueError("no features: no example, or every training answer is misplaced")
+        raise ValueError(f"{where}no examples to featurize")
     arrays = {key: np.stack([row[key] for row in inputs]) for key in inputs[0]}
     offsets, is_max_context, context_mask = (np.stack(column) for column in zip(*windows))
     return arrays, SquadFeatures(arrays["example_index"], offsets, is_max_context, context_mask)

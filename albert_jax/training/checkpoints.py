@@ -1,11 +1,16 @@
 """Orbax checkpoints of the whole run: train state (params, optimizer state, step) and the data position.
 Saves are atomic (orbax writes to a temporary directory and renames), the last `keep` are kept, and restores
 place every array on the sharding its abstract target carries (so a run saved on one mesh resumes on another).
+A save that fails (orbax writes in the background: the error surfaces at the next save or at close) is a
+one-line CheckpointError naming the checkpoint directory and the OS's reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging as py_logging
 import os
+import re
 import shutil
 
 import jax
@@ -16,7 +21,36 @@ from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was expected."""
+    """No usable checkpoint where one was expected, or a checkpoint that could not be written."""
+
+
+def _one_line(e: BaseException) -> str:
+    """An orbax/tensorstore error's type and first line (their messages run to many lines)."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def _write_reason(e: BaseException) -> str:
+    """Why a save failed: the OS's reason when the error gives one (an OSError, or tensorstore's
+    `os_error_code='28'`), else `_one_line(e)`."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    if code := re.search(r"os_error_code='?(\d+)", str(e)):
+        return os.strerror(int(code.group(1)))
+    return _one_line(e)
+
+
+class _OrbaxErrorsInOneLine(py_logging.Filter):
+    """orbax logs a failed background save with its thread's traceback, four times, before the error reaches the
+    main thread, where `Checkpointer` raises it in one line naming the directory: orbax's messages stay, their
+    tracebacks (hundreds of lines of orbax internals) go."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_ORBAX_ERRORS_IN_ONE_LINE = _OrbaxErrorsInOneLine()
 
 
 @jax.jit
@@ -48,6 +82,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 3):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        logging.get_absl_logger().addFilter(_ORBAX_ERRORS_IN_ONE_LINE)  # once: addFilter skips one it holds
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
@@ -55,20 +90,31 @@ class Checkpointer:
     def save(self, step: int, state, data_state: dict) -> None:
         """Saves `state` (a pytree of jax arrays) and `data_state` (JSON) as checkpoint `step`."""
         data_state = dict(data_state, checksum=int(checksum(state)))
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-            force=True,
-        )
+        with self._naming_write_errors():
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=True,
+            )
+
+    @contextlib.contextmanager
+    def _naming_write_errors(self):
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - whatever orbax or tensorstore raise, the save failed
+            raise CheckpointError(f"cannot write a checkpoint in {self.directory}: {_write_reason(e)}") from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def restore_latest(self, abstract_state):
-        """(state, data_state) of the newest good checkpoint, or None when there is none at all.
-        `abstract_state` carries the shardings; CheckpointError when every checkpoint is bad."""
+    def restore_latest(self, abstract_state, at_most: int | None = None):
+        """(state, data_state) of the newest good checkpoint (at step `at_most` or before, when given), or None
+        when there is none at all. `abstract_state` carries the shardings; CheckpointError when every
+        checkpoint is bad."""
+        with self._naming_write_errors():  # a rollback restores while a save may be in flight
+            self.manager.wait_until_finished()
         set_aside = []
-        while (step := self.manager.latest_step()) is not None:
+        while (step := self._newest(at_most)) is not None:
             try:
                 restored = self.manager.restore(
                     step,
@@ -83,7 +129,7 @@ class Checkpointer:
                 elif not _all_finite(state):
                     problem = "it holds non-finite values"
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is handled the same way
-                problem = f"it cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                problem = f"it cannot be read ({_one_line(e)})"
             if problem is None:
                 return state, data
             self._set_aside(step, problem)
@@ -94,6 +140,15 @@ class Checkpointer:
                 "corrupt-<step>); run with --overwrite to start over"
             )
         return None
+
+    def _newest(self, at_most: int | None) -> int | None:
+        return max((s for s in self.manager.all_steps() if at_most is None or s <= at_most), default=None)
+
+    def discard_after(self, step: int) -> None:
+        """Deletes the checkpoints after `step` (a loss-spike rollback: they hold the spike)."""
+        for later in self.manager.all_steps():
+            if later > step:
+                self.manager.delete(later)
 
     def _set_aside(self, step: int, problem: str) -> None:
         path = os.path.join(self.directory, str(step))
@@ -109,5 +164,6 @@ class Checkpointer:
         self.manager.reload()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the saves in flight (CheckpointError when one failed) and closes the manager."""
+        with self._naming_write_errors():
+            self.manager.close()  # waits for the saves in flight first

@@ -19,10 +19,22 @@ an interrupted run's last steps, redone after a resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import time
+
+
+@contextlib.contextmanager
+def naming(path: str):
+    """Re-raises an OSError of the block as one that names `path`, for the write errors that name no file
+    (`[Errno 28] No space left on device`): `[Errno 28] cannot write PATH: No space left on device`."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+
 
 _CRC32C_POLY = 0x82F63B78  # Castagnoli, bit-reversed
 
@@ -99,14 +111,17 @@ class EventWriter:
 
     def _write(self, event: bytes) -> None:
         length = struct.pack("<Q", len(event))
-        self._file.write(length + _masked_crc(length) + event + _masked_crc(event))
+        with naming(self.path):
+            self._file.write(length + _masked_crc(length) + event + _masked_crc(event))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """One event at `step` holding a float summary per tag."""
         self._write(_event(step, scalars=values))
 
     def flush(self) -> None:
-        self._file.flush()
+        with naming(self.path):
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with naming(self.path):
+            self._file.close()

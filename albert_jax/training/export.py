@@ -1,32 +1,63 @@
 """What a finished job leaves behind besides checkpoints: `final/` (albert-jax format + tokenizer), a
-transformers directory checked against transformers when it is installed, fill-mask examples."""
+transformers directory checked against transformers when it is installed, fill-mask examples. Only a run
+that did all its steps writes them (`loop.train` raises for a stopped one), and each model directory ends
+with `run_state.json` ({"step": N, "total_steps": N, "complete": true}), written last."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import cast
 
 import numpy as np
 
-from albert_jax import modeling, pretrained
+from albert_jax import experiment, modeling, pretrained
 from albert_jax.config import AlbertConfig
 
+RUN_STATE_NAME = "run_state.json"  # in final/ and exports: the step of a finished run, written last
 
-def save_final(albert_config: AlbertConfig, params, tokenizer, workdir: str) -> str:
-    """Writes `workdir/final` (config.json, albert_jax.safetensors, tokenizer files); returns its path."""
+
+def save_final(albert_config: AlbertConfig, params, tokenizer, workdir: str, total_steps: int) -> str:
+    """Writes `workdir/final` (config.json, albert_jax.safetensors, tokenizer files, run_state.json) of a run
+    that did all its `total_steps`; returns its path."""
     out_dir = os.path.join(workdir, "final")
+    _unmark(out_dir)
     pretrained.save_pretrained(albert_config, params, out_dir)
     tokenizer.save_pretrained(out_dir)
+    _mark_complete(out_dir, total_steps)
     return out_dir
 
 
-def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str) -> None:
-    """config.json + model.safetensors + tokenizer files, loadable by transformers as is. When
-    transformers is installed, loads the export with it and reports the largest logit difference."""
+def read_run_state(directory: str) -> dict | None:
+    """The run_state.json of a model directory written by `save_final` / `export_hf`, None without one."""
+    path = os.path.join(directory, RUN_STATE_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _unmark(out_dir: str) -> None:
+    """Removes the marker of an earlier export before `out_dir` is rewritten: half-rewritten is not complete."""
+    if os.path.exists(os.path.join(out_dir, RUN_STATE_NAME)):
+        os.remove(os.path.join(out_dir, RUN_STATE_NAME))
+
+
+def _mark_complete(out_dir: str, total_steps: int) -> None:
+    state = {"step": total_steps, "total_steps": total_steps, "complete": True}
+    experiment.write_json(os.path.join(out_dir, RUN_STATE_NAME), state)
+
+
+def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str, total_steps: int) -> None:
+    """config.json + model.safetensors + tokenizer files (+ run_state.json), loadable by transformers as is,
+    of a run that did all its `total_steps`. When transformers is installed, loads the export with it and
+    reports the largest logit difference."""
     from albert_jax import convert
 
+    _unmark(out_dir)
     convert.save_hf(albert_config, params, out_dir)
     tokenizer.save_pretrained(out_dir)
+    _mark_complete(out_dir, total_steps)
     print(f"exported a transformers model directory to {out_dir}")
     try:
         import torch

@@ -195,7 +195,10 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Do
     train = None
     if config.total_steps:
         examples, _ = squad.load_squad(version, "train", tfds_data_dir=data.tfds_data_dir, **files)
-        train, _ = squad.featurize(_limit(examples, data.max_train_examples), tokenizer, is_training=True, **settings)
+        source = files["train_file"] or f"tfds squad v{version} train"
+        train, _ = squad.featurize(
+            _limit(examples, data.max_train_examples), tokenizer, is_training=True, source=source, **settings
+        )
     dev_examples, dataset = squad.load_squad(version, "dev", tfds_data_dir=data.tfds_data_dir, **files)
     dev_examples = _limit(dev_examples, data.max_eval_examples)
     dev, features = squad.featurize(dev_examples, tokenizer, is_training=False, **settings)
@@ -330,12 +333,13 @@ def build_task(
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, resume: bool = True):
     """Fine-tunes (or, with total_steps=0, evaluates) as configured; writes the task's outputs and
-    `final/`. Returns (AlbertConfig, final params as numpy)."""
-    mesh = loop.claim_run(config, workdir, experiment.fingerprint(config, FINGERPRINT), overwrite)
+    `final/`. Returns (AlbertConfig, final params as numpy). A run stopped by a signal raises (`loop.train`)
+    and writes neither."""
     init_from = initialization.resolve(config.init_from) if config.init_from else None
-    task, albert_config, tokenizer = build_task(config, workdir, init_from)
-    state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from)
-    params = loop.host_params(state.params)
-    if jax.process_index() == 0:
-        export.save_final(albert_config, params, tokenizer, workdir)
+    with loop.claim_run(config, workdir, experiment.fingerprint(config, FINGERPRINT), overwrite) as mesh:
+        task, albert_config, tokenizer = build_task(config, workdir, init_from)
+        state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from)
+        params = loop.host_params(state.params)
+        if jax.process_index() == 0:
+            export.save_final(albert_config, params, tokenizer, workdir, config.total_steps)
     return albert_config, params

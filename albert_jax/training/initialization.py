@@ -1,13 +1,14 @@
 """`config.init_from`: where pretrained weights come from, and how they enter a run's sharded state.
 
 A spec is a transformers model directory, an albert-jax directory (`save_pretrained`), a pretraining
-work dir (its `final/` is used) or a hub name such as `albert/albert-base-v2`, looked up in the local
-huggingface_hub cache only (never downloaded at run time).
+work dir (its `final/` is used, once the run has finished) or a hub name such as `albert/albert-base-v2`,
+looked up in the local huggingface_hub cache only (never downloaded at run time).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import cast
@@ -20,6 +21,9 @@ from flax import traverse_util
 from albert_jax import pretrained
 from albert_jax.config import AlbertConfig
 from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer
+from albert_jax.training import export
+
+RUN_CONFIG_NAME = "run_config.json"  # what marks a work dir (written by loop.claim_workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,8 @@ def resolve(spec: str) -> Pretrained:
 
 
 def _directory(spec: str) -> str:
+    if os.path.isfile(os.path.join(spec, RUN_CONFIG_NAME)):
+        return _finished_run(spec)
     if os.path.isdir(spec):
         final = os.path.join(spec, "final")
         if not os.path.isfile(os.path.join(spec, "config.json")) and os.path.isdir(final):
@@ -65,6 +71,22 @@ def _directory(spec: str) -> str:
         f"config.init_from={spec!r} is neither a model directory (transformers or "
         "albert-jax), a pretraining work dir with final/, nor a model in the local "
         "huggingface_hub cache (download it once with `huggingface-cli download`)"
+    )
+
+
+def _finished_run(workdir: str) -> str:
+    """The `final/` of the run in `workdir`; FileNotFoundError naming how far it got when it has not finished
+    (no final/ with a complete run_state.json: stopped, killed or still running)."""
+    final = os.path.join(workdir, "final")
+    if (export.read_run_state(final) or {}).get("complete"):
+        return final
+    with open(os.path.join(workdir, RUN_CONFIG_NAME)) as f:
+        total = json.load(f).get("total_steps", "?")
+    saved = os.path.join(workdir, "checkpoints")
+    steps = [int(p) for p in os.listdir(saved) if p.isdigit()] if os.path.isdir(saved) else []
+    raise FileNotFoundError(
+        f"config.init_from={workdir!r}: the run in {workdir} has not finished (step {max(steps, default=0)} of "
+        f"{total}); run it again to finish it"
     )
 
 

@@ -4,17 +4,21 @@ A `Task` supplies the model, a pure loss function, the batches, a prediction fun
 `train` does the rest: shardings, optimizer, the jitted step with donation, initialisation (resume ->
 `init_from` -> scratch), evaluation, orbax checkpoints (resume, keep-last-K, save on SIGTERM/Ctrl-C) and
 metric writing. `claim_run` runs the checks that cost nothing (mesh, batch split, work dir claim) and must be
-called before a job does any expensive work.
+entered before a job does any expensive work; it holds the work dir's lock until the run ends. A run stopped
+by SIGTERM raises `Preempted` (by Ctrl-C, KeyboardInterrupt) once its checkpoint is saved, so that nothing
+after `train` (final/, exports) treats a half-trained model as finished.
 
 Determinism: batch `i` is a pure function of (seed, i) and the dropout key of micro-step `i` is
-`fold_in(PRNGKey(seed), i)`, so the saved micro-step is the whole data/rng position and a resumed run
-computes exactly what an uninterrupted one would have.
+`fold_in(PRNGKey(seed), i)`, so the saved micro-step (with the count of batches loss-spike rollbacks skipped,
+`spikes`) is the whole data/rng position and a resumed run computes exactly what an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +37,10 @@ from ml_collections.config_dict import placeholder
 
 from albert_jax import experiment
 from albert_jax.data.batches import local_rows
-from albert_jax.training import checkpoints, initialization, optimizers, sharding
+from albert_jax.training import checkpoints, initialization, optimizers, sharding, spikes
 from albert_jax.training.metrics import MetricWriter
 
-RUN_CONFIG_NAME = "run_config.json"  # the claim: the run's fingerprint
+RUN_CONFIG_NAME = initialization.RUN_CONFIG_NAME  # the claim: the run's fingerprint
 Predict = Callable[[dict], dict]  # all rows of a dict of numpy arrays -> per-row numpy outputs
 
 
@@ -69,6 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
             eps=1e-6,
             clip_norm=1.0,
             grad_accum_steps=1,
+        )
+    )
+    c.spike = ml_collections.ConfigDict(  # loss-spike rollback (albert_jax/training/spikes.py)
+        dict(
+            enabled=False,  # roll back to the last checkpoint before a loss spike and skip its batches
+            factor=3.0,  # a logged training loss over factor x its running median is suspect
+            patience=3,  # suspect logged steps in a row that make a spike
+            window=50,  # logged steps (the newest not suspect) the running median is taken over
+            lr_scale=1.0,  # multiplies the learning rate after each rollback
+            max_rollbacks=3,  # the spike after this many rollbacks stops the run (SpikeError)
         )
     )
     return c
@@ -110,12 +124,23 @@ class Task:
     finish: Callable[[Predict], None] | None = None
 
 
+class Preempted(RuntimeError):
+    """The run was stopped by SIGTERM (on this or another process of the job) after saving a checkpoint: it
+    has not finished, and running it again with the same work dir resumes it."""
+
+
+# What the entry points exit with when preempted: sysexits' EX_TEMPFAIL, "try again" (a failure exits 1).
+PREEMPTED_EXIT_STATUS = 75
+
+
 class _StopRequested:
     """SIGTERM / SIGINT set a flag; at the next optimizer-step boundary every process saves a checkpoint
-    and returns (a preempted host in a multi-process job stops the whole job cleanly)."""
+    and stops (a preempted host in a multi-process job stops the whole job cleanly); `train` then raises
+    `stopped(step)`."""
 
     def __init__(self, mesh):
         self.requested = False
+        self.signum = None  # the signal this process received
         self.previous = {}
         self._flag_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
         self._any = jax.jit(jnp.any, out_shardings=sharding.replicated(mesh))
@@ -131,7 +156,13 @@ class _StopRequested:
 
     def _handle(self, signum, frame):
         logging.warning("signal %d: saving a checkpoint and stopping", signum)
-        self.requested = True
+        self.requested, self.signum = True, signum
+
+    def stopped(self, step: int) -> BaseException:
+        """What `train` raises after stopping at `step`: KeyboardInterrupt for a Ctrl-C to this process,
+        else Preempted (SIGTERM here, or a stop agreed with another process)."""
+        message = f"stopped at step {step}; run again with the same --workdir to resume"
+        return KeyboardInterrupt(message) if self.signum == signal.SIGINT else Preempted(message)
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop. Every process must take the same branch (the
@@ -180,14 +211,27 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
     return config.get("eval_batch_size") or config.batch_size // int(config.optimizer.grad_accum_steps)
 
 
-def claim_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, overwrite: bool = False):
+@contextlib.contextmanager
+def claim_run(
+    config: ml_collections.ConfigDict, workdir: str, fingerprint: dict, overwrite: bool = False
+) -> Iterator[jax.sharding.Mesh]:
     """Everything that can refuse a run cheaply, before any data or vocabulary work: the mesh, the batch
-    split, positive step counts and the work dir claim (`claim_workdir`). Returns the mesh."""
+    split, step counts and the work dir claim (`claim_workdir`), made under the work dir's lock
+    (`<workdir>/.lock`, taken by process 0 for the whole job): a second run of the same work dir is refused
+    at once, naming the host and PID that hold it. Yields the mesh; the lock is held until the block ends.
+
+        with loop.claim_run(config, workdir, fingerprint) as mesh:
+            ... loop.train(config, workdir, task, mesh) ...
+    """
     for name in ("batch_size", "log_every", "keep_checkpoints"):
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}")
+    for name in ("eval_every", "checkpoint_every"):
+        if config[name] < 0:
+            raise ValueError(f"config.{name} must be positive or 0 (only at the end), got {config[name]}")
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+    spikes.check_config(config)
     if config.total_steps < 0 or (config.total_steps == 0 and not config.get("init_from")):
         raise ValueError(
             f"config.total_steps must be positive (0 evaluates a checkpoint given by "
@@ -195,8 +239,15 @@ def claim_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict
         )
     mesh = sharding.create_mesh(config.mesh)
     validate_batch(config, mesh)
-    claim_workdir(workdir, fingerprint, overwrite)
-    return mesh
+    with contextlib.ExitStack() as held:
+        if jax.process_index() == 0:  # one lock per job: the job's processes must not refuse each other
+            busy = f"{workdir} is in use by another run, which must end first"
+            try:
+                held.enter_context(experiment.exclusive(os.path.join(workdir, experiment.LOCK_NAME), busy=busy))
+            except OSError as e:
+                raise experiment.ClaimError(_cannot_write(workdir, e)) from None
+        claim_workdir(workdir, fingerprint, overwrite)
+        yield mesh
 
 
 def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
@@ -210,6 +261,7 @@ def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
         overwrite=overwrite,
         conflict="holds a different run",
         fix="use another --workdir, or pass --overwrite to delete it",
+        ours=("checkpoints",),
     )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("claim_workdir")
@@ -218,11 +270,15 @@ def claim_workdir(workdir: str, fingerprint: dict, overwrite: bool) -> None:
         try:
             experiment.write_claim(workdir, RUN_CONFIG_NAME, fingerprint, overwrite=overwrite)
         except OSError as e:
-            error = f"cannot write to the work dir {workdir}: {e.strerror} ({e.filename})"
+            error = _cannot_write(workdir, e)
     if jax.process_count() > 1 and multihost_utils.process_allgather(np.asarray(error is not None)).any():
         error = error or f"process 0 could not write the work dir {workdir}"
     if error:
         raise experiment.ClaimError(error)
+
+
+def _cannot_write(workdir: str, e: OSError) -> str:
+    return f"cannot write to the work dir {workdir}: {e.strerror} ({e.filename})"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,6 +341,8 @@ def train(
     """Runs (or resumes) the job described by `config` in `workdir` (claimed by `claim_run`, which gave
     `mesh`); returns the final TrainState (params sharded over `mesh`). A run that does not resume starts
     from the weights of `init_from` (the job's `initialization.resolve(config.init_from)`), else from scratch.
+    Stopped by a signal, it saves a checkpoint and raises `Preempted` (SIGTERM) or KeyboardInterrupt (Ctrl-C)
+    instead of returning: only a run that did all its steps returns.
 
     Config fields used: those of `base_config`.
     """
@@ -306,12 +364,17 @@ def train(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed_state), state_shardings
     )
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    jit_train_step = jax.jit(
-        functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, dropout_root=dropout_root),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
+
+    def compile_train_step(lr_scale: float) -> Callable:
+        return jax.jit(
+            functools.partial(
+                train_step, loss_fn=task.loss_fn, tx=spikes.scale_updates(tx, lr_scale), dropout_root=dropout_root
+            ),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+
     jit_predict = (
         jax.jit(task.predict_fn, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
         if task.predict_fn
@@ -339,7 +402,9 @@ def train(
     # Metric rows after the start step (written before an interruption) are dropped, and the sums of the
     # micro-steps between the last log row and the checkpoint come back with it: a resumed run's metrics
     # read row for row as an uninterrupted run's.
-    writer = MetricWriter(workdir, config.total_steps, start_step=int(state.step) // accum)
+    guard = spikes.Guard.restore(config.spike, data_state.get("spike"))
+    jit_train_step = compile_train_step(guard.lr_scale)
+    writer = MetricWriter(workdir, config.total_steps, start_step=int(state.step) // accum, rollbacks=guard.rollbacks)
     pending = [(micro, sums) for micro, sums in data_state.get("pending", [])]
 
     def predict_with_current_params(arrays: dict) -> dict:
@@ -355,13 +420,20 @@ def train(
         write_eval(0)
     tokens, t0 = 0, time.time()
     batches: Iterator[dict[str, np.ndarray]] = iter(())
-    if int(state.step) < total_micro:
+    stopped: BaseException | None = None  # a SIGTERM / Ctrl-C: raised once the checkpoint is saved
+
+    def open_batches(micro: int) -> Iterator[dict[str, np.ndarray]]:  # micro-step m reads batch m + data_offset
         if task.train_batches is None:
             raise ValueError(f"config.total_steps={config.total_steps} but the task has no train_batches")
-        batches = task.train_batches.iterate(int(state.step))
+        return task.train_batches.iterate(micro + guard.data_offset)
+
+    if int(state.step) < total_micro:
+        batches = open_batches(int(state.step))
     try:
         with mesh, _StopRequested(mesh) as stop:
-            for micro in range(int(state.step), total_micro):
+            next_micro = int(state.step)
+            while next_micro < total_micro:
+                micro, next_micro = next_micro, next_micro + 1
                 host_batch = next(batches)
                 tokens += int(np.asarray(host_batch.get("attention_mask", 0)).sum()) * jax.process_count()
                 state, sums = jit_train_step(state, sharding.global_batch(host_batch, mesh))
@@ -378,29 +450,42 @@ def train(
                     pending = _to_host(pending)
                     _check_finite(config, pending, accum, checkpointer)
                 if log:
-                    writer.write(
-                        {
-                            "step": step,
-                            **_summarize(task, pending),
-                            "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)),
-                            "tokens_per_sec": tokens / max(time.time() - t0, 1e-9),
-                        }
-                    )
+                    row = {
+                        "step": step,
+                        **_summarize(task, pending),
+                        "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)) * guard.lr_scale,
+                        "tokens_per_sec": tokens / max(time.time() - t0, 1e-9),
+                    }
+                    writer.write(row)
                     pending, tokens, t0 = [], 0, time.time()
+                    if guard.observe(step, row.get("loss")):  # a loss spike: back to a checkpoint before it
+                        state, data_state, event = spikes.roll_back(guard, checkpointer, abstract_state, step, accum)
+                        writer.close()
+                        writer = MetricWriter(
+                            workdir, config.total_steps, start_step=event["to_step"], rollbacks=guard.rollbacks
+                        )
+                        writer.write(event)
+                        pending, next_micro = list(data_state["pending"]), int(state.step)
+                        _close_batches(batches)
+                        batches = open_batches(next_micro)
+                        jit_train_step = compile_train_step(guard.lr_scale)
+                        continue
                 if (config.eval_every and step % config.eval_every == 0) or last:
                     write_eval(step)
-                if save:
+                if save and (last or stopping or not guard.suspected):  # keep the checkpoints from before a spike
                     # a copy: orbax writes the JSON in the background while the loop appends to `pending`
-                    checkpointer.save(step, state, {"micro_step": done_micro, "pending": list(pending)})
-                if stopping:
-                    logging.warning("stopped at step %d; run again with the same --workdir to resume", step)
+                    checkpointer.save(
+                        step, state, {"micro_step": done_micro, "pending": list(pending), "spike": guard.state()}
+                    )
+                if stopping and not last:
+                    stopped = stop.stopped(step)
                     break
     finally:  # an error too waits for checkpoint writes in flight, or they die with the interpreter
-        close = getattr(batches, "close", None)
-        if close is not None:  # loader worker processes
-            close()
+        _close_batches(batches)
         checkpointer.close()
         writer.close()
+    if stopped is not None:  # after the checkpoint is written: the caller must not treat the run as finished
+        raise stopped
     if task.finish is not None and int(state.step) == total_micro:
         task.finish(predict_with_current_params)
     return state
@@ -417,6 +502,13 @@ def host_params(params):
         lambda x: jax.device_get(x) if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True),
         params,
     )
+
+
+def _close_batches(batches: Iterator) -> None:
+    """Ends a batch iterator's loader worker processes (if it has any)."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
 
 
 def _to_host(pending: list) -> list:

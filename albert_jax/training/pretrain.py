@@ -108,6 +108,24 @@ def ablation_config(scale: str) -> ml_collections.ConfigDict:
     return c
 
 
+def check_source(spec: str) -> None:
+    """ValueError for a `data.source` of an unknown kind or with a file pattern that matches no file (a tfds
+    name is checked when the data is prepared): cheap, so a run is refused before its work dir is claimed."""
+    from albert_jax.data import sources
+
+    kind, _, rest = spec.partition(":")
+    if kind in ("files", "tfrecord") and rest:
+        try:
+            sources.expand_patterns([p for p in rest.split(",") if p])
+        except ValueError as e:
+            raise ValueError(f"config.data.source: {e}") from None
+    elif not ((kind == "builtin" and not rest) or (kind == "tfds" and rest)):
+        raise ValueError(
+            f"config.data.source must be 'builtin', 'files:<glob>[,<glob>]', 'tfds:<name>[:<split>]' or "
+            f"'tfrecord:<glob>[,<glob>]', got {spec!r}"
+        )
+
+
 def validate(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> None:
     """Pretraining config errors caught before any compute."""
     experiment.check_max_seq_length(config, albert_config)
@@ -208,20 +226,25 @@ def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, w
 def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, resume: bool = True):
     """Pretrains as configured (continuing from `config.init_from`'s weights when set); then writes
     `final/`, exports to HF and prints fill-mask predictions if configured. Returns (AlbertConfig, final
-    params as numpy)."""
+    params as numpy). A run stopped by a signal raises (`loop.train`) and writes none of them."""
+    from albert_jax.data import prepare
+
     albert_config = experiment.albert_config(config.model)
     validate(config, albert_config)
+    if not os.path.exists(os.path.join(prepare.prepared_dir(config, workdir), prepare.MANIFEST)):
+        check_source(config.data.source)
+    init_from = initialization.resolve(config.init_from) if config.init_from else None
     fingerprint = experiment.fingerprint(config, FINGERPRINT)
     fingerprint["data"] = {k: v for k, v in fingerprint["data"].items() if k not in _PROCESS_COUNTS}
-    mesh = loop.claim_run(config, workdir, fingerprint, overwrite)
-    init_from = initialization.resolve(config.init_from) if config.init_from else None
-    task, tokenizer = build_task(config, albert_config, workdir)
-    state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from)
-    params = loop.host_params(state.params)
-    if jax.process_index() == 0:
-        export.save_final(albert_config, params, tokenizer, workdir)
-        if config.export.hf_dir:
-            export.export_hf(albert_config, params, tokenizer, os.path.join(workdir, config.export.hf_dir))
-        if config.export.fill_mask:
-            export.show_fill_mask(albert_config, params, tokenizer, list(config.export.fill_mask))
+    with loop.claim_run(config, workdir, fingerprint, overwrite) as mesh:
+        task, tokenizer = build_task(config, albert_config, workdir)
+        state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from)
+        params = loop.host_params(state.params)
+        if jax.process_index() == 0:
+            export.save_final(albert_config, params, tokenizer, workdir, config.total_steps)
+            if config.export.hf_dir:
+                hf_dir = os.path.join(workdir, config.export.hf_dir)
+                export.export_hf(albert_config, params, tokenizer, hf_dir, config.total_steps)
+            if config.export.fill_mask:
+                export.show_fill_mask(albert_config, params, tokenizer, list(config.export.fill_mask))
     return albert_config, params

@@ -29,26 +29,26 @@ def main():
     config = experiment.load_config(os.path.join(ROOT, "experiments", "configs", "demo.py"))
     config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = args.steps, args.steps, 0, 0
     with tempfile.TemporaryDirectory() as workdir:
-        mesh = loop.claim_run(config, workdir, experiment.fingerprint(config, pretrain.FINGERPRINT))
-        task, tokenizer = pretrain.build_task(config, experiment.albert_config(config.model), workdir)
-        documents = builtin_corpus()
-        start = time.perf_counter()
-        n = sum(
-            1
-            for _ in create_examples(
-                documents,
-                tokenizer,
-                max_seq_length=config.data.max_seq_length,
-                max_predictions_per_seq=config.data.max_predictions_per_seq,
-                seed=1,
+        with loop.claim_run(config, workdir, experiment.fingerprint(config, pretrain.FINGERPRINT)) as mesh:
+            task, tokenizer = pretrain.build_task(config, experiment.albert_config(config.model), workdir)
+            documents = builtin_corpus()
+            start = time.perf_counter()
+            n = sum(
+                1
+                for _ in create_examples(
+                    documents,
+                    tokenizer,
+                    max_seq_length=config.data.max_seq_length,
+                    max_predictions_per_seq=config.data.max_predictions_per_seq,
+                    seed=1,
+                )
             )
-        )
-        examples_per_sec = n / (time.perf_counter() - start)
-        loop.train(config, workdir, task, mesh)  # compile + warm-up
+            examples_per_sec = n / (time.perf_counter() - start)
+            loop.train(config, workdir, task, mesh)  # compile + warm-up
         config.total_steps *= 2
         start = time.perf_counter()
-        loop.claim_run(config, workdir, experiment.fingerprint(config, pretrain.FINGERPRINT), overwrite=True)
-        loop.train(config, workdir, task, mesh, resume=False)
+        with loop.claim_run(config, workdir, experiment.fingerprint(config, pretrain.FINGERPRINT), overwrite=True):
+            loop.train(config, workdir, task, mesh, resume=False)
         step_seconds = (time.perf_counter() - start) / config.total_steps
     consumed = config.batch_size / step_seconds
     result = {
