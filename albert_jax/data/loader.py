@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from albert_jax.data import prepare, records
+from albert_jax.data import records
+from albert_jax.data.manifest import damaged_shard, read_manifest
 from albert_jax.data.pretraining import Masker
 
 _DYNAMIC_MASK_STREAM = 4
@@ -70,14 +71,14 @@ class ShardSource:
             shard = int(np.searchsorted(self.ends, index, side="right"))
             record = index - (int(self.ends[shard - 1]) if shard else 0)
             reason = str(e).strip().splitlines()[0]
-            raise ValueError(prepare.damaged_shard(self.paths[shard], f"record {record}: {reason}")) from e
+            raise ValueError(damaged_shard(self.paths[shard], f"record {record}: {reason}")) from e
 
 
 class PretrainingDataset:
     """The examples of one split of a prepared directory, as grain datasets."""
 
     def __init__(self, directory: str, split: str, data: ml_collections.ConfigDict, seed: int):
-        self.manifest = prepare.read_manifest(directory)
+        self.manifest = read_manifest(directory)
         if self.manifest["masking"] == "static" and data.max_predictions_per_seq != _static_predictions(self.manifest):
             raise ValueError(
                 f"{directory} was prepared with max_predictions_per_seq="

@@ -45,10 +45,19 @@ import ml_collections
 import numpy as np
 
 from albert_jax import experiment
+from albert_jax.data.manifest import (
+    FORMAT,
+    MANIFEST,
+    check_format,
+    check_sizes,
+    read_manifest,
+    repair_command,
+    sha256,
+    shard_path,
+    verify,
+)
 
-MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
-FORMAT = 2  # 2: the manifest records each shard's bytes and sha256
 SPLITS = ("train", "eval")
 _EVAL_OFFSET_STREAM = 7
 
@@ -66,7 +75,7 @@ def settings(config: ml_collections.ConfigDict, vocab_size: int) -> dict:
             "config.data.masking='static' and config.data.vocab_file (the files' spiece.model)"
         )
     vocabulary = (
-        {"file_sha256": _sha256(d.vocab_file)}
+        {"file_sha256": sha256(d.vocab_file)}
         if d.vocab_file
         else {"vocab_size": vocab_size, "spm_sentences": d.spm_sentences}
     )
@@ -95,18 +104,6 @@ def settings_hash(values: dict) -> str:
 def prepared_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Where a run's prepared data lives: `config.data.prepared_dir`, else `<workdir>/data`."""
     return config.data.prepared_dir or os.path.join(workdir, "data")
-
-
-def read_manifest(directory: str) -> dict:
-    """The manifest of a finished preparation; ValueError when `directory` holds none."""
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
-        raise ValueError(
-            f"{directory} holds no prepared data (no {MANIFEST}); run "
-            "python -m albert_jax.data.prepare --config=... --out=DIR"
-        )
-    with open(path) as f:
-        return json.load(f)
 
 
 def prepare(
@@ -215,76 +212,6 @@ def shard_seed(seed: int, split: str, shard: int) -> int:
     return int(np.random.SeedSequence([seed, SPLITS.index(split), shard]).generate_state(1)[0])
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Integrity: the manifest records each shard's bytes and sha256
-# ---------------------------------------------------------------------------------------------------------
-def check_sizes(directory: str) -> None:
-    """Raises ValueError naming a shard of `directory` that is missing or not of the size in the manifest
-    (truncated): a stat per shard, no reading, so that a run checks it before it starts training."""
-    damaged = {}
-    for shard in _manifest_of_this_version(directory)["shards"]:
-        path = _shard_path(directory, shard["name"])
-        if problem := _size_problem(path, shard):
-            damaged[path] = problem
-    if damaged:
-        path, problem = next(iter(damaged.items()))
-        more = f" (and {len(damaged) - 1} more shards: --verify lists them)" if len(damaged) > 1 else ""
-        raise ValueError(damaged_shard(path, problem + more))
-
-
-def verify(directory: str) -> dict[str, str]:
-    """Reads every shard of `directory` against the manifest (missing, size, sha256), with progress on stderr;
-    returns damaged shard path -> what is wrong with it. ValueError when `directory` holds no prepared data of
-    this version."""
-    shards = _manifest_of_this_version(directory)["shards"]
-    total, read, last = sum(s["bytes"] for s in shards), 0, time.time()
-    damaged = {}
-    for i, shard in enumerate(shards, 1):
-        path = _shard_path(directory, shard["name"])
-        problem = _size_problem(path, shard)
-        if not problem and _sha256(path) != shard["sha256"]:
-            problem = "its sha256 is not the manifest's: its bytes changed"
-        if problem:
-            damaged[path] = problem
-        read += shard["bytes"]
-        if time.time() - last > 10:
-            _progress(f"verified {i} / {len(shards)} shards ({read / 2**30:.1f} of {total / 2**30:.1f} GiB)")
-            last = time.time()
-    return damaged
-
-
-def damaged_shard(path: str, problem: str) -> str:
-    """The one-line error of a damaged shard `path` (`directory/examples/NAME.array_record`): what is wrong
-    and the command that makes it again."""
-    return f"{path} is damaged ({problem}); make it again: {_repair_command(os.path.dirname(os.path.dirname(path)))}"
-
-
-def _repair_command(directory: str) -> str:
-    return f"python -m albert_jax.data.prepare --config=<the config it was prepared with> --out={directory} --repair"
-
-
-def _size_problem(path: str, shard: dict) -> str | None:
-    if not os.path.exists(path):
-        return "missing"
-    size = os.path.getsize(path)
-    return None if size == shard["bytes"] else f"{size} bytes, the manifest records {shard['bytes']}"
-
-
-def _manifest_of_this_version(directory: str) -> dict:
-    manifest = read_manifest(directory)
-    _check_format(directory, manifest["settings"])
-    return manifest
-
-
-def _check_format(directory: str, values: dict) -> None:
-    """ValueError when `values` (settings.json) were written by another version of the prepare stage."""
-    if values.get("format") != FORMAT:
-        raise ValueError(
-            f"{directory} was prepared by another version of albert-jax (format {values.get('format')}, this one "
-            f"reads {FORMAT}); prepare again (--overwrite)"
-        )
-
-
 def _delete_damaged(out: str) -> None:
     """Deletes the damaged shards of a finished `out` (`verify`) and its manifest, so that the resumable prepare
     makes those shards again: from the source streamed anew (the document shards are gone), each a function
@@ -309,7 +236,7 @@ def _claim(out: str, values: dict, overwrite: bool) -> None:
     path = os.path.join(out, SETTINGS)
     if not overwrite and os.path.exists(path):
         with open(path) as f:
-            _check_format(out, json.load(f))
+            check_format(out, json.load(f))
     ours = experiment.check_claim(
         out,
         SETTINGS,
@@ -442,7 +369,7 @@ def _document_jobs(config: ml_collections.ConfigDict, out: str, shards: dict[str
                 _make_document_shard,
                 dict(
                     documents=os.path.join(out, "documents", name + ".txt"),
-                    out=_shard_path(out, name),
+                    out=shard_path(out, name),
                     vocab=vocab,
                     masking=data.masking,
                     args=dict(args, seed=shard_seed(config.seed, split, int(number))),
@@ -462,7 +389,7 @@ def _tfrecord_jobs(config: ml_collections.ConfigDict, out: str) -> list:
             _convert_tfrecord,
             dict(
                 path=path,
-                out={split: _shard_path(out, f"{split}-{i:05d}") for split in SPLITS},
+                out={split: shard_path(out, f"{split}-{i:05d}") for split in SPLITS},
                 vocab=os.path.join(out, "spiece.model"),
                 eval_fraction=data.eval_fraction,
                 offset=eval_offset(config.seed, i),
@@ -472,10 +399,6 @@ def _tfrecord_jobs(config: ml_collections.ConfigDict, out: str) -> list:
         )
         for i, path in enumerate(files)
     ]
-
-
-def _shard_path(out: str, name: str) -> str:
-    return os.path.join(out, "examples", name + ".array_record")
 
 
 def _run_jobs(jobs: list, workers: int) -> dict[str, dict]:
@@ -531,7 +454,7 @@ def _shard_entry(path: str, examples: int) -> dict[str, dict]:
     name = os.path.basename(path).split(".")[0]
     return {
         name: dict(
-            name=name, split=name.split("-")[0], examples=examples, bytes=os.path.getsize(path), sha256=_sha256(path)
+            name=name, split=name.split("-")[0], examples=examples, bytes=os.path.getsize(path), sha256=sha256(path)
         )
     }
 
@@ -618,14 +541,6 @@ class _RecordWriter:
         return self.count
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _progress(message: str) -> None:
     print(f"[prepare] {message}", file=sys.stderr, flush=True)
 
@@ -675,7 +590,7 @@ def _verify_command(directory: str) -> None:
     if damaged:
         sys.exit(
             f"error: {len(damaged)} of {len(shards)} shards of {directory} are damaged; make them again: "
-            + _repair_command(directory)
+            + repair_command(directory)
         )
     size = sum(s["bytes"] for s in shards)
     print(f"{directory}: all {len(shards)} shards intact ({size / 2**20:.1f} MiB, sizes and sha256 as in the manifest)")
