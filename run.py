@@ -37,10 +37,9 @@ def main(argv):
     del argv
     import jax
 
-    from albert_jax import experiment
     from albert_jax.training import checkpoints, finetune, hostmem, loop, pretrain, sharding, spikes
 
-    config = experiment.config_from_flag(_CONFIG)
+    config = _CONFIG.value
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
     jobs = {"pretrain": pretrain.run, "finetune": finetune.run}

@@ -204,12 +204,6 @@ def parse_flags(argv: list[str], usage: str, flag_values: flags.FlagValues | Non
         sys.exit(f"error: {_one_line(e)} (usage: {usage})")
 
 
-def config_from_flag(holder) -> ml_collections.ConfigDict:
-    """The value of a `config_flags.DEFINE_config_file` flag parsed by `parse_flags` (which reports a
-    config file that cannot be loaded)."""
-    return holder.value
-
-
 def fingerprint(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> dict:
     """The config sections `keys` as plain JSON data: what identifies a run, so that a work dir with
     another fingerprint is not resumed into."""

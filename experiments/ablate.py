@@ -28,10 +28,9 @@ _REUSE_HOST_MEMORY = flags.DEFINE_bool(
 
 def main(argv):
     del argv
-    from albert_jax import experiment
     from albert_jax.training import hostmem, loop, reporting, sweep
 
-    config = experiment.config_from_flag(_CONFIG)
+    config = _CONFIG.value
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
     if _REUSE_HOST_MEMORY.value:  # before the backend starts

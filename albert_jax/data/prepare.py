@@ -562,7 +562,7 @@ def main(argv=None) -> None:
             if check.value is not None:
                 _verify_command(check.value)
                 return
-            config = experiment.config_from_flag(holder)
+            config = holder.value
             if config is None or out.value is None:
                 sys.exit("error: --config and --out are required")
             vocab_size = experiment.albert_config(config.model).vocab_size
