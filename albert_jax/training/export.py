@@ -21,10 +21,7 @@ def save_final(albert_config: AlbertConfig, params, tokenizer, workdir: str, tot
     """Writes `workdir/final` (config.json, albert_jax.safetensors, tokenizer files, run_state.json) of a run
     that did all its `total_steps`; returns its path."""
     out_dir = os.path.join(workdir, "final")
-    _unmark(out_dir)
-    pretrained.save_pretrained(albert_config, params, out_dir)
-    tokenizer.save_pretrained(out_dir)
-    _mark_complete(out_dir, total_steps)
+    _write_model_dir(pretrained.save_pretrained, albert_config, params, tokenizer, out_dir, total_steps)
     return out_dir
 
 
@@ -37,15 +34,15 @@ def read_run_state(directory: str) -> dict | None:
         return json.load(f)
 
 
-def _unmark(out_dir: str) -> None:
-    """Removes the marker of an earlier export before `out_dir` is rewritten: half-rewritten is not complete."""
-    if os.path.exists(os.path.join(out_dir, RUN_STATE_NAME)):
-        os.remove(os.path.join(out_dir, RUN_STATE_NAME))
-
-
-def _mark_complete(out_dir: str, total_steps: int) -> None:
-    state = {"step": total_steps, "total_steps": total_steps, "complete": True}
-    experiment.write_json(os.path.join(out_dir, RUN_STATE_NAME), state)
+def _write_model_dir(save, albert_config: AlbertConfig, params, tokenizer, out_dir: str, total_steps: int) -> None:
+    """`save(albert_config, params, out_dir)` and the tokenizer, between removing an earlier run_state.json (a
+    half-rewritten directory is not complete) and writing this run's, last."""
+    marker = os.path.join(out_dir, RUN_STATE_NAME)
+    if os.path.exists(marker):
+        os.remove(marker)
+    save(albert_config, params, out_dir)
+    tokenizer.save_pretrained(out_dir)
+    experiment.write_json(marker, {"step": total_steps, "total_steps": total_steps, "complete": True})
 
 
 def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str, total_steps: int) -> None:
@@ -54,10 +51,7 @@ def export_hf(albert_config: AlbertConfig, params, tokenizer, out_dir: str, tota
     reports the largest logit difference."""
     from albert_jax import convert
 
-    _unmark(out_dir)
-    convert.save_hf(albert_config, params, out_dir)
-    tokenizer.save_pretrained(out_dir)
-    _mark_complete(out_dir, total_steps)
+    _write_model_dir(convert.save_hf, albert_config, params, tokenizer, out_dir, total_steps)
     print(f"exported a transformers model directory to {out_dir}")
     try:
         import torch

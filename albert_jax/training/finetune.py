@@ -39,19 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     # Used as is without init_from; with init_from, the fields set here override the checkpoint's config.
     c.model = experiment.model_section("albert-base-v2")
-    c.optimizer = ml_collections.ConfigDict(
-        dict(
-            optimizer="adamw",
-            learning_rate=3e-5,
-            warmup_steps=1000,
-            weight_decay=0.01,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-6,
-            clip_norm=1.0,
-            grad_accum_steps=1,
-        )
-    )
+    # the loop's optimizer section, with BERT's fine-tuning optimizer (the other fields as for pretraining)
+    c.optimizer.optimizer, c.optimizer.learning_rate, c.optimizer.warmup_steps = "adamw", 3e-5, 1000
     c.data = ml_collections.ConfigDict(
         dict(
             source="files",  # 'files' (the original formats, paths below) or 'tfds'
