@@ -4,7 +4,10 @@ Joins a multi-process job when one is described (--coordinator_address/--num_pro
 JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), then runs the config's job (`config.job`:
 'pretrain' or 'finetune').
 A run in an existing work dir resumes from its last checkpoint (--noresume to start over in place).
-Exit status: 0 finished; 75 (EX_TEMPFAIL) stopped by SIGTERM after saving a checkpoint, run again to resume;
+`--plan=TARGET[,TARGET...]` compiles the job's step for those targets instead of running it
+(albert_jax/training/plan.py) and writes <workdir>/plan.json and plan.md.
+Exit status: 0 finished (planned: everything fits; 3: a target does not fit); 75 (EX_TEMPFAIL) stopped by
+SIGTERM after saving a checkpoint, run again to resume;
 130 stopped by Ctrl-C (also after a checkpoint when training); 1 failed.
 """
 
@@ -26,6 +29,13 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this proc
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout", 60, "multi-process: seconds after which a silent process counts as dead and the whole job ends"
 )
+_PLAN = flags.DEFINE_list(
+    "plan",
+    [],
+    "plan instead of running: compile the job's step for these targets (v3-512, v4-32, v5e-256, v6e-8, cpu, ...) and "
+    "write <workdir>/plan.json and plan.md; exit status 3 when one does not fit",
+)
+_PLAN_SEARCH = flags.DEFINE_bool("plan_search", True, "with --plan: search settings that fit when a target does not")
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     "reuse_host_memory",
     True,
@@ -35,6 +45,8 @@ _REUSE_HOST_MEMORY = flags.DEFINE_bool(
 
 def main(argv):
     del argv
+    if _PLAN.value:
+        sys.exit(plan_job())
     import jax
 
     from albert_jax.training import checkpoints, finetune, hostmem, loop, pretrain, sharding, spikes
@@ -69,6 +81,19 @@ def main(argv):
         if isinstance(e, expected):
             sys.exit(message)
         raise
+
+
+def plan_job() -> int:
+    """--plan: JAX on this machine's CPU (TPU targets compile through libtpu's deviceless topologies)."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from albert_jax.training import plan
+
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        sys.exit("error: --config and --workdir are required")
+    try:
+        return plan.run([(None, _CONFIG.value)], _WORKDIR.value, _PLAN.value, search=_PLAN_SEARCH.value)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ class AlbertConfig:
         attention instead of keeping its [B, heads, T, T] scores, the lighter choice for long sequences. With
         cuDNN attention (half precision on a GPU) the attention has no matmul for either policy to keep, and
         the two coincide.
+      scan_unroll: layers per iteration of the scanned encoder loop (`nn.scan(unroll=...)`). 1 compiles one layer
+        body; the planner sets it to the number of layer applications to count FLOPs, since XLA's cost analysis
+        counts a while-loop body once.
       num_labels: classes of the classification heads (1 = regression); stored as `id2label` in HF JSON.
       extra: HF config fields this class has no attribute for, kept verbatim for `to_json_file`.
     """
@@ -67,6 +70,7 @@ class AlbertConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "dots_saveable"
+    scan_unroll: int = 1
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -87,6 +91,7 @@ class AlbertConfig:
             "max_position_embeddings",
             "type_vocab_size",
             "num_labels",
+            "scan_unroll",
         )
         for name in positive:
             value = getattr(self, name)
@@ -235,6 +240,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PRESETS["bert-base-equivalent"] = dict(
     _released(768, 12, 12, "v2"), embedding_size=768, sharing="none", hidden_act="gelu"
+)
+PRESETS["bert-large-equivalent"] = dict(
+    _released(1024, 24, 16, "v2"), embedding_size=1024, sharing="none", hidden_act="gelu"
 )
 PRESETS["albert-tiny"] = dict(
     vocab_size=8000,

@@ -15,6 +15,11 @@ Every encoder parameter carries two leading axes ``[sets, inner_group_num]``: `s
 (1 when fully shared, `num_hidden_layers` when not shared). The encoder runs **one** layer body under
 `nn.scan` for all ``num_hidden_layers * inner_group_num`` steps; each step picks its parameter set with an
 index, so compile time does not grow with depth and a shared set receives the sum of its uses' gradients.
+
+Activations carry logical axis names too (`_constrain`): batch, length, embed/hidden, heads, mlp. They pin the
+layout under the rules and mesh that `training/sharding.activation_sharding` sets while a step is traced
+(Megatron-style heads/FFN sharding over a `tensor` axis, batch-sharded activations with `fsdp`); elsewhere they
+are no-ops.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from flax.linen.spmd import logical_to_mesh  # its home: flax.linen re-exports it unmarked (private to pyright)
+from jax.sharding import PartitionSpec
 
 from albert_jax.config import AlbertConfig
 
@@ -113,6 +120,29 @@ def _matmul(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=
     return out.reshape(lhs.shape[:-1] + out.shape[-1:])
 
 
+def fit_spec(spec: PartitionSpec, shape: tuple, mesh) -> PartitionSpec:
+    """`spec` for an array of `shape` on `mesh` (a Mesh or AbstractMesh) with every dimension that its mesh axes
+    do not divide replicated (2 heads over tensor=4, a batch of 3, a 3-label classifier split 2 ways)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else (axes or ())
+        size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+        fitted.append(axes if size > 1 and dim % size == 0 else None)
+    return PartitionSpec(*fitted)
+
+
+def _constrain(x: Array, axes: tuple) -> Array:
+    """`x` pinned to the mesh axes its logical `axes` (one name or None per dimension) map to under the rules of
+    `nn.logical_axis_rules` on the context mesh (`jax.set_mesh` / `jax.sharding.use_abstract_mesh`), dimensions
+    the mesh does not divide replicated. Without both rules and a mesh, `x` itself: plain `apply` is unchanged."""
+    mesh = jax.sharding.get_abstract_mesh()
+    rules = nn.get_logical_axis_rules()
+    if mesh.empty or not rules:
+        return x
+    spec = fit_spec(logical_to_mesh(PartitionSpec(*axes), rules), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def _init(config: AlbertConfig, axes: tuple):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
@@ -183,7 +213,8 @@ class AlbertEmbeddings(nn.Module):
             + self.token_type_embeddings(token_type_ids)
             + self.position_embeddings(position_ids)
         )
-        return self.dropout(self.LayerNorm(x), deterministic=deterministic)
+        x = self.dropout(self.LayerNorm(x), deterministic=deterministic)
+        return _constrain(x, ("batch", "length", "embed"))
 
     def attend(self, x, bias):
         """Tied MLM decoder: [..., E] -> [..., V] float32 logits ``x @ word_embeddings^T + bias`` (float32
@@ -291,6 +322,10 @@ def _explicit_attention(q, k, v, mask, dropout):
     return context.transpose(0, 2, 1, 3), probs
 
 
+_HIDDEN_AXES = ("batch", "length", "hidden")  # the rules give 'batch' its mesh axes first: 'hidden' gets none
+_HEADS_AXES = ("batch", "length", "heads", None)
+
+
 class _Attention(nn.Module):
     """Multi-head self-attention + output projection + residual LayerNorm (transformers' AlbertAttention).
 
@@ -311,9 +346,11 @@ class _Attention(nn.Module):
         heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
         batch, length = hidden.shape[:2]
 
+        # Column-parallel Q/K/V and a row-parallel output projection: heads split over `tensor`, one reduction of
+        # the output's partial sums per layer.
         def project(name):
             out = _StackedDense(c, c.hidden_size, n, ("hidden", "heads"), name=name)(hidden, index)
-            return out.reshape(batch, length, heads, head_dim)
+            return _constrain(out.reshape(batch, length, heads, head_dim), _HEADS_AXES)
 
         q, k, v = project("query"), project("key"), project("value")
         fused = _fused_attention(q.dtype, head_dim, length)
@@ -323,11 +360,13 @@ class _Attention(nn.Module):
         else:
             dropout = nn.Dropout(c.attention_probs_dropout_prob)
             context, probs = _explicit_attention(q, k, v, mask, lambda p: dropout(p, deterministic=self.deterministic))
+        context = _constrain(context, _HEADS_AXES)
         out = _StackedDense(c, c.hidden_size, n, ("heads", "hidden"), name="dense")(
             context.reshape(batch, length, -1), index
         )
         out = nn.Dropout(c.hidden_dropout_prob)(out, deterministic=self.deterministic)
-        return _StackedLayerNorm(c, n, name="LayerNorm")(hidden + out, index), probs
+        out = _StackedLayerNorm(c, n, name="LayerNorm")(hidden + out, index)
+        return _constrain(out, _HIDDEN_AXES), probs
 
 
 class AlbertLayer(nn.Module):
@@ -352,14 +391,18 @@ class AlbertLayer(nn.Module):
         ffn_index = (0 if c.num_ffn_sets == 1 else ffn_set, inner)
         nf = c.num_ffn_sets
 
+        hidden = _constrain(hidden, _HIDDEN_AXES)
         attn_out, probs = _Attention(c, self.deterministic, self.output_attentions, name="attention")(
             hidden, attn_index, mask
         )
+        # Column-parallel FFN-in, row-parallel FFN-out (intermediate split over `tensor`), as in attention.
         ffn = _StackedDense(c, c.intermediate_size, nf, ("hidden", "mlp"), name="ffn")(attn_out, ffn_index)
+        ffn = _constrain(ffn, ("batch", "length", "mlp"))
         ffn = _StackedDense(c, c.hidden_size, nf, ("mlp", "hidden"), name="ffn_output")(
             ACT2FN[c.hidden_act](ffn), ffn_index
         )
         hidden = _StackedLayerNorm(c, nf, name="full_layer_layer_norm")(ffn + attn_out, ffn_index)
+        hidden = _constrain(hidden, _HIDDEN_AXES)
         return hidden, (hidden if self.output_hidden_states else None, probs if self.output_attentions else None)
 
 
@@ -372,6 +415,7 @@ class AlbertTransformer(nn.Module):
     def __call__(self, embeddings, mask, deterministic=True, output_attentions=False, output_hidden_states=False):
         c = self.config
         hidden = _dense(c, c.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(embeddings)
+        hidden = _constrain(hidden, _HIDDEN_AXES)
         layer_of_step = np.arange(c.num_hidden_layers * c.inner_group_num) // c.inner_group_num
         steps = (
             jnp.asarray(layer_of_step * c.num_attention_sets // c.num_hidden_layers, jnp.int32),
@@ -388,6 +432,7 @@ class AlbertTransformer(nn.Module):
             # flax's `in_axes` is unannotated, so its type is inferred from the default 0: `int`; a tuple is valid.
             in_axes=(0, nn.broadcast),  # pyright: ignore[reportArgumentType]
             length=len(layer_of_step),
+            unroll=c.scan_unroll,
         )
         first = hidden
         hidden, (all_hidden, all_attn) = scan(
@@ -432,7 +477,9 @@ class AlbertBackbone(nn.Module):
         hidden, all_hidden, all_attn = self.encoder(
             embeddings, mask, deterministic, output_attentions, output_hidden_states
         )
-        pooled = jnp.tanh(self.pooler(hidden[:, 0])) if self.add_pooling_layer else None
+        pooled = None
+        if self.add_pooling_layer:
+            pooled = _constrain(jnp.tanh(self.pooler(hidden[:, 0])), ("batch", "hidden"))
         return AlbertModelOutput(
             last_hidden_state=hidden,
             pooler_output=pooled,
@@ -460,12 +507,14 @@ class AlbertMLMHead(nn.Module):
             (c.vocab_size,),
             jnp.dtype(c.param_dtype),
         )
-        return backbone.attend(x, bias)
+        # Batch-sharded logits: with `fsdp` (which splits the tied table's vocabulary) XLA would otherwise compute
+        # them split over the vocabulary and reduce the softmax across devices.
+        return _constrain(backbone.attend(x, bias), ("batch", "length", "vocab"))
 
 
 def _gather_positions(hidden, positions):
     """[B, T, H] hidden, [B, P] positions -> [B, P, H]."""
-    return jnp.take_along_axis(hidden, positions[..., None], axis=1)
+    return _constrain(jnp.take_along_axis(hidden, positions[..., None], axis=1), _HIDDEN_AXES)
 
 
 # ---------------------------------------------------------------------------------------------------------

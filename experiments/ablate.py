@@ -7,9 +7,11 @@ Each cell pretrains into <workdir>/<cell> (and fine-tunes into <workdir>/<cell>/
 config names a fine-tuning config); a re-run skips finished cells and resumes interrupted ones. The
 results (results.csv, results.md, accuracy_vs_params.png, loss_curves.png in <workdir>) are assembled
 from every finished cell, so n machines running --shard=i/n fill one table. A cell stopped by SIGTERM stops
-the sweep with run.py's status 75 (run again to resume it).
+the sweep with run.py's status 75 (run again to resume it). `--plan=TARGET[,...]` plans every cell instead
+(run.py --plan): one plan.json / plan.md in <workdir>, a row per cell and target.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -19,6 +21,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config file (ex
 _WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's work dir: one sub-directory per cell, the results")
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run every n-th cell starting at the i-th")
 _CELLS = flags.DEFINE_list("cells", [], "run only these cells (comma-separated names)")
+_PLAN = flags.DEFINE_list(
+    "plan", [], "plan instead of running: every cell's step compiled for these targets (run.py --plan); exit 3: no fit"
+)
+_PLAN_SEARCH = flags.DEFINE_bool("plan_search", True, "with --plan: search settings that fit when a target does not")
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     "reuse_host_memory",
     True,
@@ -33,13 +39,15 @@ def main(argv):
     config = _CONFIG.value
     if config is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
-    if _REUSE_HOST_MEMORY.value:  # before the backend starts
-        hostmem.reuse_cpu_step_memory()
-    logging.set_verbosity(logging.WARNING)
     try:
         index, count = (int(x) for x in _SHARD.value.split("/"))
     except ValueError:
         sys.exit(f"error: --shard must be i/n, got {_SHARD.value!r}")
+    if _PLAN.value:
+        sys.exit(plan_sweep(config, (index, count)))
+    if _REUSE_HOST_MEMORY.value:  # before the backend starts
+        hostmem.reuse_cpu_step_memory()
+    logging.set_verbosity(logging.WARNING)
     try:
         sweep.run_sweep(config, _WORKDIR.value, shard=(index, count), only=_CELLS.value)
         paths = reporting.write_results(config, _WORKDIR.value)
@@ -51,6 +59,18 @@ def main(argv):
     with open(paths["markdown"]) as f:
         print(f.read())
     print("\n".join(f"wrote {path}" for path in paths.values()))
+
+
+def plan_sweep(config, shard) -> int:
+    """--plan: every cell of this shard planned (run.py --plan), one plan.json / plan.md in the sweep's work dir."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from albert_jax.training import plan, sweep
+
+    try:
+        jobs = [(name, sweep.cell_config(config, name)) for name in sweep.cell_names(config, shard, _CELLS.value)]
+        return plan.run(jobs, _WORKDIR.value, _PLAN.value, search=_PLAN_SEARCH.value)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# JAX on CPU only: with the [tpu] extra installed (the planner's libtpu) JAX would first try, and fail, to open a TPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The planner's tests open libtpu in both xdist workers: without this the second is refused libtpu's lock file.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -54,6 +54,14 @@ def run_py(config, workdir, *overrides, devices=1, check=True, timeout=400):
     return result
 
 
+TIMINGS = ("tokens_per_sec", "model_tflops_per_sec", "mfu")  # metric fields that measure the machine, not the run
+
+
+def untimed(row: dict) -> dict:
+    """A metrics row without its TIMINGS: what two runs of the same computation must agree on."""
+    return {k: v for k, v in row.items() if k not in TIMINGS}
+
+
 def read_metrics(workdir, split="train"):
     """The rows of `workdir/metrics.jsonl` of one split ('train' or 'eval')."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -193,3 +193,31 @@ def test_a_signal_saves_a_checkpoint_and_train_raises_instead_of_returning(tmp_p
     assert os.listdir(tmp_path / "checkpoints") == ["3"]
     state = loop.train(config, str(tmp_path), regression_task(SignalledBatches()), mesh)
     assert int(state.step) == 6 and sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+
+
+# -- observability ---------------------------------------------------------------------------------------
+def test_the_log_reports_model_flops_per_second_and_profile_steps_writes_a_trace(tmp_path):
+    """A task's flops_per_example gives `model_tflops_per_sec` (rows per second x FLOPs per row); the steps of
+    config.profile_steps are traced into <workdir>/profile, which TensorBoard's profile plugin reads."""
+    import dataclasses
+    import glob
+
+    config = loop.base_config()
+    config.update(dict(total_steps=4, batch_size=8, log_every=2, eval_every=0, checkpoint_every=0))
+    config.profile_steps = (2, 3)
+    task = dataclasses.replace(regression_task(SignalledBatches()), flops_per_example=1e9)
+    loop.train(config, str(tmp_path), task, sharding.create_mesh(config.mesh))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    for row in rows:
+        assert row["model_tflops_per_sec"] > 0 and "mfu" not in row
+    assert glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+
+
+@pytest.mark.parametrize("steps", [(0, 2), (3, 2), (2, 9), (1,)])
+def test_bad_profile_steps_are_refused_before_the_run(tmp_path, steps):
+    config = loop.base_config()
+    config.update(dict(total_steps=4, batch_size=8))
+    config.profile_steps = steps
+    with pytest.raises(ValueError, match=r"config.profile_steps must be empty or first,last"):
+        with loop.claim_run(config, str(tmp_path), {}):
+            pass

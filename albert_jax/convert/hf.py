@@ -254,7 +254,7 @@ def hf_config_dict(config: AlbertConfig, params: dict | None = None) -> dict:
     """The config.json transformers reads for this model (sharing expressed as num_hidden_groups)."""
     groups = config.hf_num_hidden_groups
     out = config.to_dict()
-    for name in ("sharing", "param_dtype", "remat_policy"):
+    for name in ("sharing", "param_dtype", "remat_policy", "scan_unroll"):
         out.pop(name)
     out.update(num_hidden_groups=groups, dtype="float32", tie_word_embeddings=True)
     if params is not None:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from albert_jax import experiment, modeling
+from albert_jax import experiment, flops, modeling
 from albert_jax.config import AlbertConfig
 from albert_jax.data.batches import ArrayBatches
 from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer, check_vocab_size
@@ -66,15 +66,25 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass
-class DownstreamTask:
-    """What a downstream task gives the loop: its head, train features, an evaluator and the end-of-run
-    outputs (test-set predictions)."""
+class TaskHead:
+    """What a downstream task's model is, known without reading its data: the head, its training rows and
+    loss, what prediction returns, and the model FLOPs' head kind (flops.model_flops)."""
 
     head: type
     num_labels: int
-    train: dict | None
+    labels: dict  # label key -> (shape per row, dtype) in a training batch, beside MODEL_INPUTS
     loss: Callable  # (model output, batch) -> (per-example loss [B], per-example correct [B])
     outputs: Callable  # model output -> dict of per-row arrays (what predict returns)
+    flops_head: str
+    choices: int = 1  # rows of model inputs per example (RACE: the options)
+
+
+@dataclasses.dataclass
+class DownstreamTask:
+    """What a downstream task's data gives the loop: train features, an evaluator and the end-of-run outputs
+    (test-set predictions)."""
+
+    train: dict | None
     evaluate: Callable  # predict -> metrics
     finish: Callable | None = None  # predict -> None, after training (test-set outputs)
 
@@ -102,6 +112,29 @@ def _cross_entropy(logits, labels):
 # ---------------------------------------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------------------------------------
+def glue_head(config: ml_collections.ConfigDict) -> TaskHead:
+    """GLUE: sequence classification over the task's labels; STS-B: regression (one output, squared error)."""
+    from albert_jax.data import glue
+
+    info = glue.get_task(config.data.glue_task)
+
+    def loss(out, batch):
+        if info.labels is None:
+            prediction = out.logits[:, 0].astype(jnp.float32)
+            return (prediction - batch["label"]) ** 2, jnp.zeros_like(prediction)
+        return _cross_entropy(out.logits, batch["label"])
+
+    label = ((), "float32" if info.labels is None else "int32")
+    return TaskHead(
+        modeling.AlbertForSequenceClassification,
+        info.num_labels,
+        {"label": label},
+        loss,
+        lambda out: {"logits": out.logits},
+        "classification",
+    )
+
+
 def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> DownstreamTask:
     """GLUE: sequence classification (STS-B: regression), metrics of the official GLUE definitions,
     test-set predictions in the leaderboard format in `workdir/glue_submission/`."""
@@ -118,12 +151,6 @@ def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Dow
 
     train = load("train", data.max_train_examples)[1] if config.total_steps else None
     evals = {split: load(split, data.max_eval_examples)[1] for split in info.eval_splits}
-
-    def loss(out, batch):
-        if info.labels is None:
-            prediction = out.logits[:, 0].astype(jnp.float32)
-            return (prediction - batch["label"]) ** 2, jnp.zeros_like(prediction)
-        return _cross_entropy(out.logits, batch["label"])
 
     def predictions(predict, arrays):
         logits = predict({k: arrays[k] for k in MODEL_INPUTS})["logits"]
@@ -154,14 +181,24 @@ def glue_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Dow
                 )
                 print(f"wrote test-set predictions to {path}")
 
-    return DownstreamTask(
-        modeling.AlbertForSequenceClassification,
-        info.num_labels,
-        train,
+    return DownstreamTask(train, evaluate, finish)
+
+
+def squad_head(config: ml_collections.ConfigDict) -> TaskHead:
+    """SQuAD: start and end logits over the window's tokens; the loss is the mean of their cross-entropies."""
+
+    def loss(out, batch):
+        start, start_ok = _cross_entropy(out.start_logits, batch["start_positions"])
+        end, end_ok = _cross_entropy(out.end_logits, batch["end_positions"])
+        return (start + end) / 2, start_ok * end_ok
+
+    return TaskHead(
+        modeling.AlbertForQuestionAnswering,
+        2,
+        {"start_positions": ((), "int32"), "end_positions": ((), "int32")},
         loss,
-        lambda out: {"logits": out.logits},
-        evaluate,
-        finish,
+        lambda out: {"start_logits": out.start_logits, "end_logits": out.end_logits},
+        "qa",
     )
 
 
@@ -192,11 +229,6 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Do
     dev_examples = _limit(dev_examples, data.max_eval_examples)
     dev, features = squad.featurize(dev_examples, tokenizer, is_training=False, **settings)
 
-    def loss(out, batch):
-        start, start_ok = _cross_entropy(out.start_logits, batch["start_positions"])
-        end, end_ok = _cross_entropy(out.end_logits, batch["end_positions"])
-        return (start + end) / 2, start_ok * end_ok
-
     def evaluate(predict):
         logits = predict({k: dev[k] for k in MODEL_INPUTS})
         metrics = score(
@@ -212,13 +244,21 @@ def squad_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Do
         )
         return dict(metrics, num_examples=len(dev_examples))
 
-    return DownstreamTask(
-        modeling.AlbertForQuestionAnswering,
-        2,
-        train,
-        loss,
-        lambda out: {"start_logits": out.start_logits, "end_logits": out.end_logits},
-        evaluate,
+    return DownstreamTask(train, evaluate)
+
+
+def race_head(config: ml_collections.ConfigDict) -> TaskHead:
+    """RACE: one score per option (rows [options, T]), a cross-entropy over the options."""
+    from albert_jax.data import race
+
+    return TaskHead(
+        modeling.AlbertForMultipleChoice,
+        1,
+        {"label": ((), "int32")},
+        lambda out, batch: _cross_entropy(out.logits, batch["label"]),
+        lambda out: {"logits": out.logits},
+        "multiple_choice",
+        choices=race.NUM_OPTIONS,
     )
 
 
@@ -241,33 +281,32 @@ def race_data(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> Dow
         logits = predict({k: dev[k] for k in MODEL_INPUTS})["logits"]
         return dict(race_metrics(logits.argmax(-1), dev["label"], dev["level"]), num_examples=len(dev["label"]))
 
-    return DownstreamTask(
-        modeling.AlbertForMultipleChoice,
-        1,
-        train,
-        lambda out, batch: _cross_entropy(out.logits, batch["label"]),
-        lambda out: {"logits": out.logits},
-        evaluate,
-    )
+    return DownstreamTask(train, evaluate)
 
 
-TASKS = {"glue": glue_data, "squad": squad_data, "race": race_data}
+TASKS = {"glue": (glue_head, glue_data), "squad": (squad_head, squad_data), "race": (race_head, race_data)}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------
-def model_and_tokenizer(
-    config: ml_collections.ConfigDict, init_from: initialization.Pretrained | None
-) -> tuple[AlbertConfig, AlbertTokenizer]:
-    """The model config to fine-tune (`init_from`'s with the config's `model` fields on top; the preset
-    without init_from) and the tokenizer (`data.vocab_file`, else init_from's), checked against each other."""
+def model_config(config: ml_collections.ConfigDict, init_from: initialization.Pretrained | None) -> AlbertConfig:
+    """`init_from`'s model config with the config's `model` fields on top; the preset without init_from."""
     overrides = experiment.model_overrides(config.model)
     if init_from is not None:
         albert_config = init_from.config.replace(**overrides)
     else:
         albert_config = AlbertConfig.from_preset(config.model.preset, **overrides)
     experiment.check_max_seq_length(config, albert_config)
+    return albert_config
+
+
+def model_and_tokenizer(
+    config: ml_collections.ConfigDict, init_from: initialization.Pretrained | None
+) -> tuple[AlbertConfig, AlbertTokenizer]:
+    """The model config to fine-tune (`model_config`) and the tokenizer (`data.vocab_file`, else init_from's),
+    checked against each other."""
+    albert_config = model_config(config, init_from)
     if config.data.vocab_file:
         tokenizer = AlbertTokenizer(config.data.vocab_file)
     elif init_from is not None and init_from.tokenizer is not None:
@@ -283,41 +322,58 @@ def model_and_tokenizer(
     return albert_config, tokenizer
 
 
-def build_task(
-    config: ml_collections.ConfigDict, workdir: str, init_from: initialization.Pretrained | None = None
-) -> tuple[loop.Task, AlbertConfig, AlbertTokenizer]:
-    """(task, model config, tokenizer) for `config` (and its resolved `init_from`): reads and featurizes the
-    task's data."""
+def task_head(config: ml_collections.ConfigDict) -> TaskHead:
+    """The head of `config.task`; ValueError for an unknown task."""
     if config.task not in TASKS:
         raise ValueError(f"config.task must be one of {sorted(TASKS)}, got {config.task!r}")
-    albert_config, tokenizer = model_and_tokenizer(config, init_from)
-    data = TASKS[config.task](config, tokenizer, workdir)
-    albert_config = albert_config.replace(num_labels=data.num_labels)
-    model = data.head(albert_config)
+    return TASKS[config.task][0](config)
+
+
+def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, head: TaskHead) -> loop.Task:
+    """The task without its data (no batches, no evaluation) for `albert_config` (num_labels set by `head`):
+    what planning compiles, and `build_task` completes."""
+    model = head.head(albert_config.replace(num_labels=head.num_labels))
+    seq = config.data.max_seq_length
+    rows = (seq,) if head.choices == 1 else (head.choices, seq)
 
     def loss_fn(params, batch, rng, deterministic):
         out = model.apply(
             {"params": params}, *(batch[k] for k in MODEL_INPUTS), deterministic=deterministic, rngs={"dropout": rng}
         )
-        losses, correct = data.loss(out, batch)
+        losses, correct = head.loss(out, batch)
         return losses.mean(), dict(
             loss=losses.sum(), correct=correct.sum(), count=jnp.asarray(losses.shape[0], jnp.float32)
         )
 
-    task = loop.Task(
+    return loop.Task(
         loss_fn=loss_fn,
         summarize=lambda s: dict(loss=float(s["loss"] / s["count"]), accuracy=float(s["correct"] / s["count"])),
-        init_params=lambda rng: modeling.boxed_params(model, rng, config.data.max_seq_length),
-        train_batches=None
-        if data.train is None
-        else ArrayBatches(data.train, config.batch_size // config.optimizer.grad_accum_steps, config.seed),
-        predict_fn=lambda params, batch: data.outputs(
+        init_params=lambda rng: modeling.boxed_params(model, rng, seq),
+        train_batches=None,
+        predict_fn=lambda params, batch: head.outputs(
             model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
         ),
-        evaluate=data.evaluate,
-        finish=data.finish,
+        example_spec={**{k: (rows, "int32") for k in MODEL_INPUTS}, **head.labels},
+        predict_keys=MODEL_INPUTS,
+        flops_per_example=flops.model_flops(model.config, 1, seq, head.flops_head, training=True, choices=head.choices),
     )
-    return task, albert_config, tokenizer
+
+
+def build_task(
+    config: ml_collections.ConfigDict, workdir: str, init_from: initialization.Pretrained | None = None
+) -> tuple[loop.Task, AlbertConfig, AlbertTokenizer]:
+    """(task, model config, tokenizer) for `config` (and its resolved `init_from`): reads and featurizes the
+    task's data."""
+    head = task_head(config)
+    albert_config, tokenizer = model_and_tokenizer(config, init_from)
+    data = TASKS[config.task][1](config, tokenizer, workdir)
+    task = model_task(config, albert_config, head)
+    micro = config.batch_size // config.optimizer.grad_accum_steps
+    if data.train is not None:  # the batches hold what the step reads (task.example_spec), nothing else
+        train = {k: data.train[k] for k in task.example_spec or ()}
+        task = dataclasses.replace(task, train_batches=ArrayBatches(train, micro, config.seed))
+    task = dataclasses.replace(task, evaluate=data.evaluate, finish=data.finish)
+    return task, albert_config.replace(num_labels=head.num_labels), tokenizer
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, resume: bool = True):

@@ -35,7 +35,7 @@ from flax import struct
 from jax.experimental import multihost_utils
 from ml_collections.config_dict import placeholder
 
-from albert_jax import experiment
+from albert_jax import experiment, flops
 from albert_jax.data.batches import local_rows
 from albert_jax.training import checkpoints, initialization, optimizers, sharding, spikes
 from albert_jax.training.metrics import MetricWriter
@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 1000  # steps between evaluations (0 = only at the end)
     c.checkpoint_every = 1000  # steps between checkpoints (and always at the end / on SIGTERM)
     c.keep_checkpoints = 3  # how many checkpoints to keep (at least 1)
+    c.profile_steps = ()  # (first, last): a jax.profiler trace of these optimizer steps in <workdir>/profile
     c.nonfinite = "stop"  # a NaN/inf loss or gradient: 'stop' (error, last finite checkpoint kept)
     # or 'skip' (that update is dropped and counted in `skipped_steps`)
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: all remaining devices
@@ -113,6 +114,8 @@ class Task:
     evaluate(predict) -> metrics, where `predict(arrays)` runs `predict_fn` over every row of a dict of
       numpy arrays (in padded, sharded batches) and returns the per-row outputs as numpy arrays
     finish(predict) -> None: end-of-run outputs (e.g. test-set predictions), on every process
+    example_spec, predict_keys: the batches' layout without reading them (what `build_step` compiles for)
+    flops_per_example: for `model_tflops_per_sec` and `mfu` in the training log
     """
 
     loss_fn: Callable
@@ -122,6 +125,10 @@ class Task:
     predict_fn: Callable | None = None
     evaluate: Callable[[Predict], dict] | None = None
     finish: Callable[[Predict], None] | None = None
+    # What a training batch holds, per row: key -> (shape, dtype); planning compiles the step from it
+    example_spec: dict[str, tuple[tuple[int, ...], Any]] | None = None
+    predict_keys: tuple[str, ...] | None = None  # the keys of example_spec that predict_fn reads (None: all)
+    flops_per_example: float | None = None  # model FLOPs of one training row (forward + backward, flops.py)
 
 
 class Preempted(RuntimeError):
@@ -232,6 +239,7 @@ def claim_run(
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
     spikes.check_config(config)
+    _Trace.check(config)
     if config.total_steps < 0 or (config.total_steps == 0 and not config.get("init_from")):
         raise ValueError(
             f"config.total_steps must be positive (0 evaluates a checkpoint given by "
@@ -308,7 +316,7 @@ def train_step(
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
 
 
-def make_predict(jit_predict: Callable, params, mesh, batch_size: int) -> Predict:
+def make_predict(jit_predict: Callable, params, mesh, batch_size: int, rules=sharding.DEFAULT_RULES) -> Predict:
     """`predict(arrays)`: every row of `arrays` through `jit_predict(params, batch)` in batches of
     `batch_size` (the last one padded with copies of row 0, whose outputs are dropped), outputs as numpy."""
 
@@ -319,11 +327,95 @@ def make_predict(jit_predict: Callable, params, mesh, batch_size: int) -> Predic
             rows = np.arange(start, start + batch_size)
             real = rows < n
             batch = {k: np.asarray(v)[np.where(real, rows, 0)] for k, v in arrays.items()}
-            out = jax.device_get(jit_predict(params, sharding.global_batch(local_rows(batch), mesh)))
+            out = jax.device_get(jit_predict(params, sharding.global_batch(local_rows(batch), mesh, rules)))
             outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
         return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
 
     return predict
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The step, for training and for planning
+# ---------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Step:
+    """A job's jitted functions on a mesh and the abstract state and batches they take: `train` runs them and
+    `training.plan` compiles the same ones for other devices (`jax.jit(...).lower(...).compile()`), so a plan
+    is the program the run executes."""
+
+    config: ml_collections.ConfigDict
+    task: Task
+    mesh: jax.sharding.Mesh
+    opt_config: ml_collections.ConfigDict  # config.optimizer with total_steps (the schedule's length)
+    tx: optax.GradientTransformation
+    init_rng: jax.Array
+    dropout_root: jax.Array
+    state_shardings: Any  # TrainState of NamedShardings
+    abstract_state: Any  # TrainState of ShapeDtypeStructs carrying those shardings
+
+    @property
+    def rules(self):
+        return self.config.get("sharding_rules", sharding.DEFAULT_RULES)
+
+    def init(self):
+        """A freshly initialised TrainState, made sharded on the mesh."""
+        init = functools.partial(_init_state, self.task, self.tx)
+        return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=self.state_shardings)(self.init_rng)
+
+    def train(self, lr_scale: float = 1.0) -> Callable:
+        """The jitted `train_step` (state donated) with the updates scaled by `lr_scale` (spike rollbacks)."""
+        step = functools.partial(
+            train_step,
+            loss_fn=self.task.loss_fn,
+            tx=spikes.scale_updates(self.tx, lr_scale),
+            dropout_root=self.dropout_root,
+        )
+        return jax.jit(
+            sharding.constrained(step, self.mesh, self.rules),
+            in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh, self.rules)),
+            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+
+    def predict(self) -> Callable | None:
+        """The jitted `task.predict_fn(params, batch)` (outputs replicated), or None."""
+        if self.task.predict_fn is None:
+            return None
+        return jax.jit(
+            sharding.constrained(self.task.predict_fn, self.mesh, self.rules),
+            in_shardings=(self.state_shardings.params, sharding.batch_sharding(self.mesh, self.rules)),
+            out_shardings=sharding.replicated(self.mesh),
+        )
+
+    def abstract_batch(self, rows: int, keys: tuple[str, ...] | None = None) -> dict:
+        """ShapeDtypeStructs of a batch of `rows` rows as `task.example_spec` describes it (only `keys`)."""
+        if self.task.example_spec is None:
+            raise ValueError("the task has no example_spec: its batches cannot be described without reading them")
+        where = sharding.batch_sharding(self.mesh, self.rules)
+        return {
+            k: jax.ShapeDtypeStruct((rows, *shape), jnp.dtype(dtype), sharding=where)
+            for k, (shape, dtype) in self.task.example_spec.items()
+            if keys is None or k in keys
+        }
+
+
+def build_step(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> Step:
+    """The optimizer, the shardings of the train state (from the parameters' logical axes and
+    `config.sharding_rules`) and the abstract state for `task` on `mesh`; nothing is allocated."""
+    opt_config = ml_collections.ConfigDict(dict(config.optimizer, total_steps=config.total_steps))
+    init_rng, dropout_root = jax.random.split(jax.random.PRNGKey(config.seed))
+    tx = optimizers.create_optimizer(opt_config, nn.meta.unbox(jax.eval_shape(task.init_params, init_rng)))
+    boxed_state = jax.eval_shape(functools.partial(_init_state, task, tx), init_rng)
+    state_shardings = sharding.param_shardings(boxed_state, mesh, config.get("sharding_rules", sharding.DEFAULT_RULES))
+    abstract_state = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed_state), state_shardings
+    )
+    return Step(config, task, mesh, opt_config, tx, init_rng, dropout_root, state_shardings, abstract_state)
+
+
+def _init_state(task: Task, tx: optax.GradientTransformation, rng) -> TrainState:
+    params = task.init_params(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,38 +440,9 @@ def train(
     """
     accum = int(config.optimizer.grad_accum_steps)
     total_micro = int(config.total_steps) * accum
-
-    # -- optimizer and shardings -------------------------------------------------------------------------
-    opt_config = ml_collections.ConfigDict(dict(config.optimizer, total_steps=config.total_steps))
-    init_rng, dropout_root = jax.random.split(jax.random.PRNGKey(config.seed))
-    tx = optimizers.create_optimizer(opt_config, nn.meta.unbox(jax.eval_shape(task.init_params, init_rng)))
-
-    def init_state(rng):
-        params = task.init_params(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    boxed_state = jax.eval_shape(init_state, init_rng)
-    state_shardings = sharding.param_shardings(boxed_state, mesh, config.get("sharding_rules", sharding.DEFAULT_RULES))
-    abstract_state = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed_state), state_shardings
-    )
-    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-
-    def compile_train_step(lr_scale: float) -> Callable:
-        return jax.jit(
-            functools.partial(
-                train_step, loss_fn=task.loss_fn, tx=spikes.scale_updates(tx, lr_scale), dropout_root=dropout_root
-            ),
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=0,
-        )
-
-    jit_predict = (
-        jax.jit(task.predict_fn, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
-        if task.predict_fn
-        else None
-    )
+    step_fns = build_step(config, task, mesh)
+    opt_config, tx, abstract_state = step_fns.opt_config, step_fns.tx, step_fns.abstract_state
+    jit_predict = step_fns.predict()
 
     # -- initialise: resume -> init_from -> scratch --------------------------------------------------------
     checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -392,10 +455,10 @@ def train(
                 f"checkpoint in {workdir}: data position {data_state['micro_step']} and step {int(state.step)} disagree"
             )
     else:
-        state, data_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)(init_rng), {}
+        state, data_state = step_fns.init(), {}
         if init_from is not None:
             params = initialization.load_into(state.params, init_from.directory, tuple(config.init_from_skip))
-            opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+            opt_state = jax.jit(tx.init, out_shardings=step_fns.state_shardings.opt_state)(params)
             state = state.replace(params=params, opt_state=opt_state)
 
     # -- loop ----------------------------------------------------------------------------------------------
@@ -403,14 +466,14 @@ def train(
     # micro-steps between the last log row and the checkpoint come back with it: a resumed run's metrics
     # read row for row as an uninterrupted run's.
     guard = spikes.Guard.restore(config.spike, data_state.get("spike"))
-    jit_train_step = compile_train_step(guard.lr_scale)
+    jit_train_step = step_fns.train(guard.lr_scale)
     writer = MetricWriter(workdir, config.total_steps, start_step=int(state.step) // accum, rollbacks=guard.rollbacks)
     pending = [(micro, sums) for micro, sums in data_state.get("pending", [])]
 
     def predict_with_current_params(arrays: dict) -> dict:
         if jit_predict is None:
             raise ValueError("the task's evaluate and finish need its predict_fn")
-        return make_predict(jit_predict, state.params, mesh, eval_batch_size(config))(arrays)
+        return make_predict(jit_predict, state.params, mesh, eval_batch_size(config), step_fns.rules)(arrays)
 
     def write_eval(step: int) -> None:
         if task.evaluate is not None:
@@ -418,7 +481,8 @@ def train(
 
     if config.total_steps == 0:
         write_eval(0)
-    tokens, t0 = 0, time.time()
+    tokens, rows, t0 = 0, 0, time.time()
+    trace = _Trace(config, workdir)
     batches: Iterator[dict[str, np.ndarray]] = iter(())
     stopped: BaseException | None = None  # a SIGTERM / Ctrl-C: raised once the checkpoint is saved
 
@@ -434,14 +498,18 @@ def train(
             next_micro = int(state.step)
             while next_micro < total_micro:
                 micro, next_micro = next_micro, next_micro + 1
+                if micro % accum == 0:
+                    trace.step_starts(micro // accum + 1)
                 host_batch = next(batches)
+                rows += len(next(iter(host_batch.values()))) * jax.process_count()
                 tokens += int(np.asarray(host_batch.get("attention_mask", 0)).sum()) * jax.process_count()
-                state, sums = jit_train_step(state, sharding.global_batch(host_batch, mesh))
+                state, sums = jit_train_step(state, sharding.global_batch(host_batch, mesh, step_fns.rules))
                 pending.append((micro, sums))
                 done_micro = micro + 1
                 if done_micro % accum:
                     continue
                 step = done_micro // accum
+                trace.step_ends(step, state)
                 last = step == config.total_steps
                 stopping = stop.agreed()
                 log = step % config.log_every == 0 or last
@@ -455,9 +523,10 @@ def train(
                         **_summarize(task, pending),
                         "learning_rate": float(optimizers.current_learning_rate(opt_config, step - 1)) * guard.lr_scale,
                         "tokens_per_sec": tokens / max(time.time() - t0, 1e-9),
+                        **_model_throughput(task, rows / max(time.time() - t0, 1e-9)),
                     }
                     writer.write(row)
-                    pending, tokens, t0 = [], 0, time.time()
+                    pending, tokens, rows, t0 = [], 0, 0, time.time()
                     if guard.observe(step, row.get("loss")):  # a loss spike: back to a checkpoint before it
                         state, data_state, event = spikes.roll_back(guard, checkpointer, abstract_state, step, accum)
                         writer.close()
@@ -468,7 +537,7 @@ def train(
                         pending, next_micro = list(data_state["pending"]), int(state.step)
                         _close_batches(batches)
                         batches = open_batches(next_micro)
-                        jit_train_step = compile_train_step(guard.lr_scale)
+                        jit_train_step = step_fns.train(guard.lr_scale)
                         continue
                 if (config.eval_every and step % config.eval_every == 0) or last:
                     write_eval(step)
@@ -481,6 +550,7 @@ def train(
                     stopped = stop.stopped(step)
                     break
     finally:  # an error too waits for checkpoint writes in flight, or they die with the interpreter
+        trace.stop()
         _close_batches(batches)
         checkpointer.close()
         writer.close()
@@ -502,6 +572,53 @@ def host_params(params):
         lambda x: jax.device_get(x) if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True),
         params,
     )
+
+
+def _model_throughput(task: Task, rows_per_sec: float) -> dict:
+    """`model_tflops_per_sec` (the task's model FLOPs, flops.py) and, on a device of flops.ACCELERATORS, `mfu`."""
+    if task.flops_per_example is None:
+        return {}
+    per_sec = rows_per_sec * task.flops_per_example
+    out = {"model_tflops_per_sec": per_sec / 1e12}
+    chip = flops.accelerator(jax.devices()[0].device_kind)
+    if chip is not None:
+        out["mfu"] = per_sec / (chip.peak_flops * jax.device_count())
+    return out
+
+
+class _Trace:
+    """A `jax.profiler` trace of the optimizer steps `config.profile_steps` = (first, last) in
+    `<workdir>/profile` (TensorBoard's profile plugin reads it); nothing when the field is empty."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.steps: tuple[int, ...] = tuple(config.get("profile_steps") or ())
+        self.directory = os.path.join(workdir, "profile")
+        self.active = False
+
+    @staticmethod
+    def check(config: ml_collections.ConfigDict) -> None:
+        steps = tuple(config.get("profile_steps") or ())
+        if steps and not (len(steps) == 2 and 1 <= steps[0] <= steps[1] <= config.total_steps):
+            raise ValueError(
+                f"config.profile_steps must be empty or first,last with 1 <= first <= last <= total_steps "
+                f"({config.total_steps}), got {steps}"
+            )
+
+    def step_starts(self, step: int) -> None:
+        if self.steps and step == self.steps[0]:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def step_ends(self, step: int, state) -> None:
+        if self.active and step == self.steps[1]:
+            jax.block_until_ready(state)  # the trace holds the steps' device work, not only their dispatch
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            logging.warning("wrote a profile of steps %d-%d to %s", *self.steps, self.directory)
 
 
 def _close_batches(batches: Iterator) -> None:

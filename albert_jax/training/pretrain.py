@@ -8,6 +8,7 @@ export and fill-mask predictions.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import cast
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from albert_jax import experiment, modeling
+from albert_jax import experiment, flops, modeling
 from albert_jax.config import AlbertConfig
 from albert_jax.training import export, initialization, loop
 
@@ -70,11 +71,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def paper_config(size: str) -> ml_collections.ConfigDict:
-    """The paper's pretraining setup for ALBERT-{base,large,xlarge,xxlarge} (v2 shapes): sequences of 512,
-    batch 4096, 125k LAMB steps at lr 0.00176 with 3125 warmup steps, 20 predictions per sequence, on
-    English Wikipedia from tfds (the paper also used BookCorpus, which tfds does not ship)."""
+    """The paper's pretraining setup for ALBERT-{base,large,xlarge,xxlarge} (v2 shapes), or for its BERT
+    baselines ('bert-base', 'bert-large': E = H, nothing shared): sequences of 512, batch 4096, 125k LAMB steps
+    at lr 0.00176 with 3125 warmup steps, 20 predictions per sequence, on English Wikipedia from tfds (the
+    paper also used BookCorpus, which tfds does not ship)."""
     c = default_config()
-    c.model = experiment.model_section(f"albert-{size}-v2")
+    c.model = experiment.model_section(f"{size}-equivalent" if size.startswith("bert-") else f"albert-{size}-v2")
     c.data.source = "tfds:wikipedia/20230601.en"
     return c
 
@@ -193,6 +195,36 @@ def summarize_pretraining(sums: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------
+def example_spec(config: ml_collections.ConfigDict) -> dict:
+    """A pretraining batch's rows (what the loader yields): key -> (shape, dtype)."""
+    seq, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    return {
+        "input_ids": ((seq,), "int32"),
+        "attention_mask": ((seq,), "int32"),
+        "token_type_ids": ((seq,), "int32"),
+        "masked_lm_positions": ((predictions,), "int32"),
+        "masked_lm_ids": ((predictions,), "int32"),
+        "masked_lm_weights": ((predictions,), "float32"),
+        "sentence_order_label": ((), "int32"),
+    }
+
+
+def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> loop.Task:
+    """The task without its data (no batches, no evaluation): what planning compiles, and `build_task`
+    completes."""
+    model = modeling.AlbertForPreTraining(albert_config)
+    seq, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    return loop.Task(
+        loss_fn=lambda params, batch, rng, det: pretraining_loss(model, params, batch, rng, det),
+        summarize=summarize_pretraining,
+        init_params=lambda rng: modeling.boxed_params(model, rng, seq),
+        train_batches=None,
+        predict_fn=lambda params, batch: pretraining_stats(model, params, batch, jax.random.PRNGKey(0), True),
+        example_spec=example_spec(config),
+        flops_per_example=flops.model_flops(albert_config, 1, seq, "pretraining", predictions, training=True),
+    )
+
+
 def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, workdir: str):
     """(task, tokenizer) for `config`: prepares the data if needed, then reads it with the grain loader."""
     from albert_jax.data import loader, prepare
@@ -206,18 +238,14 @@ def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, w
     eval_data = loader.PretrainingDataset(directory, "eval", config.data, config.seed + 1)
     n_eval = min(eval_data.size, config.data.eval_batches * loop.eval_batch_size(config))
     eval_arrays = eval_data.first(n_eval) if n_eval else {}
-    model = modeling.AlbertForPreTraining(albert_config)
 
     def evaluate(predict):
         stats = predict(eval_arrays)
         return dict(summarize_pretraining({k: float(v.sum()) for k, v in stats.items()}), num_examples=n_eval)
 
-    task = loop.Task(
-        loss_fn=lambda params, batch, rng, det: pretraining_loss(model, params, batch, rng, det),
-        summarize=summarize_pretraining,
-        init_params=lambda rng: modeling.boxed_params(model, rng, config.data.max_seq_length),
+    task = dataclasses.replace(
+        model_task(config, albert_config),
         train_batches=loader.PretrainingBatches(train_data, micro, workers=config.data.loader_workers),
-        predict_fn=lambda params, batch: pretraining_stats(model, params, batch, jax.random.PRNGKey(0), True),
         evaluate=evaluate if n_eval else None,
     )
     return task, tokenizer

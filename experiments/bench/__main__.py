@@ -232,11 +232,13 @@ def _release(runners: dict) -> None:
 def matmul_peaks(s: Settings, before: dict | None = None) -> dict:
     """The XLA and PyTorch matmul peaks (float32, and the run's dtype when it is not float32), each the better
     of this measurement and `before` (the same measured at the start of the run)."""
+    from albert_jax.flops import xla_matmul_peak
+
     from . import flops
 
     out = {}
     for dtype in dict.fromkeys(("float32", s.dtype)):
-        out[f"xla_{dtype}"] = flops.xla_matmul_peak(dtype, s.repeats)
+        out[f"xla_{dtype}"] = xla_matmul_peak(dtype, s.repeats)
         out[f"pytorch_{dtype}"] = flops.torch_matmul_peak("cuda" if s.device == "gpu" else "cpu", dtype, s.repeats)
     for key, peak in (before or {}).items():
         if peak["flops_per_s"] > out[key]["flops_per_s"]:
@@ -289,10 +291,11 @@ def notes(s: Settings) -> list[str]:
             "LayerNorm) after global-norm clipping at 1.0 in all three (optax, torch.optim.AdamW with its default "
             "implementation, keras.optimizers.AdamW; Keras adds epsilon to the un-corrected second moment, its "
             "documented form). The step time includes the optimizer update.",
-            "MFU = matmul FLOPs of the model (flops.model_flops; training = 3x forward, no remat recomputation) / "
-            "median step time / the matmul peak of the system's own framework (XLA for albert-jax and Keras-Hub, "
-            "PyTorch for transformers): the fastest of several 2048³ matmuls, measured at the start and at the end "
-            "of the run (the better one). On a busy machine a step can meet a quieter moment than the peak did.",
+            "MFU = matmul FLOPs of the model (albert_jax.flops.model_flops; training = 3x forward, no remat "
+            "recomputation) / median step time / the matmul peak of the system's own framework (XLA for albert-jax "
+            "and Keras-Hub, PyTorch for transformers): the fastest of several 2048³ matmuls, measured at the start "
+            "and at the end of the run (the better one). On a busy machine a step can meet a quieter moment than "
+            "the peak did.",
             "Keras-Hub has no ALBERT pretraining model: its heads here are Keras-Hub's MaskedLMHead (tied to the "
             "token embedding; 'all positions' = mask_positions 0..T-1) and a Dense SOP classifier on pooled_output; "
             "the SQuAD head is a Dense(2) on sequence_output (its unused pooler stays in the model). It runs with "

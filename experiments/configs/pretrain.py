@@ -1,5 +1,6 @@
 """ALBERT pretraining as in the paper (Lan et al. 2019, section 4.1): seq 512, batch 4096, 125k steps,
-LAMB lr 0.00176, English Wikipedia from tfds. `size` is base, large, xlarge or xxlarge (v2 shapes).
+LAMB lr 0.00176, English Wikipedia from tfds. `size` is base, large, xlarge or xxlarge (v2 shapes), or the
+paper's BERT baselines bert-base and bert-large (E = H, nothing shared).
 
     python run.py --config=experiments/configs/pretrain.py:size=base --workdir=runs/pretrain_base \
         [--config.optimizer.grad_accum_steps=16] [--config.mesh.fsdp=8] [--config.model.dtype=bfloat16]
@@ -15,7 +16,7 @@ base 80.1, large 82.4, xlarge 85.5, xxlarge 88.7.
 from albert_jax.experiment import parse_arg
 from albert_jax.training.pretrain import paper_config
 
-SIZES = ("base", "large", "xlarge", "xxlarge")
+SIZES = ("base", "large", "xlarge", "xxlarge", "bert-base", "bert-large")
 
 
 def get_config(arg=None):
