@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from albert_jax import experiment
-from albert_jax.training import loop, optimizers, sharding
+from albert_jax.training import loop, optimizers, sharding, steps
 
 
 def test_claim_refuses_another_run_and_overwrite_clears_everything(tmp_path):
@@ -46,7 +46,7 @@ def test_predict_sees_every_row_exactly_once(rows):
         return {"double": batch["x"] * params["scale"], "id": batch["id"]}
 
     jit_predict = jax.jit(predict_fn, out_shardings=sharding.replicated(mesh))
-    predict = loop.make_predict(jit_predict, {"scale": jnp.float32(2)}, mesh, batch_size=4)
+    predict = steps.make_predict(jit_predict, {"scale": jnp.float32(2)}, mesh, batch_size=4)
     x = np.random.RandomState(0).rand(rows, 3).astype(np.float32)
     out = predict({"x": x, "id": np.arange(rows)})
     np.testing.assert_array_equal(out["id"], np.arange(rows))
@@ -83,9 +83,9 @@ def step_setup(grad_accum_steps):
     )
     tx = optimizers.create_optimizer(config, params)
     step = jax.jit(
-        functools.partial(loop.train_step, loss_fn=regression_loss, tx=tx, dropout_root=jax.random.PRNGKey(0))
+        functools.partial(steps.train_step, loss_fn=regression_loss, tx=tx, dropout_root=jax.random.PRNGKey(0))
     )
-    return step, loop.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), tx
+    return step, steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), tx
 
 
 def assert_trees(check, a, b):
@@ -169,7 +169,7 @@ def regression_task(batches):
             "out": {"kernel": jax.random.normal(k2, (8, 2))},
         }
 
-    return loop.Task(
+    return steps.Task(
         loss_fn=regression_loss,
         summarize=lambda sums: {"loss": sums["loss"] / sums["rows"]},
         init_params=init_params,

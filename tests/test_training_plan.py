@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from albert_jax import experiment, flops
-from albert_jax.training import loop, plan, pretrain
+from albert_jax.training import plan, pretrain, steps
 from helpers import ROOT, TINY_PRETRAIN, run_py
 
 
@@ -135,7 +135,7 @@ def test_the_planned_step_is_the_one_the_loop_runs(prepared, tmp_path, monkeypat
     config.update(dict(total_steps=1, mesh=dict(data=2, fsdp=2, tensor=1)))
     config.data.prepared_dir = directory
     seen = []
-    real_train = loop.Step.train
+    real_train = steps.Step.train
 
     def spy(step, lr_scale=1.0):
         jitted = real_train(step, lr_scale)
@@ -146,12 +146,12 @@ def test_the_planned_step_is_the_one_the_loop_runs(prepared, tmp_path, monkeypat
 
         return record
 
-    monkeypatch.setattr(loop.Step, "train", spy)
+    monkeypatch.setattr(steps.Step, "train", spy)
     pretrain.run(config, str(tmp_path))
-    monkeypatch.setattr(loop.Step, "train", real_train)
+    monkeypatch.setattr(steps.Step, "train", real_train)
     job = plan.job(config)
     mesh = plan._mesh(job, jax.devices())
-    step = loop.build_step(config, job.make_task(job.albert_config), mesh)
+    step = steps.build_step(config, job.make_task(job.albert_config), mesh)
     planned_text = step.train().lower(step.abstract_state, step.abstract_batch(config.batch_size)).as_text()
     assert seen and seen[0] == planned_text
 

@@ -49,7 +49,7 @@ class ArrayBatches:
         return {k: v[rows] for k, v in self.arrays.items()}
 
     def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]:
-        """This process's rows of batches start, start + 1, ... (`loop.BatchSource`)."""
+        """This process's rows of batches start, start + 1, ... (`steps.BatchSource`)."""
         index = start
         while True:
             yield local_rows(self.batch(index))

@@ -111,7 +111,7 @@ class PretrainingDataset:
 
 
 class PretrainingBatches:
-    """`loop.BatchSource` over a prepared split: batch i holds rows [i*B, (i+1)*B) of the shuffled stream."""
+    """`steps.BatchSource` over a prepared split: batch i holds rows [i*B, (i+1)*B) of the shuffled stream."""
 
     def __init__(
         self,

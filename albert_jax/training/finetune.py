@@ -22,7 +22,7 @@ from albert_jax import experiment, flops, modeling
 from albert_jax.config import AlbertConfig
 from albert_jax.data.batches import ArrayBatches
 from albert_jax.tokenizer import VOCAB_FILE, AlbertTokenizer, check_vocab_size
-from albert_jax.training import export, initialization, loop
+from albert_jax.training import export, initialization, loop, steps
 
 FINGERPRINT = ("seed", "batch_size", "task", "model", "data", "optimizer", "total_steps", "init_from", "init_from_skip")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -329,7 +329,7 @@ def task_head(config: ml_collections.ConfigDict) -> TaskHead:
     return TASKS[config.task][0](config)
 
 
-def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, head: TaskHead) -> loop.Task:
+def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, head: TaskHead) -> steps.Task:
     """The task without its data (no batches, no evaluation) for `albert_config` (num_labels set by `head`):
     what planning compiles, and `build_task` completes."""
     model = head.head(albert_config.replace(num_labels=head.num_labels))
@@ -345,7 +345,7 @@ def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, h
             loss=losses.sum(), correct=correct.sum(), count=jnp.asarray(losses.shape[0], jnp.float32)
         )
 
-    return loop.Task(
+    return steps.Task(
         loss_fn=loss_fn,
         summarize=lambda s: dict(loss=float(s["loss"] / s["count"]), accuracy=float(s["correct"] / s["count"])),
         init_params=lambda rng: modeling.boxed_params(model, rng, seq),
@@ -361,7 +361,7 @@ def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, h
 
 def build_task(
     config: ml_collections.ConfigDict, workdir: str, init_from: initialization.Pretrained | None = None
-) -> tuple[loop.Task, AlbertConfig, AlbertTokenizer]:
+) -> tuple[steps.Task, AlbertConfig, AlbertTokenizer]:
     """(task, model config, tokenizer) for `config` (and its resolved `init_from`): reads and featurizes the
     task's data."""
     head = task_head(config)

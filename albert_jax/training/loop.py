@@ -1,7 +1,7 @@
 """The one train loop, shared by pretraining and fine-tuning.
 
-A `Task` supplies the model, a pure loss function, the batches, a prediction function and an evaluator;
-`train` does the rest: shardings, optimizer, the jitted step with donation, initialisation (resume ->
+A `steps.Task` supplies the model, a pure loss function, the batches, a prediction function and an evaluator;
+`train` does the rest: the jitted step (`steps.build_step`: shardings, optimizer, donation), initialisation (resume ->
 `init_from` -> scratch), evaluation, orbax checkpoints (resume, keep-last-K, save on SIGTERM/Ctrl-C) and
 metric writing. `claim_run` runs the checks that cost nothing (mesh, batch split, work dir claim) and must be
 entered before a job does any expensive work; it holds the work dir's lock until the run ends. A run stopped
@@ -16,32 +16,24 @@ Determinism: batch `i` is a pure function of (seed, i) and the dropout key of mi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from flax import struct
 from jax.experimental import multihost_utils
 from ml_collections.config_dict import placeholder
 
 from albert_jax import experiment, flops
-from albert_jax.data.batches import local_rows
-from albert_jax.training import checkpoints, initialization, optimizers, sharding, spikes
+from albert_jax.training import checkpoints, initialization, optimizers, sharding, spikes, steps
 from albert_jax.training.metrics import MetricWriter
 
 RUN_CONFIG_NAME = initialization.RUN_CONFIG_NAME  # the claim: the run's fingerprint
-Predict = Callable[[dict], dict]  # all rows of a dict of numpy arrays -> per-row numpy outputs
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -87,48 +79,6 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     return c
-
-
-@struct.dataclass
-class TrainState:
-    step: jax.Array  # micro-steps done (optimizer steps x grad_accum_steps)
-    params: Any
-    opt_state: Any
-
-
-class BatchSource(Protocol):
-    """Deterministic batches: global micro-batch i is a pure function of (seed, i); `iterate(start)` yields
-    this process's rows of micro-batches start, start + 1, ... (dicts of numpy arrays [B / processes, ...])."""
-
-    def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]: ...
-
-
-@dataclasses.dataclass
-class Task:
-    """What a training job is made of.
-
-    loss_fn(params, batch, dropout_rng, deterministic) -> (scalar loss, dict of metric *sums*)
-    summarize(dict of summed metric sums) -> dict of reported training metrics
-    init_params(rng) -> boxed params (as `model.init(...)["params"]`, logical-axis metadata kept)
-    predict_fn(params, batch) -> dict of per-row arrays [B, ...] (jitted by the loop)
-    evaluate(predict) -> metrics, where `predict(arrays)` runs `predict_fn` over every row of a dict of
-      numpy arrays (in padded, sharded batches) and returns the per-row outputs as numpy arrays
-    finish(predict) -> None: end-of-run outputs (e.g. test-set predictions), on every process
-    example_spec, predict_keys: the batches' layout without reading them (what `build_step` compiles for)
-    flops_per_example: for `model_tflops_per_sec` and `mfu` in the training log
-    """
-
-    loss_fn: Callable
-    summarize: Callable[[dict], dict]
-    init_params: Callable[[jax.Array], Any]
-    train_batches: BatchSource | None  # None: nothing to train on (config.total_steps 0)
-    predict_fn: Callable | None = None
-    evaluate: Callable[[Predict], dict] | None = None
-    finish: Callable[[Predict], None] | None = None
-    # What a training batch holds, per row: key -> (shape, dtype); planning compiles the step from it
-    example_spec: dict[str, tuple[tuple[int, ...], Any]] | None = None
-    predict_keys: tuple[str, ...] | None = None  # the keys of example_spec that predict_fn reads (None: all)
-    flops_per_example: float | None = None  # model FLOPs of one training row (forward + backward, flops.py)
 
 
 class Preempted(RuntimeError):
@@ -290,146 +240,17 @@ def _cannot_write(workdir: str, e: OSError) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Pure steps
-# ---------------------------------------------------------------------------------------------------------
-def train_step(
-    state: TrainState, batch: dict, *, loss_fn: Callable, tx: optax.GradientTransformation, dropout_root: jax.Array
-) -> tuple[TrainState, dict]:
-    """One micro-step: gradients of `loss_fn` on `batch`, the optimizer update (MultiSteps accumulates),
-    and the metric sums of the batch plus `grad_norm` and `nonfinite`.
-
-    A non-finite loss or gradient changes nothing but the data position: parameters and optimizer state
-    stay those of the last finite step, its sums are zeroed and `nonfinite` is 1, so the host can stop or
-    count it at its next synchronisation without a check of its own per step."""
-    rng = jax.random.fold_in(dropout_root, state.step)
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, False)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params, opt_state = jax.tree_util.tree_map(
-        lambda new, old: jnp.where(finite, new, old),
-        (optax.apply_updates(state.params, updates), opt_state),
-        (state.params, state.opt_state),
-    )
-    sums = {k: jnp.where(finite, v, 0) for k, v in dict(sums, grad_norm=grad_norm).items()}
-    sums["nonfinite"] = 1 - finite.astype(jnp.float32)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
-
-
-def make_predict(jit_predict: Callable, params, mesh, batch_size: int, rules=sharding.DEFAULT_RULES) -> Predict:
-    """`predict(arrays)`: every row of `arrays` through `jit_predict(params, batch)` in batches of
-    `batch_size` (the last one padded with copies of row 0, whose outputs are dropped), outputs as numpy."""
-
-    def predict(arrays: dict) -> dict:
-        n = len(next(iter(arrays.values())))
-        outputs = []
-        for start in range(0, n, batch_size):
-            rows = np.arange(start, start + batch_size)
-            real = rows < n
-            batch = {k: np.asarray(v)[np.where(real, rows, 0)] for k, v in arrays.items()}
-            out = jax.device_get(jit_predict(params, sharding.global_batch(local_rows(batch), mesh, rules)))
-            outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
-        return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
-
-    return predict
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The step, for training and for planning
-# ---------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Step:
-    """A job's jitted functions on a mesh and the abstract state and batches they take: `train` runs them and
-    `training.plan` compiles the same ones for other devices (`jax.jit(...).lower(...).compile()`), so a plan
-    is the program the run executes."""
-
-    config: ml_collections.ConfigDict
-    task: Task
-    mesh: jax.sharding.Mesh
-    opt_config: ml_collections.ConfigDict  # config.optimizer with total_steps (the schedule's length)
-    tx: optax.GradientTransformation
-    init_rng: jax.Array
-    dropout_root: jax.Array
-    state_shardings: Any  # TrainState of NamedShardings
-    abstract_state: Any  # TrainState of ShapeDtypeStructs carrying those shardings
-
-    @property
-    def rules(self):
-        return self.config.get("sharding_rules", sharding.DEFAULT_RULES)
-
-    def init(self):
-        """A freshly initialised TrainState, made sharded on the mesh."""
-        init = functools.partial(_init_state, self.task, self.tx)
-        return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=self.state_shardings)(self.init_rng)
-
-    def train(self, lr_scale: float = 1.0) -> Callable:
-        """The jitted `train_step` (state donated) with the updates scaled by `lr_scale` (spike rollbacks)."""
-        step = functools.partial(
-            train_step,
-            loss_fn=self.task.loss_fn,
-            tx=spikes.scale_updates(self.tx, lr_scale),
-            dropout_root=self.dropout_root,
-        )
-        return jax.jit(
-            sharding.constrained(step, self.mesh, self.rules),
-            in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh, self.rules)),
-            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-            donate_argnums=0,
-        )
-
-    def predict(self) -> Callable | None:
-        """The jitted `task.predict_fn(params, batch)` (outputs replicated), or None."""
-        if self.task.predict_fn is None:
-            return None
-        return jax.jit(
-            sharding.constrained(self.task.predict_fn, self.mesh, self.rules),
-            in_shardings=(self.state_shardings.params, sharding.batch_sharding(self.mesh, self.rules)),
-            out_shardings=sharding.replicated(self.mesh),
-        )
-
-    def abstract_batch(self, rows: int, keys: tuple[str, ...] | None = None) -> dict:
-        """ShapeDtypeStructs of a batch of `rows` rows as `task.example_spec` describes it (only `keys`)."""
-        if self.task.example_spec is None:
-            raise ValueError("the task has no example_spec: its batches cannot be described without reading them")
-        where = sharding.batch_sharding(self.mesh, self.rules)
-        return {
-            k: jax.ShapeDtypeStruct((rows, *shape), jnp.dtype(dtype), sharding=where)
-            for k, (shape, dtype) in self.task.example_spec.items()
-            if keys is None or k in keys
-        }
-
-
-def build_step(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> Step:
-    """The optimizer, the shardings of the train state (from the parameters' logical axes and
-    `config.sharding_rules`) and the abstract state for `task` on `mesh`; nothing is allocated."""
-    opt_config = ml_collections.ConfigDict(dict(config.optimizer, total_steps=config.total_steps))
-    init_rng, dropout_root = jax.random.split(jax.random.PRNGKey(config.seed))
-    tx = optimizers.create_optimizer(opt_config, nn.meta.unbox(jax.eval_shape(task.init_params, init_rng)))
-    boxed_state = jax.eval_shape(functools.partial(_init_state, task, tx), init_rng)
-    state_shardings = sharding.param_shardings(boxed_state, mesh, config.get("sharding_rules", sharding.DEFAULT_RULES))
-    abstract_state = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed_state), state_shardings
-    )
-    return Step(config, task, mesh, opt_config, tx, init_rng, dropout_root, state_shardings, abstract_state)
-
-
-def _init_state(task: Task, tx: optax.GradientTransformation, rng) -> TrainState:
-    params = task.init_params(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
 def train(
     config: ml_collections.ConfigDict,
     workdir: str,
-    task: Task,
+    task: steps.Task,
     mesh,
     *,
     resume: bool = True,
     init_from: initialization.Pretrained | None = None,
-) -> TrainState:
+) -> steps.TrainState:
     """Runs (or resumes) the job described by `config` in `workdir` (claimed by `claim_run`, which gave
     `mesh`); returns the final TrainState (params sharded over `mesh`). A run that does not resume starts
     from the weights of `init_from` (the job's `initialization.resolve(config.init_from)`), else from scratch.
@@ -440,7 +261,7 @@ def train(
     """
     accum = int(config.optimizer.grad_accum_steps)
     total_micro = int(config.total_steps) * accum
-    step_fns = build_step(config, task, mesh)
+    step_fns = steps.build_step(config, task, mesh)
     opt_config, tx, abstract_state = step_fns.opt_config, step_fns.tx, step_fns.abstract_state
     jit_predict = step_fns.predict()
 
@@ -473,7 +294,7 @@ def train(
     def predict_with_current_params(arrays: dict) -> dict:
         if jit_predict is None:
             raise ValueError("the task's evaluate and finish need its predict_fn")
-        return make_predict(jit_predict, state.params, mesh, eval_batch_size(config), step_fns.rules)(arrays)
+        return steps.make_predict(jit_predict, state.params, mesh, eval_batch_size(config), step_fns.rules)(arrays)
 
     def write_eval(step: int) -> None:
         if task.evaluate is not None:
@@ -574,7 +395,7 @@ def host_params(params):
     )
 
 
-def _model_throughput(task: Task, rows_per_sec: float) -> dict:
+def _model_throughput(task: steps.Task, rows_per_sec: float) -> dict:
     """`model_tflops_per_sec` (the task's model FLOPs, flops.py) and, on a device of flops.ACCELERATORS, `mfu`."""
     if task.flops_per_example is None:
         return {}
@@ -644,7 +465,7 @@ def _check_finite(config: ml_collections.ConfigDict, pending: list, accum: int, 
         )
 
 
-def _summarize(task: Task, pending: list) -> dict:
+def _summarize(task: steps.Task, pending: list) -> dict:
     """The task's training metrics over the finite micro-steps of `pending`, mean `grad_norm` and
     `skipped_steps` (micro-steps whose update was dropped as non-finite)."""
     rows = [sums for _, sums in pending]

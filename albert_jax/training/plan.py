@@ -1,4 +1,4 @@
-"""Pre-flight planning: the job's own train and predict steps (`loop.build_step`) compiled ahead of time for a
+"""Pre-flight planning: the job's own train and predict steps (`steps.build_step`) compiled ahead of time for a
 TPU slice (libtpu's deviceless topologies, on a CPU host) or for this machine's devices, without reading data,
 allocating the model or claiming the work dir.
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from albert_jax import experiment, flops
 from albert_jax.config import AlbertConfig
-from albert_jax.training import finetune, initialization, loop, pretrain, sharding
+from albert_jax.training import finetune, initialization, loop, pretrain, sharding, steps
 
 PLAN_JSON, PLAN_MD = "plan.json", "plan.md"
 NO_FIT_EXIT_STATUS = 3  # what `run` returns when a target does not fit (1 stays "failed")
@@ -148,7 +148,7 @@ class _Job:
 
     config: ml_collections.ConfigDict
     albert_config: AlbertConfig
-    make_task: Callable[[AlbertConfig], loop.Task]
+    make_task: Callable[[AlbertConfig], steps.Task]
 
     def with_model(self, **fields) -> _Job:
         return dataclasses.replace(self, albert_config=self.albert_config.replace(**fields))
@@ -209,7 +209,7 @@ class _Compiled:
 def _compile_train(job: _Job, devices: list) -> _Compiled:
     """`job`'s train and predict steps (as `loop.train` builds them) compiled for `devices`."""
     mesh = _mesh(job, devices)
-    step = loop.build_step(job.config, job.make_task(job.albert_config), mesh)
+    step = steps.build_step(job.config, job.make_task(job.albert_config), mesh)
     batch = step.abstract_batch(loop.validate_batch(job.config, mesh))
     start = time.time()
     train = _compile(step.train().lower(step.abstract_state, batch))

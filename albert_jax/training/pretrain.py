@@ -19,7 +19,7 @@ from ml_collections.config_dict import placeholder
 
 from albert_jax import experiment, flops, modeling
 from albert_jax.config import AlbertConfig
-from albert_jax.training import export, initialization, loop
+from albert_jax.training import export, initialization, loop, steps
 
 FINGERPRINT = ("seed", "batch_size", "model", "data", "optimizer", "total_steps", "init_from", "init_from_skip")
 # How the data is made and read, not what it is: a run may resume with other values.
@@ -209,12 +209,12 @@ def example_spec(config: ml_collections.ConfigDict) -> dict:
     }
 
 
-def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> loop.Task:
+def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> steps.Task:
     """The task without its data (no batches, no evaluation): what planning compiles, and `build_task`
     completes."""
     model = modeling.AlbertForPreTraining(albert_config)
     seq, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
-    return loop.Task(
+    return steps.Task(
         loss_fn=lambda params, batch, rng, det: pretraining_loss(model, params, batch, rng, det),
         summarize=summarize_pretraining,
         init_params=lambda rng: modeling.boxed_params(model, rng, seq),

@@ -1,5 +1,5 @@
 """albert-jax's side: the workload's model loaded from the exported HF directory, a jitted forward or one step
-of the training loop (`albert_jax.training.loop.train_step` with an optax AdamW), each call blocking until its
+of the training loop (`albert_jax.training.steps.train_step` with an optax AdamW), each call blocking until its
 result is ready."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import optax
 
 import albert_jax as aj
 from albert_jax import convert
-from albert_jax.training import loop, optimizers, pretrain
+from albert_jax.training import optimizers, pretrain, steps
 
 from .workloads import OPTIMIZER, Workload, make_inputs
 
@@ -105,7 +105,7 @@ class Forward:
 
 
 class TrainStep:
-    """`runner()` runs one step of albert-jax's training loop (`loop.train_step`: loss, gradients, the
+    """`runner()` runs one step of albert-jax's training loop (`steps.train_step`: loss, gradients, the
     non-finite guard, the AdamW update; the state donated, as the loop jits it) and returns the loss before the
     update; `compile()` times lowering and compiling the same step."""
 
@@ -114,11 +114,11 @@ class TrainStep:
         self.config = model.config
         tx = make_optimizer(params)
         self._step = functools.partial(
-            loop.train_step, loss_fn=loss_fn(model, w), tx=tx, dropout_root=jax.random.PRNGKey(0)
+            steps.train_step, loss_fn=loss_fn(model, w), tx=tx, dropout_root=jax.random.PRNGKey(0)
         )
         self.batch = jax.device_put(make_inputs(w, model.config.vocab_size))
         self.state = jax.device_put(
-            loop.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+            steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
         )
         self.jit_step = jax.jit(self._step, donate_argnums=0)
 
