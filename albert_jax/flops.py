@@ -98,36 +98,42 @@ class Accelerator:
     cores_per_chip: int
     devices_per_chip: int
     chip_config: str | None
+    chip_hbm_bandwidth: float  # bytes/s per chip
 
     @property
     def hbm_bytes(self) -> int:
         return self.chip_hbm_bytes // self.devices_per_chip
 
     @property
+    def hbm_bandwidth(self) -> float:
+        return self.chip_hbm_bandwidth / self.devices_per_chip
+
+    @property
     def peak_flops(self) -> float:
         return self.chip_peak_flops / self.devices_per_chip
 
 
-# Memory in the unit each source states (GB = 1e9 bytes, GiB = 2**30): the lower reading where a "GB" may mean GiB.
+# Memory in the unit each source states (GB = 1e9 bytes, GiB = 2**30); the v5e and v6e pages' "GB" are GiB: libtpu
+# reports 15.75 GiB usable on a v5e chip (and 7.48 of a v2 core's 8 GiB). Bandwidth: HBM bytes/s per chip, same pages.
 ACCELERATORS = (
     # cloud.google.com/tpu/docs/v2 (architecture in Jouppi et al., "A Domain Specific Supercomputer for Training
     # Deep Neural Networks", CACM 2020): 2 TensorCores with 8 GiB HBM each; 180 TFLOPS per 4-chip board.
-    Accelerator("v2", "TPU v2", 16 * GiB, 45e12, 2, 2, "default"),
+    Accelerator("v2", "TPU v2", 16 * GiB, 45e12, 2, 2, "default", 700 * GB),
     # cloud.google.com/tpu/docs/v3: 2 TensorCores, 123 TFLOPS (bf16), 32 GiB HBM2 per chip.
-    Accelerator("v3", "TPU v3", 32 * GiB, 123e12, 2, 2, "default"),
+    Accelerator("v3", "TPU v3", 32 * GiB, 123e12, 2, 2, "default", 900 * GB),
     # cloud.google.com/tpu/docs/v4: 2 TensorCores (one megacore device), 275 TFLOPS (bf16), 32 GiB HBM2 per chip.
-    Accelerator("v4", "TPU v4", 32 * GiB, 275e12, 2, 1, "megacore"),
+    Accelerator("v4", "TPU v4", 32 * GiB, 275e12, 2, 1, "megacore", 1200 * GB),
     # cloud.google.com/tpu/docs/v5e: 1 TensorCore, 197 TFLOPS (bf16), 16 GB HBM per chip.
-    Accelerator("v5e", "TPU v5 lite", 16 * GB, 197e12, 1, 1, "default"),
+    Accelerator("v5e", "TPU v5 lite", 16 * GiB, 197e12, 1, 1, "default", 819 * GB),
     # cloud.google.com/tpu/docs/v5p: 2 TensorCores (one megacore device), 459 TFLOPS (bf16), 95 GiB HBM per chip.
-    Accelerator("v5p", "TPU v5", 95 * GiB, 459e12, 2, 1, "megacore"),
+    Accelerator("v5p", "TPU v5", 95 * GiB, 459e12, 2, 1, "megacore", 2765 * GB),
     # cloud.google.com/tpu/docs/v6e (Trillium): 1 TensorCore, 918 TFLOPS (bf16), 32 GB HBM per chip.
-    Accelerator("v6e", "TPU v6 lite", 32 * GB, 918e12, 1, 1, "default"),
+    Accelerator("v6e", "TPU v6 lite", 32 * GiB, 918e12, 1, 1, "default", 1640 * GB),
     # NVIDIA H100 datasheet, SXM: BF16 Tensor Core 1,979 TFLOPS with sparsity (989 dense), 80 GB HBM3.
-    Accelerator("H100", "NVIDIA H100 80GB HBM3", 80 * GB, 989e12, 1, 1, None),
+    Accelerator("H100", "NVIDIA H100 80GB HBM3", 80 * GB, 989e12, 1, 1, None, 3350 * GB),
     # NVIDIA H200 datasheet, SXM: BF16 Tensor Core 1,979 TFLOPS with sparsity (989 dense), 141 GB HBM3e. An H200
     # NVL (lower clocks) reports the same device_kind.
-    Accelerator("H200", "NVIDIA H200", 141 * GB, 989e12, 1, 1, None),
+    Accelerator("H200", "NVIDIA H200", 141 * GB, 989e12, 1, 1, None, 4800 * GB),
 )
 
 

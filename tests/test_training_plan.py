@@ -50,6 +50,12 @@ def test_a_tiny_config_fits_on_v4_8_with_consistent_numbers():
     # the compiled count covers the model's matmuls (forward + backward), plus element-wise work and recompute
     assert e["model_flops_per_step"] <= e["compiled_flops_per_step"] <= 2 * e["model_flops_per_step"]
     assert e["estimated_total_hours"] == pytest.approx(e["estimated_step_seconds"] * config.total_steps / 3600)
+    assert e["time_model"] in ("xla", "roofline")  # libtpu's time where it gives one, else the roofline's
+    if e["time_model"] == "roofline":
+        chip = flops.accelerator("TPU v4")
+        assert e["estimated_step_seconds"] == pytest.approx(
+            max(e["compiled_flops_per_step"] / e["num_devices"] / chip.peak_flops, e["estimated_step_seconds"])
+        )
     assert e["collectives"]["all-reduce"]["count"] >= 1  # data parallel: the gradients are summed
 
 
@@ -206,6 +212,7 @@ def test_run_py_plans_without_claiming_the_work_dir_and_exits_3_when_a_target_do
     assert sorted(os.listdir(tmp_path)) == [plan.PLAN_JSON, plan.PLAN_MD]  # no run_config.json, no lock, no data
     entries = json.loads((tmp_path / plan.PLAN_JSON).read_text())["targets"]
     assert [(e["target"], e["num_devices"], e["fits"]) for e in entries] == [("v4-8", 4, True), ("cpu", 4, True)]
+    assert entries[1]["time_model"] == "cpu_matmul_peak" and entries[1]["estimated_step_seconds"] > 0
     assert "| v4-8 | 4 | 4/1/1 | 2 |" in result.stdout
     result = run_py(
         TINY_PRETRAIN, tmp_path, "--plan=v5e-1", "--config.batch_size=65536", "--noplan_search", check=False

@@ -3,8 +3,8 @@ TPU slice (libtpu's deviceless topologies, on a CPU host) or for this machine's 
 allocating the model or claiming the work dir.
 
 For each target: memory per device (XLA's buffer assignment) against the device's HBM, compiled and model
-FLOPs, XLA's cost-model step time, the collectives a step issues, the run's hours, and when it does not fit,
-the first setting of a small grid that does (`suggest`).
+FLOPs, a step time (XLA's TPU cost model where libtpu gives one, else a roofline), the collectives a step
+issues, the run's hours, and when it does not fit, the first setting of a small grid that does (`suggest`).
 
 XLA's cost analysis counts a while loop's body once, and the encoder is one: a step's cost is affine in the
 number of layers L (every layer costs the same, recomputation included), so it is taken from two small
@@ -164,6 +164,10 @@ class _Job:
         fields = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("model.")}
         return dataclasses.replace(self, config=config, albert_config=self.albert_config.replace(**fields))
 
+    def model_step_flops(self) -> float:
+        """The model's FLOPs in one optimizer step (flops.py), as the training log counts them."""
+        return float(self.config.batch_size * (self.make_task(self.albert_config).flops_per_example or 0.0))
+
 
 def job(config: ml_collections.ConfigDict) -> _Job:
     """The job `config` describes, without its data: pretraining or fine-tuning (the model of `init_from` when
@@ -318,7 +322,9 @@ def _per_layer(job: _Job, devices: list) -> tuple[dict, dict] | None:
     def extrapolate(one: float, two: float) -> float:
         return one + extra * (two - one)
 
-    cost = {k: extrapolate(cost1[k], cost2.get(k, cost1[k])) for k in cost1}
+    cost = {k: extrapolate(cost1[k], cost2[k]) for k in cost1 if k in cost2}
+    if not 0 < cost1.get("optimal_seconds", -1) <= cost2.get("optimal_seconds", -1):
+        cost.pop("optimal_seconds", None)  # not a time (libtpu's model gives some generations negative ones)
     found = {}
     for op in sorted(set(coll1) | set(coll2)):
         a, b = coll1.get(op, {"count": 0, "bytes": 0}), coll2.get(op, {"count": 0, "bytes": 0})
@@ -337,7 +343,7 @@ def plan_target(job: _Job, target: Target, *, search: bool = True, devices: list
     config, accum = job.config, int(job.config.optimizer.grad_accum_steps)
     compiled = _compile_train(job, devices)
     fits = compiled.fits(target.hbm_bytes)
-    model_step_flops = float(config.batch_size * (job.make_task(job.albert_config).flops_per_example or 0.0))
+    model_step_flops = job.model_step_flops()
     entry = {
         "target": target.name,
         "device_kind": devices[0].device_kind,
@@ -365,7 +371,14 @@ def _timing(job: _Job, target: Target, devices: list, model_step_flops: float | 
     """compiled FLOPs, XLA's step time, MFU, hours and collectives per optimizer step (None without
     `model_step_flops`: a step that does not fit; None for what a target's cost analysis lacks)."""
     timing = dict.fromkeys(
-        ("compiled_flops_per_step", "estimated_step_seconds", "estimated_mfu", "collectives", "estimated_total_hours")
+        (
+            "compiled_flops_per_step",
+            "estimated_step_seconds",
+            "time_model",
+            "estimated_mfu",
+            "collectives",
+            "estimated_total_hours",
+        )
     )
     per_layer = None if model_step_flops is None else _per_layer(job, devices)
     if model_step_flops is None or per_layer is None:
@@ -373,7 +386,8 @@ def _timing(job: _Job, target: Target, devices: list, model_step_flops: float | 
     (cost, found), accum = per_layer, int(job.config.optimizer.grad_accum_steps)
     timing["compiled_flops_per_step"] = cost.get("flops", 0.0) * accum * len(devices)
     timing["collectives"] = {op: {k: v * accum for k, v in c.items()} for op, c in found.items()}
-    seconds = timing["estimated_step_seconds"] = _step_seconds(target, cost, accum)
+    seconds, timing["time_model"] = _step_seconds(target, cost, accum)
+    timing["estimated_step_seconds"] = seconds
     if seconds:
         peak = target.accelerator.peak_flops if target.accelerator else _cpu_peak() / len(devices)
         timing["estimated_mfu"] = model_step_flops / (seconds * peak * len(devices))
@@ -381,14 +395,18 @@ def _timing(job: _Job, target: Target, devices: list, model_step_flops: float | 
     return timing
 
 
-def _step_seconds(target: Target, cost: dict, accum: int) -> float | None:
-    """XLA's TPU cost model (`optimal_seconds`) per optimizer step; on `cpu`, the step's FLOPs over this
-    machine's measured matmul peak (XLA's CPU cost analysis has no time)."""
+def _step_seconds(target: Target, cost: dict, accum: int) -> tuple[float, str]:
+    """(seconds per optimizer step, how they were estimated): XLA's TPU cost model (`optimal_seconds`) where it
+    gives a time; else a roofline: the step's FLOPs at the device's peak or its bytes at its HBM bandwidth,
+    whichever takes longer; on `cpu`, the FLOPs over this machine's measured matmul peak (XLA's CPU cost
+    analysis has no time)."""
     if "optimal_seconds" in cost:
-        return cost["optimal_seconds"] * accum
+        return cost["optimal_seconds"] * accum, "xla"
+    step_flops = cost.get("flops", 0.0) * accum
     if target.accelerator is None:
-        return cost.get("flops", 0.0) * accum * target.num_devices / _cpu_peak()
-    return None
+        return step_flops * target.num_devices / _cpu_peak(), "cpu_matmul_peak"
+    chip = target.accelerator
+    return max(step_flops / chip.peak_flops, cost.get("bytes accessed", 0.0) * accum / chip.hbm_bandwidth), "roofline"
 
 
 _CPU_PEAK: list[float] = []
@@ -405,7 +423,7 @@ def suggest(job: _Job, target: Target, devices: list) -> dict:
     """The first setting that fits, trying in order: lighter remat policies (REMAT_ORDER), then gradient
     accumulation (the largest factor first, then bisected down to the smallest that fits), then fsdp (moving
     data-parallel devices to it, likewise); at most MAX_SEARCH_COMPILES compiles. {'overrides': the
-    --config.* flags, 'memory', 'estimated_step_seconds'} or {'overrides': None, 'reason': ...}."""
+    --config.* flags, 'memory', 'estimated_step_seconds', 'time_model'} or {'overrides': None, 'reason': ...}."""
     hbm, compiles = target.hbm_bytes, [0]
 
     def fits(overrides: dict) -> dict | None:
@@ -415,10 +433,10 @@ def suggest(job: _Job, target: Target, devices: list) -> dict:
 
     def found(overrides: dict, memory: dict) -> dict:
         changed = job.with_config(overrides)
-        model_step_flops = changed.config.batch_size * (changed.make_task(changed.albert_config).flops_per_example or 0)
-        timing = _timing(changed, target, devices, float(model_step_flops))
+        timing = _timing(changed, target, devices, changed.model_step_flops())
         flags = {f"--config.{k}": v for k, v in overrides.items()}
-        return {"overrides": flags, "memory": memory, "estimated_step_seconds": timing["estimated_step_seconds"]}
+        times = {k: timing[k] for k in ("estimated_step_seconds", "time_model")}
+        return {"overrides": flags, "memory": memory, **times}
 
     policy = job.albert_config.remat_policy
     start = REMAT_ORDER.index(policy) + 1 if policy in REMAT_ORDER else 0
@@ -517,6 +535,7 @@ def table(entries: list[dict]) -> str:
         "model TFLOP/step",
         "compiled TFLOP/step",
         "step s",
+        "time from",
         "MFU",
         "hours",
         "suggestion",
@@ -543,6 +562,7 @@ def table(entries: list[dict]) -> str:
                 _maybe(e["model_flops_per_step"] / 1e12, "{:,.2f}"),
                 _maybe(e["compiled_flops_per_step"] and e["compiled_flops_per_step"] / 1e12, "{:,.2f}"),
                 _maybe(e["estimated_step_seconds"], "{:.3g}"),
+                e.get("time_model") or "",
                 _maybe(e["estimated_mfu"], "{:.0%}"),
                 _maybe(e["estimated_total_hours"], "{:,.1f}"),
                 advice,
