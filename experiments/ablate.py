@@ -1,12 +1,16 @@
-"""Runs an ablation sweep and writes its tables and plots.
+"""Runs a sweep (an ablation config, or any job config over seeds) and writes its tables and plots.
 
     python experiments/ablate.py --config=experiments/configs/ablation_sharing.py:scale=demo --workdir=runs/sharing \
-        [--config.total_steps=50] [--shard=0/2] [--cells=E768-all,E128-all]
+        [--seeds=3] [--config.total_steps=50] [--shard=0/2] [--cells=E768-all,E128-all]
+    python experiments/ablate.py --config=experiments/configs/glue.py:task=rte --workdir=runs/rte --seeds=5
 
-Each cell pretrains into <workdir>/<cell> (and fine-tunes into <workdir>/<cell>/finetune when the sweep
-config names a fine-tuning config); a re-run skips finished cells and resumes interrupted ones. The
-results (results.csv, results.md, accuracy_vs_params.png, loss_curves.png in <workdir>) are assembled
-from every finished cell, so n machines running --shard=i/n fill one table. A cell stopped by SIGTERM stops
+Each cell runs once per seed (`--seeds=N`: seeds 0..N-1, or the config's `sweep.seeds`) into
+<workdir>/<cell>/seed<k> (<workdir>/<cell> without seeds), pretraining (and fine-tuning into .../finetune when
+the sweep config names a fine-tuning config) or fine-tuning, as the config's job; a config without cells is
+one cell, `default`. A re-run skips finished runs and resumes interrupted ones. The results (results.csv a row
+per run, results.md a row per cell with mean ± std and 95% confidence intervals over seeds and paired
+differences from the reference cell, plots with error bars, in <workdir>) are assembled from every finished
+run, so n machines running --shard=i/n fill one table. A cell stopped by SIGTERM stops
 the sweep with run.py's status 75 (run again to resume it). `--plan=TARGET[,...]` plans every cell instead
 (run.py --plan): one plan.json / plan.md in <workdir>, a row per cell and target.
 """
@@ -21,6 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config file (ex
 _WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's work dir: one sub-directory per cell, the results")
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run every n-th cell starting at the i-th")
 _CELLS = flags.DEFINE_list("cells", [], "run only these cells (comma-separated names)")
+_SEEDS = flags.DEFINE_integer("seeds", None, "run every cell with seeds 0..N-1 (default: the config's sweep.seeds)")
 _PLAN = flags.DEFINE_list(
     "plan", [], "plan instead of running: every cell's step compiled for these targets (run.py --plan); exit 3: no fit"
 )
@@ -36,9 +41,13 @@ def main(argv):
     del argv
     from albert_jax.training import hostmem, loop, reporting, sweep
 
-    config = _CONFIG.value
-    if config is None or _WORKDIR.value is None:
+    if _CONFIG.value is None or _WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
+    config = sweep.as_sweep(_CONFIG.value)
+    if _SEEDS.value is not None:
+        if _SEEDS.value < 1:
+            sys.exit(f"error: --seeds must be a positive number of seeds, got {_SEEDS.value}")
+        config.sweep.seeds = tuple(range(_SEEDS.value))
     try:
         index, count = (int(x) for x in _SHARD.value.split("/"))
     except ValueError:
@@ -62,12 +71,14 @@ def main(argv):
 
 
 def plan_sweep(config, shard) -> int:
-    """--plan: every cell of this shard planned (run.py --plan), one plan.json / plan.md in the sweep's work dir."""
+    """--plan: every cell of this shard planned (run.py --plan; seeds do not change a plan), one plan.json /
+    plan.md in the sweep's work dir."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from albert_jax.training import plan, sweep
 
     try:
-        jobs = [(name, sweep.cell_config(config, name)) for name in sweep.cell_names(config, shard, _CELLS.value)]
+        names = dict.fromkeys(name for name, _ in sweep.units(config, shard, _CELLS.value))
+        jobs = [(name, sweep.cell_config(config, name)) for name in names]
         return plan.run(jobs, _WORKDIR.value, _PLAN.value, search=_PLAN_SEARCH.value)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
@@ -81,6 +92,6 @@ if __name__ == "__main__":
         flags_parser=lambda argv: parse_flags(
             argv,
             "python experiments/ablate.py --config=experiments/configs/ablation_X.py[:scale=demo] "
-            "--workdir=DIR [--config.field=value ...] [--shard=i/n] [--cells=a,b]",
+            "--workdir=DIR [--seeds=N] [--config.field=value ...] [--shard=i/n] [--cells=a,b]",
         ),
     )

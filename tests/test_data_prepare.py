@@ -4,6 +4,7 @@ original TFRecord format, and the shards' integrity (sizes checked at start, --v
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from albert_jax.data import prepare, records
 from albert_jax.data.loader import PretrainingDataset
+from albert_jax.data.manifest import FORMAT
 from albert_jax.data.pretraining import FEATURES, create_examples, create_pairs
 from albert_jax.data.sources import load_source
 from albert_jax.tokenizer import AlbertTokenizer
@@ -24,16 +26,21 @@ TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
 
 def shard_documents(config):
     """Shard name -> documents, by the documented split rule (a systematic sample of eval documents, then
-    runs of docs_per_shard per split)."""
+    runs of docs_per_shard per split; the eval documents make the eval and the eval_nsp shards)."""
     documents = load_source(config.data.source, max_documents=config.data.max_documents)
-    offset = prepare.eval_offset(config.seed)
+    offset = prepare.eval_offset(prepare.data_seed(config))
     splits = {"train": [], "eval": []}
     for i, document in enumerate(documents):
         splits["eval" if prepare.is_eval(i, config.data.eval_fraction, offset) else "train"].append(document)
+    splits["eval_nsp"] = splits["eval"]
     per = config.data.docs_per_shard
     return {
         f"{split}-{k // per:05d}": docs[k : k + per] for split, docs in splits.items() for k in range(0, len(docs), per)
     }
+
+
+# The pairs of each split of a prepared directory, by the config's sentence objective
+PAIRS = {"sop": dict(train="sop", eval="sop", eval_nsp="nsp"), "nsp": dict(train="nsp", eval="sop", eval_nsp="nsp")}
 
 
 def read_records(directory, name):
@@ -45,9 +52,11 @@ def read_records(directory, name):
     return out
 
 
-def test_shards_hold_create_examples_of_their_documents(prepared):
-    config, directory = prepared
+@pytest.mark.parametrize("objective", ["sop", "nsp"])
+def test_shards_hold_create_examples_of_their_documents(prepared, prepared_nsp, objective):
+    config, directory = prepared if objective == "sop" else prepared_nsp
     manifest = prepare.read_manifest(directory)
+    assert manifest["settings"]["sentence_objective"] == objective
     tokenizer = AlbertTokenizer(os.path.join(directory, "spiece.model"))
     expected = shard_documents(config)
     assert [s["name"] for s in manifest["shards"]] == sorted(expected)
@@ -67,6 +76,7 @@ def test_shards_hold_create_examples_of_their_documents(prepared):
                 ngram=data.ngram,
                 dupe_factor=data.dupe_factor,
                 seed=prepare.shard_seed(config.seed, split, int(number)),
+                sentence_objective=PAIRS[objective][split],
             )
         )
         stored = [
@@ -77,7 +87,65 @@ def test_shards_hold_create_examples_of_their_documents(prepared):
         for got, want in zip(stored, examples):
             for key in FEATURES:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert manifest["examples"] == {
+        split: sum(s["examples"] for s in manifest["shards"] if s["split"] == split) for split in PAIRS["sop"]
+    }
     assert not os.path.exists(os.path.join(directory, "documents"))  # removed once the examples are made
+
+
+@pytest.fixture(scope="module")
+def prepared_nsp(tmp_path_factory):
+    """(config, directory) of the tiny config prepared for NSP (static masking)."""
+    config = tiny_config(sentence_objective="nsp")
+    directory = str(tmp_path_factory.mktemp("prepared_nsp"))
+    prepare.prepare(config, directory, VOCAB)
+    return config, directory
+
+
+def test_every_objective_holds_the_same_held_out_sets(prepared, prepared_nsp, tmp_path):
+    """The eval (SOP) and eval_nsp (NSP) shards do not depend on the objective trained, so that cells compare on
+    the same examples; the train shards are the objective's. A directory prepared for one objective is refused
+    for another."""
+    (config, sop), (_, nsp) = prepared, prepared_nsp
+    names = [s["name"] for s in prepare.read_manifest(sop)["shards"]]
+    assert names == [s["name"] for s in prepare.read_manifest(nsp)["shards"]]
+    assert {n.split("-")[0] for n in names} == {"train", "eval", "eval_nsp"}
+    for name in names:
+        same = read_records(sop, name) == read_records(nsp, name)
+        assert same == (not name.startswith("train")), name
+    with pytest.raises(ValueError) as error:
+        prepare.prepare(config, nsp, VOCAB)
+    assert str(error.value) == (
+        f"{nsp} holds pretraining data prepared with other settings (differs in: sentence_objective); "
+        "use --overwrite to prepare it anew, or another directory"
+    )
+    none = prepare.prepare(tiny_config(sentence_objective="none"), str(tmp_path), VOCAB)
+    assert none["settings"]["sentence_objective"] == "none"
+    for name in names:  # no sentence loss: trained on SOP pairs
+        assert read_records(str(tmp_path), name) == read_records(sop, name), name
+
+
+def test_the_data_seed_fixes_the_data_whatever_the_training_seed(prepared, tmp_path, monkeypatch):
+    """data.seed is the data's seed (config.seed when None): runs with other training seeds read one directory."""
+    config, directory = prepared
+    made = []
+    real = prepare._make_document_shard
+    monkeypatch.setattr(prepare, "_make_document_shard", lambda **kwargs: made.append(kwargs) or real(**kwargs))
+    other_run = tiny_config(seed=config.seed)
+    other_run.seed = config.seed + 5
+    assert prepare.prepare(other_run, directory, VOCAB) == prepare.read_manifest(directory) and not made
+    other_run.data.seed = None
+    with pytest.raises(ValueError, match=r"differs in: seed\)"):
+        prepare.prepare(other_run, directory, VOCAB)
+    # data.seed k makes the data config.seed = k makes
+    moved = tiny_config(seed=config.seed + 5, max_documents=40, docs_per_shard=20)
+    same = tiny_config(max_documents=40, docs_per_shard=20)
+    same.seed = config.seed + 5
+    a, b = prepare.prepare(moved, str(tmp_path / "a"), VOCAB), prepare.prepare(same, str(tmp_path / "b"), VOCAB)
+    assert a == b and made
+    unmoved = prepare.prepare(tiny_config(max_documents=40, docs_per_shard=20), str(tmp_path / "c"), VOCAB)
+    assert unmoved["settings_hash"] != a["settings_hash"]
+    assert {s["name"]: s["sha256"] for s in unmoved["shards"]} != {s["name"]: s["sha256"] for s in a["shards"]}
 
 
 def test_dynamic_shards_hold_the_unmasked_pairs(tmp_path):
@@ -85,18 +153,20 @@ def test_dynamic_shards_hold_the_unmasked_pairs(tmp_path):
     prepare.prepare(config, str(tmp_path), VOCAB)
     manifest = prepare.read_manifest(str(tmp_path))
     tokenizer = AlbertTokenizer(str(tmp_path / "spiece.model"))
-    name = "train-00000"
-    pairs = list(
-        create_pairs(
-            shard_documents(config)[name],
-            tokenizer,
-            max_seq_length=config.data.max_seq_length,
-            short_seq_prob=config.data.short_seq_prob,
-            seed=prepare.shard_seed(config.seed, "train", 0),
+    for split in ("train", "eval", "eval_nsp"):
+        name = f"{split}-00000"
+        pairs = list(
+            create_pairs(
+                shard_documents(config)[name],
+                tokenizer,
+                max_seq_length=config.data.max_seq_length,
+                short_seq_prob=config.data.short_seq_prob,
+                seed=prepare.shard_seed(config.seed, split, 0),
+                sentence_objective=PAIRS["sop"][split],
+            )
         )
-    )
-    stored = [records.decode_pair(r, np.dtype(manifest["record_dtype"])) for r in read_records(str(tmp_path), name)]
-    assert stored == pairs and pairs
+        stored = [records.decode_pair(r, np.dtype(manifest["record_dtype"])) for r in read_records(str(tmp_path), name)]
+        assert stored == pairs and pairs, name
 
 
 def test_small_corpus_holds_one_document_out(tmp_path):
@@ -220,11 +290,13 @@ def test_original_tfrecords_train(tmp_path, prepared):
     config.total_steps = 6
     pretrain.run(config, str(tmp_path / "run"))
     manifest = prepare.read_manifest(str(tmp_path / "run" / "data"))
-    assert manifest["examples"]["train"] + manifest["examples"]["eval"] == 60
+    assert manifest["examples"] == dict(train=manifest["examples"]["train"], eval=60 - manifest["examples"]["train"])
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     train = [r for r in rows if r.get("split", "train") == "train"]
     assert len(train) == 6 and all(np.isfinite(r["loss"]) for r in train)
-    assert any(r.get("split") == "eval" for r in rows)
+    evals = [r for r in rows if r.get("split") == "eval"]
+    # no documents, so no NSP pairs: evaluated on the files' SOP examples only
+    assert evals and all("sop_accuracy" in r and not any(k.startswith("nsp") for k in r) for r in evals)
     data = PretrainingDataset(str(tmp_path / "run" / "data"), "train", config.data, config.seed)
     stored = {tuple(data.examples(shuffle=False)[i]["input_ids"]) for i in range(data.size)}
     written = {tuple(piece_tokenizer.convert_tokens_to_ids(i.tokens) + [0] * (32 - len(i.tokens))) for i in instances}
@@ -236,6 +308,14 @@ def test_original_tfrecords_train(tmp_path, prepared):
     [
         (dict(source="tfrecord:{tmp}/*.tfrecord"), "masking='static' and config.data.vocab_file"),
         (dict(masking="per-epoch"), "config.data.masking must be 'static' or 'dynamic', got 'per-epoch'"),
+        (
+            dict(source="tfrecord:{tmp}/*.tfrecord", vocab_file="{tmp}/spiece.model", sentence_objective="nsp"),
+            "sentence-order examples: .* config.data.sentence_objective 'sop' or 'none'",
+        ),
+        (
+            dict(sentence_objective="mlm"),
+            re.escape("config.data.sentence_objective must be one of ('sop', 'nsp', 'none'), got 'mlm'"),
+        ),
     ],
 )
 def test_unpreparable_settings_are_refused_before_anything_is_written(tmp_path, data, message):
@@ -289,8 +369,11 @@ def test_verify_names_each_damaged_shard(prepared, tmp_path):
     verify = [sys.executable, "-m", "albert_jax.data.prepare", "--verify"]
     intact = subprocess.run([*verify, directory], capture_output=True, text=True, cwd=ROOT)
     assert intact.returncode == 0, intact.stderr
+    shards = prepare.read_manifest(directory)["shards"]
+    assert len(shards) == 6  # train-0000[0-3], eval-00000, eval_nsp-00000
+    mib = sum(os.path.getsize(shard_path(directory, s["name"])) for s in shards) / 2**20
     assert intact.stdout.splitlines() == [
-        f"{directory}: all 5 shards intact (0.8 MiB, sizes and sha256 as in the manifest)"
+        f"{directory}: all 6 shards intact ({mib:.1f} MiB, sizes and sha256 as in the manifest)"
     ]
     damaged = damaged_copy(directory, tmp_path / "data", flip=["train-00001"], truncate=["train-00002"])
     size = os.path.getsize(shard_path(directory, "train-00002"))
@@ -301,7 +384,7 @@ def test_verify_names_each_damaged_shard(prepared, tmp_path):
         f"{shard_path(damaged, 'train-00002')}: {size * 3 // 4} bytes, the manifest records {size}",
     ]
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: 2 of 5 shards of {damaged} are damaged; make them again: {repair_command(damaged)}"
+        f"error: 2 of 6 shards of {damaged} are damaged; make them again: {repair_command(damaged)}"
     )
 
 
@@ -322,13 +405,19 @@ def test_a_run_with_a_truncated_shard_stops_before_training(prepared, tmp_path):
 
 def test_repair_makes_the_damaged_shards_again_identical_to_the_originals(prepared, tmp_path, monkeypatch):
     config, directory = prepared
-    damaged = damaged_copy(directory, tmp_path / "data", flip=["train-00001"], truncate=["eval-00000"])
+    damaged = damaged_copy(
+        directory, tmp_path / "data", flip=["train-00001"], truncate=["eval-00000", "eval_nsp-00000"]
+    )
     real, made = prepare._make_document_shard, []
     monkeypatch.setattr(
         prepare, "_make_document_shard", lambda **kwargs: made.append(os.path.basename(kwargs["out"])) or real(**kwargs)
     )
     manifest = prepare.prepare(config, damaged, VOCAB, repair=True)
-    assert sorted(made) == ["eval-00000.array_record", "train-00001.array_record"]  # only the damaged ones
+    assert sorted(made) == [  # only the damaged ones
+        "eval-00000.array_record",
+        "eval_nsp-00000.array_record",
+        "train-00001.array_record",
+    ]
     assert manifest == prepare.read_manifest(damaged) == prepare.read_manifest(directory)
     for shard in manifest["shards"]:
         with open(shard_path(damaged, shard["name"]), "rb") as a, open(shard_path(directory, shard["name"]), "rb") as b:
@@ -346,7 +435,7 @@ def test_data_of_an_older_version_is_refused(prepared, tmp_path):
         (values if name == prepare.SETTINGS else values["settings"])["format"] = 1
         json.dump(values, open(os.path.join(old, name), "w"))
     message = (
-        f"{old} was prepared by another version of albert-jax (format 1, this one reads {prepare.FORMAT}); "
+        f"{old} was prepared by another version of albert-jax (format 1, this one reads {FORMAT}); "
         "prepare again (--overwrite)"
     )
     with pytest.raises(ValueError) as error:

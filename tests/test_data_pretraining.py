@@ -16,6 +16,7 @@ from albert_jax.data.pretraining import (
     FEATURES,
     choose_masked_spans,
     create_examples,
+    create_pairs,
     examples_to_arrays,
     is_start_piece,
     ngram_probabilities,
@@ -384,3 +385,111 @@ def test_builtin_corpus_with_trained_tokenizer(tmp_path):
     assert abs(arrays["masked_lm_weights"].sum() / arrays["attention_mask"].sum() - 0.15) < 0.015
     text = " ".join(tok.convert_ids_to_tokens(restore(examples[0]).tolist()))
     assert text.startswith("[CLS] ▁") and text.count("[SEP]") == 2
+
+
+# -- next-sentence prediction (BERT's pairs, the paper's NSP baseline) ------------------------------------------
+def sentence_bounds(docs):
+    """Per document, the corpus stream positions [begin, end) of each of its sentences."""
+    bounds, position = [], 0
+    for doc in docs:
+        bounds.append([])
+        for sentence in doc:
+            bounds[-1].append((position, position + len(sentence.split())))
+            position = bounds[-1][-1][1]
+    return bounds
+
+
+@pytest.fixture(scope="module")
+def nsp_corpus():
+    """Documents of 1-9 sentences of 2-6 pieces: a pair never exceeds T = 128, so nothing is truncated and
+    every segment is whole sentences; half the documents aim at a random shorter length (several chunks)."""
+    docs, tok = synthetic_corpus(2000, ((1, 10), (2, 7)), seed=4)
+    examples = list(
+        create_examples(docs, tok, max_seq_length=128, max_predictions_per_seq=20, short_seq_prob=0.5, seed=7, **NSP)
+    )
+    return docs, tok, examples
+
+
+NSP = dict(sentence_objective="nsp")
+
+
+def test_nsp_pairs_are_continuations_or_segments_of_another_document(nsp_corpus):
+    docs, _, examples = nsp_corpus
+    doc_of, bounds = doc_of_ids(docs), sentence_bounds(docs)
+    starts = {begin for doc in bounds for begin, _ in doc}
+    labels = np.array([int(ex["sentence_order_label"]) for ex in examples])
+    assert len(labels) > 1500
+    assert abs(labels.mean() - 0.5) < 4.5 * np.sqrt(0.25 / len(labels))
+    from_one_sentence_documents = 0
+    for ex, label in zip(examples, labels):
+        assert ex["attention_mask"].sum() < 128  # nothing truncated
+        a, b = (segment - 5 for segment in split_segments(restore(ex)))
+        for segment in (a, b):
+            assert (np.diff(segment) == 1).all() and len(set(doc_of[segment])) == 1, "a run of one document"
+            assert segment[0] in starts, "whole sentences"
+        if label == 0:
+            assert b[0] == a[-1] + 1, "is next: B continues A in its document"
+        else:
+            assert doc_of[b[0]] != doc_of[a[0]], "random next: B comes from another document"
+            from_one_sentence_documents += len(docs[doc_of[b[0]]]) == 1
+    assert from_one_sentence_documents > 0, "one-sentence documents are sources of random B segments"
+
+
+def test_nsp_puts_the_unused_sentences_back(nsp_corpus):
+    """After a random-next pair the walk goes back to A's end, as BERT's script does: a document's own
+    segments (every A, and B when it is next) cover each of its sentences once (the last one may be left
+    alone and dropped); without putting back, a random-next pair's unused sentences would be missing."""
+    docs, _, examples = nsp_corpus
+    doc_of, bounds = doc_of_ids(docs), sentence_bounds(docs)
+    own: dict[int, list[int]] = {}
+    for ex in examples:
+        a, b = (segment - 5 for segment in split_segments(restore(ex)))
+        tokens = own.setdefault(int(doc_of[a[0]]), [])
+        tokens.extend(a.tolist() + (b.tolist() if ex["sentence_order_label"] == 0 else []))
+    assert all(len(docs[d]) >= 2 for d in own), "a one-sentence document gives no A"
+    put_back = 0
+    for d, tokens in own.items():
+        assert len(tokens) == len(set(tokens)), "no sentence used twice by its own document"
+        everything = list(range(bounds[d][0][0], bounds[d][-1][1]))
+        assert sorted(tokens) in (everything, list(range(bounds[d][0][0], bounds[d][-1][0])))
+        put_back += len(bounds[d]) > 2
+    assert len(own) == sum(len(doc) >= 2 for doc in docs) and put_back > 500
+
+
+def test_nsp_is_deterministic_per_seed_and_creates_the_stored_pairs(nsp_corpus):
+    docs, tok, examples = nsp_corpus
+    docs = docs[:300]
+
+    def run(seed, **kw):
+        args = dict(max_seq_length=128, max_predictions_per_seq=20, short_seq_prob=0.5, seed=seed) | NSP | kw
+        return list(create_examples(docs, tok, **args))
+
+    first, again, other = run(7), run(7), run(8)
+    assert len(first) == len(again)
+    for x, y in zip(first, again):
+        for key in FEATURES:
+            np.testing.assert_array_equal(x[key], y[key])
+    seen = {restore(ex).tobytes() for ex in first}
+    assert np.mean([restore(ex).tobytes() in seen for ex in other]) < 0.5
+    # create_pairs (what dynamic masking stores) gives the same pairs, unmasked
+    pairs = list(create_pairs(docs, tok, max_seq_length=128, short_seq_prob=0.5, seed=7, **NSP))
+    assert len(pairs) == len(first)
+    for (a, b, label), ex in zip(pairs, first):
+        assert restore(ex).tolist() == [CLS, *a[0], SEP, *b[0], SEP] and label == ex["sentence_order_label"]
+
+
+def test_nsp_without_another_document_makes_is_next_pairs_only():
+    docs, tok = synthetic_corpus(1, (40, 3))
+    empty = ["[SEP]"]  # a document whose sentences hold only special tokens is empty: no source of random B
+    for corpus in (docs, [*docs, empty]):
+        examples = list(create_examples(corpus, tok, max_seq_length=16, max_predictions_per_seq=2, seed=1, **NSP))
+        assert len(examples) > 5
+        for ex in examples:
+            a, b = split_segments(restore(ex))
+            assert ex["sentence_order_label"] == 0 and b[0] > a[-1]
+
+
+def test_unknown_sentence_objective_is_refused():
+    docs, tok = synthetic_corpus(2, (3, 5))
+    with pytest.raises(ValueError, match=r"sentence_objective must be one of \('sop', 'nsp'\), got 'none'"):
+        create_examples(docs, tok, max_seq_length=16, max_predictions_per_seq=2, sentence_objective="none")

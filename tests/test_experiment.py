@@ -15,9 +15,10 @@ from albert_jax.training import finetune, pretrain, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
+ABLATIONS = ("embedding", "sharing", "sentence", "depth", "width", "dropout")
 SPECS = (
     ["demo.py"]
-    + [f"ablation_{a}.py:scale={s}" for a in ("embedding", "sharing") for s in ("demo", "paper")]
+    + [f"ablation_{a}.py:scale={s}" for a in ABLATIONS for s in ("demo", "paper")]
     + [f"pretrain.py:size={s}{r}" for s in ("base", "large", "xlarge", "xxlarge") for r in ("", ",runlocal=True")]
     + [
         f"glue.py:task={t}{r}"

@@ -154,10 +154,12 @@ def test_pretrain_notebook_shows_live_metrics_and_the_sweep_table_and_plots(tmp_
     assert "[train] step 8/8" in text and "[eval] step 8/8" in text  # the live metrics lines
     assert re.search(r"final held-out MLM accuracy [\d.]+ .* SOP accuracy [\d.]+", text)
     for cell in ("all", "none"):
-        assert (tmp_path / "sweep" / cell / "final" / "config.json").exists()
-        assert re.search(rf"^{cell}\s+[\d.]+M parameters\s+MLM [\d.]+\s+SOP [\d.]+", text, re.M)
+        for seed in (0, 1):
+            assert (tmp_path / "sweep" / cell / f"seed{seed}" / "final" / "config.json").exists()
+            assert re.search(rf"^{cell}\s+seed {seed}\s+[\d.]+M parameters\s+MLM [\d.]+\s+SOP [\d.]+", text, re.M)
     markdown = [o for c in nb.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
-    assert markdown and "| cell |" in markdown[0].data["text/markdown"]
+    table = markdown[0].data["text/markdown"] if markdown else ""
+    assert "| all | 2 |" in table and " ± " in table and "Paired difference from `all`" in table
     assert len(images(nb)) == 3  # the metrics plot, accuracy vs parameters, loss curves
 
 

@@ -1,16 +1,20 @@
 """albert_jax.training.finetune end to end through run.py and the experiment configs, from the shared tiny
 pretraining run: synthetic but learnable tasks in the original GLUE / SQuAD / RACE formats, eval-only mode, exact
-resume."""
+resume, the best evaluation's model in best/."""
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import traverse_util
 
 import helpers
 from albert_jax import pretrained
+from albert_jax.training import initialization
 
 CONFIGS = os.path.join(helpers.ROOT, "experiments", "configs")
 FILLER = (
@@ -78,6 +82,7 @@ def test_glue_learns_from_a_pretraining_run_and_from_a_transformers_dir(tiny_pre
 
 
 def test_glue_eval_only_reproduces_the_final_evaluation(tiny_pretrained, glue_dir, tmp_path):
+    """... and keeps best/ of its one evaluation (the config's best_metric); best_metric=None keeps none."""
     trained = tmp_path / "trained"
     run_py(
         "glue.py:task=sst2,runlocal=True",
@@ -85,6 +90,7 @@ def test_glue_eval_only_reproduces_the_final_evaluation(tiny_pretrained, glue_di
         *glue_overrides(glue_dir, tiny_pretrained / "final"),
         "--config.total_steps=20",
         "--config.eval_every=0",
+        "--config.best_metric=None",
     )
     evaluated = tmp_path / "evaluated"
     run_py(
@@ -97,6 +103,60 @@ def test_glue_eval_only_reproduces_the_final_evaluation(tiny_pretrained, glue_di
     assert [r["step"] for r in again] == [0]
     assert again[0]["accuracy"] == final["accuracy"] and again[0]["num_examples"] == 100
     assert not (evaluated / "checkpoints").exists() or not os.listdir(evaluated / "checkpoints")
+    assert not (trained / "best").exists()
+    assert json.loads((evaluated / "best" / "best.json").read_text())["metrics"] == again[0]
+
+
+def flat_params(directory):
+    return traverse_util.flatten_dict(pretrained.from_pretrained(str(directory))[1], sep="/")
+
+
+def assert_same_params(want, got):
+    assert sorted(want) == sorted(got)
+    for path in want:
+        np.testing.assert_array_equal(want[path], got[path], err_msg=path)
+
+
+def test_best_holds_the_best_evaluation_and_survives_a_kill_after_it(tiny_pretrained, glue_dir, tmp_path):
+    """Evaluations and checkpoints every 10 steps: best/ holds the parameters of the step with the first highest
+    dev accuracy (its checkpoint's), best.json that evaluation's row, init_from resolves best/. Then the work dir
+    as a run killed after that evaluation leaves it (best/ written, final/ not, the checkpoints from the best's
+    step on not yet saved) is resumed from the checkpoint before the best: it redoes that evaluation identically,
+    writes best/ again and ends with the best/ and best.json of the uninterrupted run."""
+    overrides = glue_overrides(
+        glue_dir,
+        tiny_pretrained / "final",
+        "--config.eval_every=10",
+        "--config.checkpoint_every=10",
+        "--config.keep_checkpoints=6",
+    )
+    workdir = tmp_path / "reference"
+    result = run_py("glue.py:task=sst2,runlocal=True", workdir, *overrides)
+    evals = read_metrics(workdir)
+    top = max(evals, key=lambda row: row["accuracy"])  # the first of equals: a tie is no improvement
+    best = json.loads((workdir / "best" / "best.json").read_text())
+    assert best == {"step": top["step"], "metric": "accuracy", "value": top["accuracy"], "metrics": top}
+    assert f"best accuracy {top['accuracy']:.4g} at step {top['step']} -> {workdir / 'best'}" in result.stdout
+    assert top["step"] < evals[-1]["step"], "the dev accuracy should peak before the end: a test of nothing"
+    state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(top["step"]) / "state")
+    assert_same_params(
+        traverse_util.flatten_dict(jax.device_get(state["params"]), sep="/"), flat_params(workdir / "best")
+    )
+    resolved = initialization.resolve(str(workdir / "best"))
+    assert resolved.directory == str(workdir / "best") and resolved.tokenizer is not None
+
+    killed = tmp_path / "killed"
+    shutil.copytree(workdir, killed)
+    shutil.rmtree(killed / "final")
+    for step in os.listdir(killed / "checkpoints"):
+        if int(step) >= top["step"]:
+            shutil.rmtree(killed / "checkpoints" / step)
+    before = os.stat(killed / "best" / "best.json").st_ino
+    run_py("glue.py:task=sst2,runlocal=True", killed, *overrides)
+    assert read_metrics(killed) == evals and os.stat(killed / "best" / "best.json").st_ino != before
+    assert (killed / "best" / "best.json").read_text() == (workdir / "best" / "best.json").read_text()
+    assert sorted(os.listdir(killed / "best")) == sorted(os.listdir(workdir / "best"))
+    assert_same_params(flat_params(workdir / "best"), flat_params(killed / "best"))
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """albert_jax.training.initialization, init_from: resolving a directory, a work dir or a hub name, loading the
-backbone with new heads kept fresh, skips and shape mismatches, placement on the state's shardings."""
+backbone with new heads kept fresh, skips and shape mismatches, placement on the state's shardings;
+a run's best/ (export.save_best) as an init_from."""
 
+import errno
 import os
 
 import jax
@@ -124,3 +126,44 @@ def test_init_from_refuses_a_work_dir_whose_run_has_not_finished(pretrained_dirs
         initialization.resolve(str(workdir))
     (workdir / "final" / export.RUN_STATE_NAME).write_text('{"step": 600, "total_steps": 600, "complete": true}')
     assert initialization.resolve(str(workdir)).directory == str(workdir / "final")
+
+
+def test_best_is_an_init_from_and_a_rewrite_cut_short_leaves_the_previous_one_whole(
+    pretrained_dirs, tokenizer, tmp_path, monkeypatch
+):
+    """`export.save_best` writes final/'s files and best.json into <workdir>/best, which init_from resolves. A
+    rewrite that dies half-way (here: the tokenizer's write fails) leaves the previous best/ as it was; the next
+    one replaces it and clears what the dead one left."""
+    from albert_jax.training import export
+
+    _, params = pretrained_dirs
+    workdir, best = tmp_path / "run", tmp_path / "run" / export.BEST_DIR
+    first = {"step": 10, "metric": "accuracy", "value": 0.5, "metrics": {"step": 10, "accuracy": 0.5}}
+    export.save_best(TINY, params, tokenizer, str(workdir), 100, first)
+    resolved = initialization.resolve(str(best))
+    assert resolved.directory == str(best) and resolved.config == TINY and resolved.tokenizer is not None
+    assert export.read_best(str(workdir)) == first
+    assert export.read_run_state(str(best)) == {"step": 10, "total_steps": 100, "complete": False}
+
+    shifted = jax.tree_util.tree_map(lambda x: x + 1, params)
+    second = dict(first, step=20, value=0.75)
+
+    def disk_full(out_dir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out_dir)
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="No space left"):
+        patched.setattr(tokenizer, "save_pretrained", disk_full)
+        export.save_best(TINY, shifted, tokenizer, str(workdir), 100, second)
+    assert export.read_best(str(workdir)) == first
+    assert_params_equal(aj.from_pretrained(str(best))[1], params)
+
+    export.save_best(TINY, shifted, tokenizer, str(workdir), 100, second)
+    assert export.read_best(str(workdir)) == second and sorted(os.listdir(workdir)) == [export.BEST_DIR]
+    assert_params_equal(aj.from_pretrained(str(best))[1], shifted)
+
+
+def assert_params_equal(got, want):
+    want = flat(want)
+    assert sorted(flat(got)) == sorted(want)
+    for path, value in flat(got).items():
+        np.testing.assert_array_equal(value, want[path], err_msg=path)

@@ -1,6 +1,8 @@
-"""albert_jax.training.loop, in process: the work dir claim, the evaluators' predict, and the pure train step
-(gradient accumulation, non-finite micro-steps)."""
+"""albert_jax.training.loop, in process: the work dir claim, the evaluators' predict, the pure train step
+(gradient accumulation, non-finite micro-steps), signals, and the best evaluation (config.best_metric) across
+a kill and resume."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -13,7 +15,7 @@ import optax
 import pytest
 
 from albert_jax import experiment
-from albert_jax.training import loop, optimizers, sharding, steps
+from albert_jax.training import checkpoints, loop, optimizers, sharding, steps
 
 
 def test_claim_refuses_another_run_and_overwrite_clears_everything(tmp_path):
@@ -199,7 +201,6 @@ def test_a_signal_saves_a_checkpoint_and_train_raises_instead_of_returning(tmp_p
 def test_the_log_reports_model_flops_per_second_and_profile_steps_writes_a_trace(tmp_path):
     """A task's flops_per_example gives `model_tflops_per_sec` (rows per second x FLOPs per row); the steps of
     config.profile_steps are traced into <workdir>/profile, which TensorBoard's profile plugin reads."""
-    import dataclasses
     import glob
 
     config = loop.base_config()
@@ -221,3 +222,113 @@ def test_bad_profile_steps_are_refused_before_the_run(tmp_path, steps):
     with pytest.raises(ValueError, match=r"config.profile_steps must be empty or first,last"):
         with loop.claim_run(config, str(tmp_path), {}):
             pass
+
+
+# -- the best evaluation (config.best_metric) ------------------------------------------------------------
+class Crash(RuntimeError):
+    """A process killed mid-run: no checkpoint is saved for it."""
+
+
+class ClockBatches:
+    """Regression batches that count those drawn (`drawn`: the step, with one micro-step per step, when the
+    loop evaluates) and raise Crash when micro-batch `crash_at` is drawn."""
+
+    def __init__(self, crash_at=-1):
+        self.drawn, self.crash_at = 0, crash_at
+
+    def iterate(self, start):
+        for i in range(start, 1 << 30):
+            if i == self.crash_at:
+                raise Crash(f"killed drawing micro-batch {i}")
+            self.drawn = i + 1
+            yield regression_batch(i)
+
+
+def peaked_task(batches, peak):
+    """The regression task with an evaluator whose `score` peaks at step `peak` (`distance` is its negative)."""
+
+    def evaluate(predict):
+        return {"score": -abs(batches.drawn - peak), "distance": float(abs(batches.drawn - peak)), "rows": 8}
+
+    return dataclasses.replace(regression_task(batches), evaluate=evaluate)
+
+
+def best_config(**fields):
+    config = loop.base_config()
+    config.update({**dict(total_steps=8, batch_size=8, log_every=1, eval_every=1, checkpoint_every=4), **fields})
+    config.optimizer.warmup_steps = 0
+    return config
+
+
+def train_recording_best(config, workdir, batches, peak, calls):
+    """`loop.train` of `peaked_task` with an `on_best` that appends (host params, best record) to `calls`."""
+    mesh = sharding.create_mesh(config.mesh)
+    on_best = lambda params, best: calls.append((jax.device_get(params), best))  # noqa: E731
+    return loop.train(config, str(workdir), peaked_task(batches, peak), mesh, on_best=on_best)
+
+
+@pytest.mark.parametrize("metric", ["score", "-distance"])
+def test_each_better_evaluation_hands_over_that_steps_params_and_row(tmp_path, metric):
+    """Evaluations every step, the metric peaking at step 5 of 8 (higher `score`, or lower `distance` with '-'):
+    on_best gets steps 1..5, each with the parameters that step's checkpoint holds and the row metrics.jsonl
+    has; later (worse) evaluations do not call it; the checkpoints carry the best so far."""
+    config = best_config(best_metric=metric, checkpoint_every=1, keep_checkpoints=10)
+    calls = []
+    train_recording_best(config, tmp_path, ClockBatches(), 5, calls)
+    assert [best["step"] for _, best in calls] == [1, 2, 3, 4, 5]
+    evals = {
+        row["step"]: row for row in map(json.loads, open(tmp_path / "metrics.jsonl")) if row.get("split") == "eval"
+    }
+    params, best = calls[-1]
+    assert best == {"step": 5, "metric": metric, "value": evals[5][metric.lstrip("-")], "metrics": evals[5]}
+    assert evals[5]["score"] == 0 and sorted(evals) == list(range(1, 9))
+
+    task = peaked_task(ClockBatches(), 5)
+    abstract = steps.build_step(config, task, sharding.create_mesh(config.mesh)).abstract_state
+    saver = checkpoints.Checkpointer(str(tmp_path), keep=10)
+    at_best, data = saver.restore_latest(abstract, at_most=5)
+    assert int(at_best.step) == 5 and data["best"] == best
+    assert_trees(np.testing.assert_array_equal, params, at_best.params)
+    last, data = saver.restore_latest(abstract)
+    assert int(last.step) == 8 and data["best"] == best
+    assert not np.array_equal(last.params["out"]["kernel"], params["out"]["kernel"])
+    saver.close()
+
+
+@pytest.mark.parametrize("peak", [2, 6], ids=["best before the checkpoint", "best after the checkpoint"])
+def test_a_run_killed_after_its_best_and_resumed_ends_with_the_best_of_an_uninterrupted_run(tmp_path, peak):
+    """Checkpoints at steps 4 and 8, killed drawing step 7's batch (its evaluations up to step 6 done, the last
+    checkpoint step 4), resumed from step 4: with the best at step 2 the resumed run compares against it (the
+    checkpoint's best) and hands over nothing more; with the best at step 6 it redoes steps 5-6 and hands over
+    the same parameters again. Either way the last hand-over is the uninterrupted run's, bit for bit."""
+    config = best_config(best_metric="score")
+    uninterrupted, calls = [], []
+    train_recording_best(config, tmp_path / "reference", ClockBatches(), peak, uninterrupted)
+    with pytest.raises(Crash):
+        train_recording_best(config, tmp_path / "killed", ClockBatches(crash_at=6), peak, calls)
+    assert os.listdir(tmp_path / "killed" / "checkpoints") == ["4"] and calls[-1][1]["step"] == peak
+    handed_before = len(calls)
+    train_recording_best(config, tmp_path / "killed", ClockBatches(), peak, calls)
+    assert [best["step"] for _, best in calls[handed_before:]] == ([] if peak < 4 else [5, 6])
+    assert calls[-1][1] == uninterrupted[-1][1] and calls[-1][1]["step"] == peak
+    assert_trees(np.testing.assert_array_equal, calls[-1][0], uninterrupted[-1][0])
+
+
+def test_an_unknown_best_metric_names_the_evaluations_keys(tmp_path):
+    config = best_config(best_metric="accuracy")
+    message = r"config.best_metric='accuracy': the evaluation has no 'accuracy'; it has: distance, rows, score$"
+    with pytest.raises(ValueError, match=message):
+        train_recording_best(config, tmp_path, ClockBatches(), 5, [])
+
+
+def test_without_best_metric_nothing_is_handed_over_and_a_job_without_on_best_may_not_set_it(tmp_path):
+    calls = []
+    train_recording_best(best_config(total_steps=2), tmp_path / "off", ClockBatches(), 1, calls)
+    assert calls == []
+    with pytest.raises(ValueError, match=r"config.best_metric='score' needs a job that evaluates and saves"):
+        loop.train(
+            best_config(best_metric="score"),
+            str(tmp_path / "no_hook"),
+            peaked_task(ClockBatches(), 1),
+            sharding.create_mesh(loop.base_config().mesh),
+        )

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import helpers
-from albert_jax import experiment, pretrained
-from albert_jax.training import pretrain
+from albert_jax import experiment, modeling, pretrained
+from albert_jax.data import prepare
+from albert_jax.training import loop, pretrain
 from helpers import ROOT, device_env, read_metrics, run_command, untimed
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny_pretrain.py")
@@ -55,6 +56,100 @@ def test_tiny_pretraining_learns(tmp_path):
     assert [r["step"] for r in evals] == [75, 150]
     assert evals[-1]["mlm_accuracy"] > 10 / 600  # chance is 1/600
     assert os.path.exists(tmp_path / "metrics.csv") and os.listdir(tmp_path / "tensorboard")
+
+
+# -- the sentence objective ------------------------------------------------------------------------------
+def random_batch(config, albert_config, rows=8, seed=0):
+    """A batch of `rows` random pretraining rows of `config`'s layout (`pretrain.example_spec`)."""
+    rng = np.random.default_rng(seed)
+    spec = pretrain.example_spec(config)
+    predictions = spec["masked_lm_ids"][0][0]
+    return {
+        "input_ids": rng.integers(5, albert_config.vocab_size, (rows, *spec["input_ids"][0])).astype(np.int32),
+        "attention_mask": np.ones((rows, *spec["attention_mask"][0]), np.int32),
+        "token_type_ids": np.zeros((rows, *spec["token_type_ids"][0]), np.int32),
+        "masked_lm_positions": np.tile(np.arange(1, predictions + 1, dtype=np.int32), (rows, 1)),
+        "masked_lm_ids": rng.integers(5, albert_config.vocab_size, (rows, predictions)).astype(np.int32),
+        "masked_lm_weights": np.ones((rows, predictions), np.float32),
+        "sentence_order_label": rng.integers(0, 2, rows).astype(np.int32),
+    }
+
+
+def test_no_sentence_objective_trains_the_masked_lm_alone():
+    """'none': the loss is the MLM loss (the same as SOP's MLM term on the same batch) and the sentence head
+    (pooler and classifier) gets a zero gradient; 'sop' and 'nsp' add the head's loss on the batch's labels."""
+    config = load_tiny_config()
+    albert_config = experiment.albert_config(config.model)
+    params = modeling.init_params(modeling.AlbertForPreTraining(albert_config), jax.random.PRNGKey(0))
+    batch = random_batch(config, albert_config)
+    out = {}
+    for objective in ("sop", "nsp", "none"):
+        config.data.sentence_objective = objective
+        task = pretrain.model_task(config, albert_config)
+        loss_and_grad = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True), static_argnums=3)
+        (loss, sums), grads = loss_and_grad(params, batch, jax.random.PRNGKey(1), True)
+        out[objective] = float(loss), {k: float(v) for k, v in sums.items()}, grads, task.summarize(sums)
+    mlm_loss = out["sop"][1]["mlm_loss"] / out["sop"][1]["mlm_count"]
+    sentence_loss = out["sop"][1]["sop_loss"] / out["sop"][1]["sop_count"]
+    assert out["none"][1] == out["sop"][1] == out["nsp"][1]  # the same statistics of the batch
+    np.testing.assert_allclose(out["none"][0], mlm_loss, rtol=1e-5)
+    np.testing.assert_allclose([out["sop"][0], out["nsp"][0]], mlm_loss + sentence_loss, rtol=1e-5)
+    sentence_head = {"sop_classifier": out["none"][2]["sop_classifier"], "pooler": out["none"][2]["albert"]["pooler"]}
+    assert all(not np.asarray(g).any() for g in jax.tree_util.tree_leaves(sentence_head))
+    assert all(np.asarray(g).any() for g in jax.tree_util.tree_leaves(out["sop"][2]["sop_classifier"]))
+    assert np.asarray(out["none"][2]["predictions"]["dense"]["kernel"]).any()
+    assert set(out["none"][3]) == {"loss", "mlm_loss", "mlm_accuracy"}
+    assert out["nsp"][3]["nsp_loss"] == out["sop"][3]["sop_loss"] and "sop_loss" not in out["nsp"][3]
+    with pytest.raises(ValueError) as error:
+        config.data.sentence_objective = "mlm"
+        pretrain.validate(config, albert_config)
+    assert str(error.value) == "config.data.sentence_objective must be one of ('sop', 'nsp', 'none'), got 'mlm'"
+
+
+def test_held_out_metrics_measure_the_head_on_both_sets():
+    """mlm_* and sop_* come from the SOP pairs, nsp_* from the NSP pairs; loss adds the objective's own."""
+    sets = {"sop": dict(input_ids=np.array([0.0, 2.0])), "nsp": dict(input_ids=np.array([1.0, 1.0, 4.0]))}
+
+    def predict(arrays):  # per-row statistics that say which set they were measured on
+        rows = arrays["input_ids"]
+        return dict(
+            mlm_loss=rows, mlm_correct=rows > 1, mlm_count=np.ones_like(rows), sop_loss=3 * rows,
+            sop_correct=rows > 0, sop_count=np.ones_like(rows),
+        )  # fmt: skip
+
+    rows = {objective: pretrain.held_out_metrics(sets, objective, predict) for objective in ("sop", "nsp", "none")}
+    expected = dict(
+        mlm_loss=1.0, mlm_accuracy=0.5, sop_loss=3.0, sop_accuracy=0.5, nsp_loss=6.0, nsp_accuracy=1.0, num_examples=2
+    )
+    for objective, loss in (("sop", 4.0), ("nsp", 7.0), ("none", 1.0)):
+        np.testing.assert_allclose(rows[objective].pop("loss"), loss)
+        assert rows[objective] == pytest.approx(expected)
+    without_nsp = pretrain.held_out_metrics({"sop": sets["sop"]}, "sop", predict)  # a tfrecord: source
+    assert not any(k.startswith("nsp") for k in without_nsp) and without_nsp["loss"] == 4.0
+
+
+@pytest.mark.parametrize("objective, masking", [("sop", "static"), ("nsp", "dynamic"), ("none", "static")])
+def test_every_objective_is_evaluated_on_both_held_out_sets(tmp_path, objective, masking):
+    """Training rows name the sentence metrics by the objective trained (none without a sentence loss);
+    every eval row measures MLM, SOP and NSP, its loss being MLM's plus the objective's."""
+    config = load_tiny_config()
+    config.data.sentence_objective, config.data.masking = objective, masking
+    config.total_steps, config.eval_every, config.checkpoint_every = 4, 2, 0
+    pretrain.run(config, str(tmp_path))
+    trained = {"sop": {"sop_loss", "sop_accuracy"}, "nsp": {"nsp_loss", "nsp_accuracy"}, "none": set()}[objective]
+    for row in read_metrics(tmp_path):
+        assert {"loss", "mlm_loss", "mlm_accuracy"} | trained <= set(row)
+        assert not ({"sop_loss", "sop_accuracy", "nsp_loss", "nsp_accuracy"} - trained) & set(row)
+    evals = read_metrics(tmp_path, "eval")
+    assert [r["step"] for r in evals] == [2, 4]
+    for row in evals:
+        for kind in ("mlm", "sop", "nsp"):
+            assert np.isfinite(row[f"{kind}_loss"]) and 0 <= row[f"{kind}_accuracy"] <= 1, kind
+        sentence_loss = row[f"{objective}_loss"] if objective != "none" else 0.0
+        np.testing.assert_allclose(row["loss"], row["mlm_loss"] + sentence_loss, rtol=1e-6)
+    held_out = prepare.read_manifest(str(tmp_path / "data"))["examples"]
+    assert held_out["eval_nsp"] > 0
+    assert evals[0]["num_examples"] == min(held_out["eval"], config.data.eval_batches * loop.eval_batch_size(config))
 
 
 # -- determinism and resume ------------------------------------------------------------------------------
@@ -219,6 +314,10 @@ def test_sigterm_to_one_process_stops_the_whole_job(tmp_path):
         (["--config.batch_size=6", "--config.mesh.data=4"], "divisible by the 4 data-parallel devices"),
         (["--config.data.max_seq_length=128"], "exceeds the model's max_position_embeddings (64)"),
         (["--config.model.sharing=some"], "sharing must be one of"),
+        (
+            ["--config.data.sentence_objective=mlm"],
+            "error: config.data.sentence_objective must be one of ('sop', 'nsp', 'none'), got 'mlm'\n",
+        ),
         (["--config.foo=1"], "error: --config.foo: the config has no field 'foo'\n"),
         (["--config.model.hidden_sise=3"], "no field 'model.hidden_sise' (did you mean --config.model.hidden_size?)\n"),
         (["--config.modle.hidden_size=3"], "no field 'modle' (did you mean --config.model?)\n"),

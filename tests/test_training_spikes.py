@@ -157,8 +157,8 @@ def spiking_data(monkeypatch):
         for index, batch in enumerate(iterate(self, start), start):
             yield dict(batch, spike=np.full(len(batch["input_ids"]), float(index in spiked), np.float32))
 
-    def spiking_loss(model, params, batch, rng, deterministic):
-        value, sums = loss(model, params, batch, rng, deterministic)
+    def spiking_loss(model, params, batch, rng, deterministic, objective="sop"):
+        value, sums = loss(model, params, batch, rng, deterministic, objective)
         scale = 1 + 9 * batch["spike"].max()
         return value * scale, dict(sums, mlm_loss=sums["mlm_loss"] * scale, sop_loss=sums["sop_loss"] * scale)
 

@@ -64,22 +64,32 @@ def test_shards_cover_the_grid_once_and_a_rerun_skips_finished_cells(tmp_path):
             assert np.isfinite(float(row[key])), (row, key)
     assert int(rows[1]["parameters"]) > int(rows[0]["parameters"])  # not-shared has more parameters
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert table[0].startswith("| cell | sharing | embedding_size | parameters") and len(table) == 2 + len(CELLS)
+    assert table[0].startswith("| cell | seeds | sharing | embedding_size | hidden_size | num_hidden_layers | param")
+    assert len(table) == 2 + len(CELLS)  # one seed: no paired differences
     assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 0 and (tmp_path / "loss_curves.png").exists()
     again = ablate(tmp_path)
     assert again.stdout.count("finished, skipped") == len(CELLS) and "pretraining into" not in again.stdout
 
 
-def test_a_killed_sweep_resumes_the_interrupted_cell(tmp_path):
-    overrides = ("--config.total_steps=60", "--cells=E8-all,E8-none")
-    command = [sys.executable, ABLATE, f"--config={CONFIG}", f"--workdir={tmp_path}", *overrides]
-    killed_at = helpers.kill_after_checkpoint(command, tmp_path / "E8-all" / "checkpoints", min_step=4)
-    assert 4 <= killed_at < 60
-    result = ablate(tmp_path, *overrides)
+def test_a_killed_sweep_over_seeds_resumes_and_gives_the_uninterrupted_table(tmp_path):
+    overrides = ("--config.total_steps=30", "--cells=E8-all", "--seeds=2")
+    killed = tmp_path / "killed"
+    command = [sys.executable, ABLATE, f"--config={CONFIG}", f"--workdir={killed}", *overrides]
+    killed_at = helpers.kill_after_checkpoint(command, killed / "E8-all" / "seed1" / "checkpoints", min_step=4)
+    assert 4 <= killed_at < 30
+    result = ablate(killed, *overrides)
+    assert "E8-all seed 0: finished, skipped" in result.stdout
     assert f"resumed from micro-step {killed_at}" in result.stderr
-    assert [r["cell"] for r in read_csv(tmp_path / "results.csv")] == ["E8-all", "E8-none"]
-    steps = [r["step"] for r in helpers.read_metrics(tmp_path / "E8-all")]
-    assert steps[-1] == 60
+    ablate(tmp_path / "straight", *overrides)
+    rows = {name: read_csv(tmp_path / name / "results.csv") for name in ("killed", "straight")}
+    assert [(r["cell"], r["seed"]) for r in rows["killed"]] == [("E8-all", "0"), ("E8-all", "1")]
+    for a, b in zip(rows["killed"], rows["straight"]):
+        del a["wall_seconds"], b["wall_seconds"]
+        assert helpers.untimed(a) == helpers.untimed(b)  # the same runs: resuming is exact
+    assert rows["killed"][0]["mlm_accuracy"] != rows["killed"][1]["mlm_accuracy"]  # seeds differ
+    table = (tmp_path / "killed" / "results.md").read_text()
+    assert table.splitlines()[2].startswith("| E8-all | 2 |") and " ± " in table
+    assert [r["step"] for r in helpers.read_metrics(killed / "E8-all" / "seed1")][-1] == 30
 
 
 def test_bad_sweep_arguments(tmp_path):

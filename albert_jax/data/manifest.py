@@ -1,7 +1,9 @@
-"""A prepared directory's manifest (`manifest.json`, written last by `prepare`) and the integrity of its shards:
-the manifest records each shard's size and sha256, a run checks the sizes when it starts (`check_sizes`, a stat
-per shard) and names the shard of a record it cannot read (`damaged_shard`), and `verify` reads every shard
-against its checksum (`python -m albert_jax.data.prepare --verify DIR`)."""
+"""A prepared directory's contract and integrity: the settings it is a function of (`settings`, recorded in
+`settings.json` and hashed into the manifest), its splits and their seeds, its manifest (`manifest.json`,
+written last by `prepare`), and the integrity of its shards: the manifest records each shard's size and sha256,
+a run checks the sizes when it starts (`check_sizes`, a stat per shard) and names the shard of a record it cannot
+read (`damaged_shard`), and `verify` reads every shard against its checksum
+(`python -m albert_jax.data.prepare --verify DIR`)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,77 @@ import os
 import sys
 import time
 
+import ml_collections
+import numpy as np
+
 MANIFEST = "manifest.json"
-FORMAT = 2  # 2: the manifest records each shard's bytes and sha256
+# 2: the manifest records each shard's bytes and sha256; 3: eval_nsp shards (NSP pairs of the held-out documents)
+# and the sentence objective in the settings (the train and eval shards of SOP are format 2's, byte for byte)
+FORMAT = 3
+SPLITS = ("train", "eval", "eval_nsp")  # eval_nsp: NSP pairs of the eval documents
+SENTENCE_OBJECTIVES = ("sop", "nsp", "none")
+
+
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the prepared data (vocabulary sample and training, held-out split, examples):
+    `config.data.seed`, or `config.seed` when it is None."""
+    seed = config.data.get("seed")
+    return config.seed if seed is None else seed
+
+
+def sentence_objective(config: ml_collections.ConfigDict) -> str:
+    """`config.data.sentence_objective` ('sop', 'nsp' or 'none'); ValueError for another value."""
+    objective = config.data.sentence_objective
+    if objective not in SENTENCE_OBJECTIVES:
+        raise ValueError(f"config.data.sentence_objective must be one of {SENTENCE_OBJECTIVES}, got {objective!r}")
+    return objective
+
+
+def settings(config: ml_collections.ConfigDict, vocab_size: int) -> dict:
+    """What the prepared data is a function of (hashed into the manifest). With dynamic masking the masking
+    settings are the loader's, so they are left out: changing them needs no new preparation. ValueError for
+    data settings that cannot be prepared (before anything is read or written)."""
+    d = config.data
+    objective = sentence_objective(config)
+    if d.masking not in ("static", "dynamic"):
+        raise ValueError(f"config.data.masking must be 'static' or 'dynamic', got {d.masking!r}")
+    if d.source.startswith("tfrecord:") and (d.masking != "static" or not d.vocab_file or objective == "nsp"):
+        raise ValueError(
+            "config.data.source tfrecord:... holds masked sentence-order examples: it needs "
+            "config.data.masking='static' and config.data.vocab_file (the files' spiece.model), and "
+            "config.data.sentence_objective 'sop' or 'none'"
+        )
+    vocabulary = (
+        {"file_sha256": sha256(d.vocab_file)}
+        if d.vocab_file
+        else {"vocab_size": vocab_size, "spm_sentences": d.spm_sentences}
+    )
+    out = dict(
+        format=FORMAT,
+        source=d.source,
+        max_documents=d.max_documents,
+        eval_fraction=d.eval_fraction,
+        docs_per_shard=d.docs_per_shard,
+        seed=data_seed(config),
+        vocabulary=vocabulary,
+        masking=d.masking,
+        max_seq_length=d.max_seq_length,
+        short_seq_prob=d.short_seq_prob,
+        dupe_factor=d.dupe_factor,
+        sentence_objective=objective,
+    )
+    if d.masking == "static":
+        out.update(max_predictions_per_seq=d.max_predictions_per_seq, masked_lm_prob=d.masked_lm_prob, ngram=d.ngram)
+    return out
+
+
+def settings_hash(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_seed(seed: int, split: str, shard: int) -> int:
+    """The example seed of one shard: a function of (data seed, split, shard) only."""
+    return int(np.random.SeedSequence([seed, SPLITS.index(split), shard]).generate_state(1)[0])
 
 
 def read_manifest(directory: str) -> dict:

@@ -8,10 +8,16 @@ streaming) -> examples made in parallel worker processes (`data.prepare_workers`
 shard -> `manifest.json`. `run.py` prepares into `config.data.prepared_dir` (default `<workdir>/data`)
 when it finds no manifest there.
 
-Shard k of a split holds `create_examples(documents of shard k, seed=shard_seed(seed, split, k))` (static
-masking: masks fixed here, `dupe_factor` passes) or the unmasked pairs of `create_pairs` (dynamic masking:
-the loader draws masks per epoch). A `tfrecord:<glob>` source (files of google-research/albert's
-`create_pretraining_data.py`) is converted file by file instead, its records kept as they are.
+Shard k of a split holds `create_examples(documents of shard k, seed=shard_seed(data_seed(config), split, k))`
+(static masking: masks fixed here, `dupe_factor` passes) or the unmasked pairs of `create_pairs` (dynamic
+masking: the loader draws masks per epoch). The train split holds pairs of `data.sentence_objective` (SOP pairs
+for 'none'); the held-out documents give two splits whatever the objective, `eval` (SOP pairs) and `eval_nsp`
+(NSP pairs), so that every model is measured on both. A `tfrecord:<glob>` source (files of
+google-research/albert's `create_pretraining_data.py`, made SOP examples without their documents) is converted
+file by file instead, its records kept as they are: it has no `eval_nsp` split.
+
+The data is a function of `data.seed` (`data_seed`: `config.seed` when None) and not of the training seed, so
+runs with other `config.seed`s (initialization, dropout, data order, dynamic masks) share one prepared directory.
 
 Resumable: every shard is written to a temporary name and renamed, so an interrupted run redoes only the
 missing shards; a finished directory is reused when its settings hash matches, and a directory made with
@@ -19,7 +25,7 @@ other settings is refused unless `overwrite`. One prepare of a directory runs at
 `<out>.lock` beside it): a concurrent one waits, then reuses the result.
 
 A prepared directory holds `settings.json` (written first), `spiece.model`, `documents/` (deleted when
-done), `examples/{train,eval}-NNNNN.array_record` and `manifest.json` (written last), which records each
+done), `examples/{train,eval,eval_nsp}-NNNNN.array_record` and `manifest.json` (written last), which records each
 shard's size and sha256. A run checks the sizes when it starts (`check_sizes`: a stat per shard) and names the
 shard of a record it cannot read; `--verify DIR` reads every shard against its checksum; `--repair` deletes the
 damaged shards and makes them again, identical to the originals:
@@ -31,7 +37,6 @@ damaged shards and makes them again, identical to the originals:
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import math
 import multiprocessing
@@ -46,59 +51,25 @@ import numpy as np
 
 from albert_jax import experiment
 from albert_jax.data.manifest import (
-    FORMAT,
     MANIFEST,
+    SPLITS,
     check_format,
     check_sizes,
+    data_seed,
     read_manifest,
     repair_command,
+    sentence_objective,
+    settings,
+    settings_hash,
     sha256,
     shard_path,
+    shard_seed,
     verify,
 )
 
 SETTINGS = "settings.json"
-SPLITS = ("train", "eval")
+_SOURCE_SPLITS = SPLITS[:2]  # what the source (its documents or records) is split into
 _EVAL_OFFSET_STREAM = 7
-
-
-def settings(config: ml_collections.ConfigDict, vocab_size: int) -> dict:
-    """What the prepared data is a function of (hashed into the manifest). With dynamic masking the masking
-    settings are the loader's, so they are left out: changing them needs no new preparation. ValueError for
-    data settings that cannot be prepared (before anything is read or written)."""
-    d = config.data
-    if d.masking not in ("static", "dynamic"):
-        raise ValueError(f"config.data.masking must be 'static' or 'dynamic', got {d.masking!r}")
-    if d.source.startswith("tfrecord:") and (d.masking != "static" or not d.vocab_file):
-        raise ValueError(
-            "config.data.source tfrecord:... holds masked examples: it needs "
-            "config.data.masking='static' and config.data.vocab_file (the files' spiece.model)"
-        )
-    vocabulary = (
-        {"file_sha256": sha256(d.vocab_file)}
-        if d.vocab_file
-        else {"vocab_size": vocab_size, "spm_sentences": d.spm_sentences}
-    )
-    out = dict(
-        format=FORMAT,
-        source=d.source,
-        max_documents=d.max_documents,
-        eval_fraction=d.eval_fraction,
-        docs_per_shard=d.docs_per_shard,
-        seed=config.seed,
-        vocabulary=vocabulary,
-        masking=d.masking,
-        max_seq_length=d.max_seq_length,
-        short_seq_prob=d.short_seq_prob,
-        dupe_factor=d.dupe_factor,
-    )
-    if d.masking == "static":
-        out.update(max_predictions_per_seq=d.max_predictions_per_seq, masked_lm_prob=d.masked_lm_prob, ngram=d.ngram)
-    return out
-
-
-def settings_hash(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepared_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -146,19 +117,21 @@ def _prepare(
         shards = _document_shards(config, out)
         vocab = _copy_vocab(data.vocab_file, out) if data.vocab_file else os.path.join(out, "spiece.model")
         if not os.path.exists(vocab):
-            _train_vocabulary(out, vocab_size, data.spm_sentences, config.seed)
+            _train_vocabulary(out, vocab_size, data.spm_sentences, data_seed(config))
         jobs = _document_jobs(config, out, shards, vocab)
     tokenizer = AlbertTokenizer(vocab)
     check_vocab_size(tokenizer, vocab_size)
     made = _run_jobs(jobs, data.prepare_workers)
     shards = [made[name] for name in sorted(made)]
-    examples = {split: sum(s["examples"] for s in shards if s["split"] == split) for split in SPLITS}
-    for split in SPLITS:
+    splits = _SOURCE_SPLITS if data.source.startswith("tfrecord:") else SPLITS  # made SOP examples: no eval_nsp
+    examples = {split: sum(s["examples"] for s in shards if s["split"] == split) for split in splits}
+    # eval_nsp has examples whenever eval has (the same documents, chunked alike): its check is eval's
+    for split in _SOURCE_SPLITS:
         if not examples[split]:
             raise ValueError(
                 f"No {split} pretraining example can be made from {data.source}: an example pairs two segments of "
-                "one document for sentence-order prediction, so a document needs at least two (non-empty) "
-                "sentences. Text files need one sentence per line and a blank line only between documents"
+                "one document, so a document needs at least two (non-empty) sentences. Text files need one "
+                "sentence per line and a blank line only between documents"
                 + ("; a small corpus may need a larger config.data.eval_fraction" if split == "eval" else "")
             )
     from albert_jax.data.pretraining import special_ids
@@ -178,7 +151,8 @@ def _prepare(
     )
     experiment.write_json(manifest_path, manifest)
     shutil.rmtree(os.path.join(out, "documents"), ignore_errors=True)
-    _progress(f"done: {examples['train']} train and {examples['eval']} eval examples in {len(shards)} shards in {out}")
+    counts = ", ".join(f"{count} {split}" for split, count in examples.items())
+    _progress(f"done: {counts} examples in {len(shards)} shards in {out}")
     return manifest
 
 
@@ -205,11 +179,6 @@ def is_eval(index: int, eval_fraction: float, offset: float) -> bool:
 
 def eval_offset(seed: int, stream: int = 0) -> float:
     return float(np.random.default_rng([seed, _EVAL_OFFSET_STREAM, stream]).random())
-
-
-def shard_seed(seed: int, split: str, shard: int) -> int:
-    """The example seed of one shard: a function of (seed, split, shard) only."""
-    return int(np.random.SeedSequence([seed, SPLITS.index(split), shard]).generate_state(1)[0])
 
 
 def _delete_damaged(out: str) -> None:
@@ -267,10 +236,10 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
     data = config.data
     # no sample when the vocabulary is given or already trained (a --repair streams the source again)
     sampled = not data.vocab_file and not os.path.exists(os.path.join(out, "spiece.model"))
-    sample = _Reservoir(data.spm_sentences if sampled else 0, config.seed)
-    buffers: dict[str, list] = {split: [] for split in SPLITS}
+    sample = _Reservoir(data.spm_sentences if sampled else 0, data_seed(config))
+    buffers: dict[str, list] = {split: [] for split in _SOURCE_SPLITS}
     shards: dict[str, int] = {}
-    offset, start, count = eval_offset(config.seed), time.time(), 0
+    offset, start, count = eval_offset(data_seed(config)), time.time(), 0
 
     def flush(split):
         name = f"{split}-{sum(n.startswith(split) for n in shards):05d}"
@@ -296,7 +265,7 @@ def _document_shards(config: ml_collections.ConfigDict, out: str) -> dict[str, i
         buffers["eval"].append(buffers["train"].pop())  # a small corpus still holds one document out
     if not buffers["train"] and not any(n.startswith("train") for n in shards):
         raise ValueError(f"config.data.eval_fraction={data.eval_fraction} leaves no training document")
-    for split in SPLITS:
+    for split in _SOURCE_SPLITS:
         if buffers[split]:
             flush(split)
     if sampled:
@@ -355,27 +324,39 @@ class _Reservoir:
 
 
 def _document_jobs(config: ml_collections.ConfigDict, out: str, shards: dict[str, int], vocab: str) -> list:
+    """A job per example shard: each train document shard gives a train shard of the objective's pairs, each eval
+    document shard an `eval` shard of SOP pairs and an `eval_nsp` shard of NSP pairs."""
     data = config.data
     args = dict(max_seq_length=data.max_seq_length, short_seq_prob=data.short_seq_prob, dupe_factor=data.dupe_factor)
     if data.masking == "static":
         args.update(
             max_predictions_per_seq=data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob, ngram=data.ngram
         )
+    pairs = {
+        "train": "nsp" if sentence_objective(config) == "nsp" else "sop",  # 'none' trains on SOP pairs
+        "eval": "sop",
+        "eval_nsp": "nsp",
+    }
     jobs = []
-    for name in shards:
-        split, number = name.split("-")
-        jobs.append(
-            (
-                _make_document_shard,
-                dict(
-                    documents=os.path.join(out, "documents", name + ".txt"),
-                    out=shard_path(out, name),
-                    vocab=vocab,
-                    masking=data.masking,
-                    args=dict(args, seed=shard_seed(config.seed, split, int(number))),
-                ),
+    for documents in shards:
+        source_split, number = documents.split("-")
+        for split in ("train",) if source_split == "train" else ("eval", "eval_nsp"):
+            jobs.append(
+                (
+                    _make_document_shard,
+                    dict(
+                        documents=os.path.join(out, "documents", documents + ".txt"),
+                        out=shard_path(out, f"{split}-{number}"),
+                        vocab=vocab,
+                        masking=data.masking,
+                        args=dict(
+                            args,
+                            seed=shard_seed(data_seed(config), split, int(number)),
+                            sentence_objective=pairs[split],
+                        ),
+                    ),
+                )
             )
-        )
     return jobs
 
 
@@ -389,10 +370,10 @@ def _tfrecord_jobs(config: ml_collections.ConfigDict, out: str) -> list:
             _convert_tfrecord,
             dict(
                 path=path,
-                out={split: shard_path(out, f"{split}-{i:05d}") for split in SPLITS},
+                out={split: shard_path(out, f"{split}-{i:05d}") for split in _SOURCE_SPLITS},
                 vocab=os.path.join(out, "spiece.model"),
                 eval_fraction=data.eval_fraction,
-                offset=eval_offset(config.seed, i),
+                offset=eval_offset(data_seed(config), i),
                 max_seq_length=data.max_seq_length,
                 max_predictions=data.max_predictions_per_seq,
             ),
@@ -474,8 +455,7 @@ def _make_document_shard(documents: str, out: str, vocab: str, masking: str, arg
         encoded = (records.encode_example(e, dtype) for e in pretraining.create_examples(docs, tokenizer, **args))
     else:
         encoded = (
-            records.encode_pair(a, b, swapped, dtype)
-            for a, b, swapped in pretraining.create_pairs(docs, tokenizer, **args)
+            records.encode_pair(a, b, label, dtype) for a, b, label in pretraining.create_pairs(docs, tokenizer, **args)
         )
     return _shard_entry(out, _write_records(out, _skip_empty(encoded)))
 
@@ -505,11 +485,11 @@ def _convert_tfrecord(
 
     dtype = records.record_dtype(AlbertTokenizer(vocab).vocab_size, max_seq_length)
     examples = read_original_tfrecords([path], max_seq_length, max_predictions)
-    writers = {split: _RecordWriter(out[split]) for split in SPLITS}
+    writers = {split: _RecordWriter(out[split]) for split in _SOURCE_SPLITS}
     for i, example in enumerate(examples):
         writers["eval" if is_eval(i, eval_fraction, offset) else "train"].write(records.encode_example(example, dtype))
     shards = {}
-    for split in SPLITS:
+    for split in _SOURCE_SPLITS:
         shards.update(_shard_entry(out[split], writers[split].close()))
     return shards
 

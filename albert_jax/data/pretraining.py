@@ -1,21 +1,31 @@
-"""ALBERT pretraining examples: sentence-order pairs with n-gram masked-LM targets.
+"""ALBERT pretraining examples: sentence-order (or next-sentence) pairs with n-gram masked-LM targets.
 
 Follows ``create_pretraining_data.py`` of google-research/albert and the ALBERT paper (Lan et al.,
 2020): segments are runs of consecutive sentences of one document, swapped with probability 0.5 for
-sentence-order prediction (SOP), and masked with whole-word n-grams, n <= 3 with p(n) ∝ 1/n. The
+sentence-order prediction (SOP), and masked with whole-word n-grams, n <= 3 with p(n) ∝ 1/n. For the
+paper's NSP baseline (``sentence_objective="nsp"``), pairs are made as BERT's script of that name does
+(google-research/bert, ``create_instances_from_document``): with probability 0.5 B is replaced by a run of
+sentences of a random other document, and the chunk's unused sentences start the next chunk. The
 features carry transformers' names (``attention_mask``, ``token_type_ids``, ``sentence_order_label``; the
 original TFRecords call them ``input_mask``, ``segment_ids``, ``next_sentence_labels``) and the original's
 ``masked_lm_*`` names, for which transformers has none.
 Differences from that script, all deliberate:
 
 * Everything is a function of (seed, documents): each document gets its own generators, seeded from
-  (seed, pass, document index), so an example never depends on the other documents or on the
-  iteration order; masking draws from a generator of its own, so the segments do not depend on
-  the masking settings.
-* A chunk always has two or more sentences. The original pairs a single-sentence chunk with a
-  segment of a random *other* document and labels it 1 (an NSP-style negative mislabelled as
-  "swapped"); here the chunk keeps growing to two sentences, and a single sentence left at the end
-  of a document is dropped.
+  (seed, pass, document index), so an example never depends on the iteration order, and an SOP
+  example never depends on the other documents (an NSP "random next" B does, through a generator of
+  its own); masking draws from a generator of its own, so the segments do not depend on the masking
+  settings.
+* A chunk always has two or more sentences, for both objectives. The originals pair a
+  single-sentence chunk with a segment of a random *other* document and label it 1 (for SOP an
+  NSP-style negative mislabelled as "swapped"; for NSP a label that the length of A gives away); here
+  the chunk keeps growing to two sentences, and a single sentence left at the end of a document is
+  dropped. So NSP labels are 1 with probability exactly 0.5, and a one-sentence document only
+  serves as the source of random B segments.
+* NSP's random document is uniform among the *other* non-empty documents (BERT's script tries 10
+  draws and may keep the same document). Documents are only those given in one call (one prepared
+  shard, as the original draws from the files of one run); with no other document every pair is
+  "is next" (label 0).
 * A segment's first piece always starts a word, even if truncation cut a word there (the original
   glued such a piece to the last word before ``[SEP]``).
 * Random replacements (10% of the masked tokens) are drawn uniformly from the vocabulary without
@@ -28,8 +38,10 @@ Differences from that script, all deliberate:
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,11 +60,13 @@ FEATURES = (
 _START_PUNCTUATION = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
 _CONTINUATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz") | _START_PUNCTUATION
 # Seed-sequence tags, so that the generators of different purposes never share a stream.
-_SEGMENT_STREAM, _MASK_STREAM, _ORDER_STREAM = 1, 2, 3
+_SEGMENT_STREAM, _MASK_STREAM, _ORDER_STREAM, _RANDOM_NEXT_STREAM = 1, 2, 3, 5
+# The pairs `create_examples` makes; a model trained without a sentence loss ('none') reads SOP pairs.
+SENTENCE_OBJECTIVES = ("sop", "nsp")
 
 
 class NoExamplesError(ValueError):
-    """No document holds two sentences, so no sentence-order pair can be made."""
+    """No document holds two sentences, so no sentence pair can be made."""
 
 
 def is_start_piece(piece: str) -> bool:
@@ -85,8 +99,9 @@ def create_examples(
     ngram: int = 3,
     dupe_factor: int = 1,
     seed: int = 0,
+    sentence_objective: str = "sop",
 ) -> Iterator[dict[str, np.ndarray]]:
-    """ALBERT pretraining examples (SOP pairs with n-gram masking) from documents.
+    """ALBERT pretraining examples (SOP or NSP pairs with n-gram masking) from documents.
 
     Args:
       documents: documents, each a sequence of sentence strings.
@@ -101,6 +116,8 @@ def create_examples(
       ngram: longest masked n-gram, in words; n is drawn with p(n) ∝ 1/n.
       dupe_factor: passes over the documents, each with different segments and masks.
       seed: non-negative int; the output is a function of (seed, documents, arguments).
+      sentence_objective: 'sop' (A and B swapped with p = 0.5) or 'nsp' (B from a random other document
+        with p = 0.5, see `_segment_pairs`).
 
     Returns:
       An iterator (lazy; the arguments are checked at once) over dicts of numpy arrays:
@@ -108,12 +125,13 @@ def create_examples(
       [T] int32 (1 on tokens, 0 on padding), ``token_type_ids`` [T] int32 (0 for [CLS] A [SEP], 1 for
       B [SEP], 0 on padding), ``masked_lm_positions`` [P] int32 (sorted, zero-padded),
       ``masked_lm_ids`` [P] int32 (the original token ids there, zero-padded), ``masked_lm_weights``
-      [P] float32 (1 per real prediction), ``sentence_order_label`` [] int32 (1 = A and B swapped).
+      [P] float32 (1 per real prediction), ``sentence_order_label`` [] int32 (1 = B is not A's
+      continuation in order: swapped for SOP, from another document for NSP).
 
     Raises:
       ValueError: bad arguments (on the call), or no document with two sentences (on iteration).
     """
-    _check_length(max_seq_length)
+    _check_arguments(max_seq_length, sentence_objective)
     if max_predictions_per_seq < 1 or ngram < 1 or dupe_factor < 1 or seed < 0:
         raise ValueError("max_predictions_per_seq, ngram and dupe_factor must be >= 1 and seed >= 0")
     if not 0.0 <= masked_lm_prob <= 1.0 or not 0.0 <= short_seq_prob <= 1.0:
@@ -121,8 +139,10 @@ def create_examples(
     masker = Masker(
         special_ids(tokenizer), tokenizer.vocab_size, max_seq_length, max_predictions_per_seq, masked_lm_prob, ngram
     )
-    pairs = _pair_stream(documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
-    return (masker(a, b, swapped, mask_rng) for a, b, swapped, mask_rng in pairs)
+    pairs = _pair_stream(
+        documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed, sentence_objective == "nsp"
+    )
+    return (masker(a, b, label, mask_rng) for a, b, label, mask_rng in pairs)
 
 
 def create_pairs(
@@ -133,22 +153,27 @@ def create_pairs(
     short_seq_prob: float = 0.1,
     dupe_factor: int = 1,
     seed: int = 0,
+    sentence_objective: str = "sop",
 ) -> Iterator[tuple[Segment, Segment, bool]]:
-    """The unmasked sentence-order pairs `create_examples` masks, in the same order: (A, B, swapped), A and B
-    as (piece ids, word-start flags), together at most ``max_seq_length - 3`` pieces. Dynamic masking
-    stores these and masks them per epoch with `Masker`. Arguments as for `create_examples`."""
-    _check_length(max_seq_length)
-    pairs = _pair_stream(documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed)
-    return ((a, b, swapped) for a, b, swapped, _ in pairs)
+    """The unmasked sentence pairs `create_examples` masks, in the same order: (A, B, label), A and B as
+    (piece ids, word-start flags), together at most ``max_seq_length - 3`` pieces. Dynamic masking stores
+    these and masks them per epoch with `Masker`. Arguments as for `create_examples`."""
+    _check_arguments(max_seq_length, sentence_objective)
+    pairs = _pair_stream(
+        documents, tokenizer, max_seq_length - 3, short_seq_prob, dupe_factor, seed, sentence_objective == "nsp"
+    )
+    return ((a, b, label) for a, b, label, _ in pairs)
 
 
-def _check_length(max_seq_length: int) -> None:
+def _check_arguments(max_seq_length: int, sentence_objective: str) -> None:
     if max_seq_length < 5:
         raise ValueError(f"max_seq_length must be >= 5 to hold two segments, got {max_seq_length}")
+    if sentence_objective not in SENTENCE_OBJECTIVES:
+        raise ValueError(f"sentence_objective must be one of {SENTENCE_OBJECTIVES}, got {sentence_objective!r}")
 
 
-def _pair_stream(documents, tokenizer, max_num_tokens, short_seq_prob, dupe_factor, seed):
-    """(A, B, swapped, the document's masking generator) per pair; a generator, so that the arguments are
+def _pair_stream(documents, tokenizer, max_num_tokens, short_seq_prob, dupe_factor, seed, nsp):
+    """(A, B, label, the document's masking generator) per pair; a generator, so that the arguments are
     checked on the call of `create_examples` and the documents read on iteration."""
     specials = {tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id}
     tokenized = _tokenize_documents(documents, tokenizer, specials)
@@ -156,17 +181,24 @@ def _pair_stream(documents, tokenizer, max_num_tokens, short_seq_prob, dupe_fact
         # Every document with two sentences gives at least one pair per pass, so this is the only case.
         raise NoExamplesError(
             f"No pretraining example can be made from these {len(documents)} documents: an example pairs "
-            "two segments of one document for sentence-order prediction, so a document needs at least two "
-            "(non-empty) sentences, and none has. Text files need one sentence per line and a blank line "
-            "only between documents."
+            "two segments of one document (for NSP, half of the time only its first), so a document needs at "
+            "least two (non-empty) sentences, and none has. Text files need one sentence per line and a blank "
+            "line only between documents."
         )
+    # the documents a random B can come from, sorted
+    sources = [i for i, document in enumerate(tokenized) if document] if nsp else []
     for pass_index in range(dupe_factor):
         order_rng = np.random.default_rng([seed, _ORDER_STREAM, pass_index, 0])
         for doc_index in order_rng.permutation(len(tokenized)):
             segment_rng = np.random.default_rng([seed, _SEGMENT_STREAM, pass_index, doc_index])
             mask_rng = np.random.default_rng([seed, _MASK_STREAM, pass_index, doc_index])
-            for a, b, swapped in _segment_pairs(tokenized[doc_index], max_num_tokens, short_seq_prob, segment_rng):
-                yield a, b, swapped, mask_rng
+            random_next = None
+            if nsp:
+                next_rng = np.random.default_rng([seed, _RANDOM_NEXT_STREAM, pass_index, doc_index])
+                random_next = functools.partial(_random_next, tokenized, sources, int(doc_index), rng=next_rng)
+            pairs = _segment_pairs(tokenized[doc_index], max_num_tokens, short_seq_prob, segment_rng, random_next)
+            for a, b, label in pairs:
+                yield a, b, label, mask_rng
 
 
 def examples_to_arrays(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -199,29 +231,66 @@ def _tokenize_documents(documents, tokenizer, dropped_ids) -> list[list[Segment]
 
 
 def _segment_pairs(
-    document: list[Segment], max_num_tokens: int, short_seq_prob: float, rng: np.random.Generator
+    document: list[Segment],
+    max_num_tokens: int,
+    short_seq_prob: float,
+    rng: np.random.Generator,
+    random_next: Callable[[int], Segment | None] | None = None,
 ) -> Iterator[tuple[Segment, Segment, bool]]:
-    """Cuts a document into chunks of consecutive sentences and yields (A, B, swapped) per chunk:
-    A = the chunk's first k sentences (k uniform in [1, len - 1]), B = the rest, swapped with
-    probability 1/2, then truncated to ``max_num_tokens`` together."""
+    """Cuts a document into chunks of consecutive sentences (two or more, until the target length) and
+    yields (A, B, label) per chunk, truncated to ``max_num_tokens`` together: A = the chunk's first k
+    sentences (k uniform in [1, len - 1]), B = the rest, and with probability 1/2 label 1 and
+
+    * SOP (``random_next`` None): A and B swapped;
+    * NSP: B = ``random_next(target length - len(A))`` (sentences of another document), and the chunk's
+      unused sentences are put back: the next chunk starts at A's end, as in BERT's script. When
+      ``random_next`` gives None (no other document) the pair stays "is next", label 0.
+    """
     target_length = max_num_tokens
     if rng.random() < short_seq_prob:
         target_length = int(rng.integers(2, max_num_tokens, endpoint=True))
     chunk: list[Segment] = []
-    length = 0
-    for i, sentence in enumerate(document):
-        chunk.append(sentence)
-        length += len(sentence[0])
-        if i < len(document) - 1 and (length < target_length or len(chunk) < 2):
-            continue
-        if len(chunk) >= 2:
+    length, i = 0, 0
+    while i < len(document):
+        chunk.append(document[i])
+        length += len(document[i][0])
+        if len(chunk) >= 2 and (length >= target_length or i == len(document) - 1):
             a_end = int(rng.integers(1, len(chunk)))
             a, b = _concat(chunk[:a_end]), _concat(chunk[a_end:])
-            swapped = bool(rng.random() < 0.5)
-            if swapped:
-                a, b = b, a
-            yield (*_truncate_pair(a, b, max_num_tokens, rng), swapped)
-        chunk, length = [], 0
+            label = bool(rng.random() < 0.5)
+            if random_next is None:
+                if label:
+                    a, b = b, a
+            elif label:
+                other = random_next(target_length - len(a[0]))
+                if other is None:
+                    label = False
+                else:
+                    b = other
+                    i -= len(chunk) - a_end
+            yield (*_truncate_pair(a, b, max_num_tokens, rng), label)
+            chunk, length = [], 0
+        i += 1
+
+
+def _random_next(
+    documents: list[list[Segment]], sources: list[int], doc_index: int, target_length: int, rng: np.random.Generator
+) -> Segment | None:
+    """B of an NSP "random next" pair: consecutive sentences of a document drawn uniformly among ``sources``
+    (sorted indices of the non-empty documents) other than ``doc_index``, from a uniformly drawn sentence
+    until ``target_length`` pieces (at least one sentence) or the document's end; None when there is no
+    other document."""
+    if len(sources) < 2:
+        return None
+    k = int(rng.integers(len(sources) - 1))
+    other = documents[sources[k + (k >= bisect.bisect_left(sources, doc_index))]]
+    sentences, length = [], 0
+    for sentence in other[int(rng.integers(len(other))) :]:
+        sentences.append(sentence)
+        length += len(sentence[0])
+        if length >= target_length:
+            break
+    return _concat(sentences)
 
 
 def _concat(sentences: list[Segment]) -> Segment:
@@ -314,7 +383,7 @@ class Masker:
         # random replacements never draw a special id
         self.random_ids = np.setdiff1d(np.arange(vocab_size), list(specials.values()))
 
-    def __call__(self, a: Segment, b: Segment, swapped: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def __call__(self, a: Segment, b: Segment, label: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
         T, P = self.max_seq_length, self.max_predictions
         ids = np.full(T, self.pad, np.int32)
         length = len(a[0]) + len(b[0]) + 3
@@ -347,7 +416,7 @@ class Masker:
             "masked_lm_positions": masked_lm_positions,
             "masked_lm_ids": masked_lm_ids,
             "masked_lm_weights": (np.arange(P) < k).astype(np.float32),
-            "sentence_order_label": np.asarray(swapped, np.int32),
+            "sentence_order_label": np.asarray(label, np.int32),
         }
 
 

@@ -85,16 +85,17 @@ def decode_example(
     }
 
 
-def encode_pair(a: Segment, b: Segment, swapped: bool, dtype: np.dtype) -> bytes:
-    """An unmasked pair of `create_pairs` -> record bytes (ids, then the word-start flags as bits)."""
+def encode_pair(a: Segment, b: Segment, label: bool, dtype: np.dtype) -> bytes:
+    """An unmasked pair of `create_pairs` (SOP or NSP: `label` is its sentence_order_label) -> record bytes (ids,
+    then the word-start flags as bits)."""
     length = len(a[0]) + len(b[0]) + 3
-    header = np.array([length, len(a[0]) + 2, int(swapped), 0, *a[0], *b[0]], dtype).tobytes()
+    header = np.array([length, len(a[0]) + 2, int(label), 0, *a[0], *b[0]], dtype).tobytes()
     return header + np.packbits(np.array(a[1] + b[1], bool)).tobytes()
 
 
 def decode_pair(record: bytes, dtype: np.dtype) -> tuple[Segment, Segment, bool]:
-    """Record bytes of an unmasked pair -> (A, B, swapped) as `create_pairs` gave them."""
-    length, b_start, swapped = (int(v) for v in np.frombuffer(record, dtype, count=3))
+    """Record bytes of an unmasked pair -> (A, B, label) as `create_pairs` gave them."""
+    length, b_start, label = (int(v) for v in np.frombuffer(record, dtype, count=3))
     num_ids = length - 3
     ids = np.frombuffer(record, dtype, count=num_ids, offset=_HEADER * dtype.itemsize).tolist()
     starts = (
@@ -103,4 +104,4 @@ def decode_pair(record: bytes, dtype: np.dtype) -> tuple[Segment, Segment, bool]
         .tolist()
     )
     len_a = b_start - 2
-    return (ids[:len_a], starts[:len_a]), (ids[len_a:], starts[len_a:]), bool(swapped)
+    return (ids[:len_a], starts[:len_a]), (ids[len_a:], starts[len_a:]), bool(label)

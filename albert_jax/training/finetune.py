@@ -3,8 +3,9 @@ and `run`, mirroring `pretrain.py`.
 
 `run(config, workdir)`: claim the work dir -> model config and tokenizer from `init_from` (or the config's
 preset and `data.vocab_file`) -> features -> `loop.train` (resume -> `init_from` with a fresh head ->
-scratch; evaluation with the official metrics) -> task outputs (GLUE test-set submission files, SQuAD
-prediction files) and `final/`. `total_steps=0` with `init_from` evaluates a checkpoint.
+scratch; evaluation with the official metrics, the best so far by `best_metric` saved to `best/`) -> task
+outputs (GLUE test-set submission files, SQuAD prediction files) and `final/`. `total_steps=0` with
+`init_from` evaluates a checkpoint.
 """
 
 from __future__ import annotations
@@ -378,13 +379,24 @@ def build_task(
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, resume: bool = True):
     """Fine-tunes (or, with total_steps=0, evaluates) as configured; writes the task's outputs and
-    `final/`. Returns (AlbertConfig, final params as numpy). A run stopped by a signal raises (`loop.train`)
-    and writes neither."""
+    `final/`, and with `config.best_metric` keeps `best/` (`export.save_best`) at the best evaluation so far,
+    printed at the end. Returns (AlbertConfig, final params as numpy). A run stopped by a signal raises
+    (`loop.train`) and writes neither outputs nor `final/`."""
     init_from = initialization.resolve(config.init_from) if config.init_from else None
     with loop.claim_run(config, workdir, experiment.fingerprint(config, FINGERPRINT), overwrite) as mesh:
         task, albert_config, tokenizer = build_task(config, workdir, init_from)
-        state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from)
+
+        def save_best(params, best: dict) -> None:  # on every process: gathering the params is a collective
+            params = loop.host_params(params)
+            if jax.process_index() == 0:
+                export.save_best(albert_config, params, tokenizer, workdir, config.total_steps, best)
+
+        state = loop.train(config, workdir, task, mesh, resume=resume, init_from=init_from, on_best=save_best)
         params = loop.host_params(state.params)
         if jax.process_index() == 0:
             export.save_final(albert_config, params, tokenizer, workdir, config.total_steps)
+            best = export.read_best(workdir) if config.best_metric else None
+            if best is not None:
+                where = os.path.join(workdir, export.BEST_DIR)
+                print(f"best {best['metric']} {best['value']:.4g} at step {best['step']} -> {where}")
     return albert_config, params

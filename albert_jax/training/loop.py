@@ -2,11 +2,12 @@
 
 A `steps.Task` supplies the model, a pure loss function, the batches, a prediction function and an evaluator;
 `train` does the rest: the jitted step (`steps.build_step`: shardings, optimizer, donation), initialisation (resume ->
-`init_from` -> scratch), evaluation, orbax checkpoints (resume, keep-last-K, save on SIGTERM/Ctrl-C) and
-metric writing. `claim_run` runs the checks that cost nothing (mesh, batch split, work dir claim) and must be
-entered before a job does any expensive work; it holds the work dir's lock until the run ends. A run stopped
-by SIGTERM raises `Preempted` (by Ctrl-C, KeyboardInterrupt) once its checkpoint is saved, so that nothing
-after `train` (final/, exports) treats a half-trained model as finished.
+`init_from` -> scratch), evaluation (with `config.best_metric`, the best so far handed to the job to save),
+orbax checkpoints (resume, keep-last-K, save on SIGTERM/Ctrl-C) and metric writing. `claim_run` runs the checks
+that cost nothing (mesh, batch split, work dir claim) and must be entered before a job does any expensive work;
+it holds the work dir's lock until the run ends. A run stopped by SIGTERM raises `Preempted` (by Ctrl-C,
+KeyboardInterrupt) once its checkpoint is saved, so that nothing after `train` (final/, exports) treats a
+half-trained model as finished.
 
 Determinism: batch `i` is a pure function of (seed, i) and the dropout key of micro-step `i` is
 `fold_in(PRNGKey(seed), i)`, so the saved micro-step (with the count of batches loss-spike rollbacks skipped,
@@ -16,10 +17,12 @@ Determinism: batch `i` is a pure function of (seed, i) and the dropout key of mi
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = placeholder(int)  # rows per evaluation batch; None: the training micro-batch
     c.log_every = 100  # steps between training-metric rows
     c.eval_every = 1000  # steps between evaluations (0 = only at the end)
+    c.best_metric = placeholder(str)  # eval key whose best writes best/ ('-loss': lower is better); None: off
     c.checkpoint_every = 1000  # steps between checkpoints (and always at the end / on SIGTERM)
     c.keep_checkpoints = 3  # how many checkpoints to keep (at least 1)
     c.profile_steps = ()  # (first, last): a jax.profiler trace of these optimizer steps in <workdir>/profile
@@ -250,6 +254,7 @@ def train(
     *,
     resume: bool = True,
     init_from: initialization.Pretrained | None = None,
+    on_best: Callable[[Any, dict], None] | None = None,
 ) -> steps.TrainState:
     """Runs (or resumes) the job described by `config` in `workdir` (claimed by `claim_run`, which gave
     `mesh`); returns the final TrainState (params sharded over `mesh`). A run that does not resume starts
@@ -257,8 +262,17 @@ def train(
     Stopped by a signal, it saves a checkpoint and raises `Preempted` (SIGTERM) or KeyboardInterrupt (Ctrl-C)
     instead of returning: only a run that did all its steps returns.
 
+    With `config.best_metric`, each evaluation that beats the best so far of the whole run (`Best`) calls
+    `on_best(params, best)` on every process, with the params sharded over `mesh` and `best` = {"step",
+    "metric", "value", "metrics": the evaluation's row}: the job saves that model (`export.save_best`).
+
     Config fields used: those of `base_config`.
     """
+    if config.get("best_metric") and (on_best is None or task.evaluate is None):
+        raise ValueError(
+            f"config.best_metric={config.best_metric!r} needs a job that evaluates and saves its best model "
+            "(fine-tuning); leave it unset here"
+        )
     accum = int(config.optimizer.grad_accum_steps)
     total_micro = int(config.total_steps) * accum
     step_fns = steps.build_step(config, task, mesh)
@@ -287,6 +301,9 @@ def train(
     # micro-steps between the last log row and the checkpoint come back with it: a resumed run's metrics
     # read row for row as an uninterrupted run's.
     guard = spikes.Guard.restore(config.spike, data_state.get("spike"))
+    # The best is the checkpoint's, as the pending sums are: a resumed run compares against the best of the steps
+    # it keeps, and redoes (deterministically, so identically) the evaluations and best/ writes after them.
+    best = Best(config.get("best_metric"), data_state.get("best"))
     jit_train_step = step_fns.train(guard.lr_scale)
     writer = MetricWriter(workdir, config.total_steps, start_step=int(state.step) // accum, rollbacks=guard.rollbacks)
     pending = [(micro, sums) for micro, sums in data_state.get("pending", [])]
@@ -297,8 +314,12 @@ def train(
         return steps.make_predict(jit_predict, state.params, mesh, eval_batch_size(config), step_fns.rules)(arrays)
 
     def write_eval(step: int) -> None:
-        if task.evaluate is not None:
-            writer.write({"step": step, "split": "eval", **task.evaluate(predict_with_current_params)})
+        if task.evaluate is None:
+            return
+        row = {"step": step, "split": "eval", **task.evaluate(predict_with_current_params)}
+        writer.write(row)
+        if on_best is not None and (record := best.observe(row)) is not None:
+            on_best(state.params, record)
 
     if config.total_steps == 0:
         write_eval(0)
@@ -349,6 +370,7 @@ def train(
                     writer.write(row)
                     pending, tokens, rows, t0 = [], 0, 0, time.time()
                     if guard.observe(step, row.get("loss")):  # a loss spike: back to a checkpoint before it
+                        # `best` is kept: the undone steps' evaluations did run, and best/ may hold one's model
                         state, data_state, event = spikes.roll_back(guard, checkpointer, abstract_state, step, accum)
                         writer.close()
                         writer = MetricWriter(
@@ -365,7 +387,14 @@ def train(
                 if save and (last or stopping or not guard.suspected):  # keep the checkpoints from before a spike
                     # a copy: orbax writes the JSON in the background while the loop appends to `pending`
                     checkpointer.save(
-                        step, state, {"micro_step": done_micro, "pending": list(pending), "spike": guard.state()}
+                        step,
+                        state,
+                        {
+                            "micro_step": done_micro,
+                            "pending": list(pending),
+                            "spike": guard.state(),
+                            "best": best.record,
+                        },
                     )
                 if stopping and not last:
                     stopped = stop.stopped(step)
@@ -380,6 +409,38 @@ def train(
     if task.finish is not None and int(state.step) == total_micro:
         task.finish(predict_with_current_params)
     return state
+
+
+class Best:
+    """The best evaluation so far by `metric` (`config.best_metric`: a key of the evaluation rows, higher is
+    better; with a leading '-', lower is), as `record` = {"step", "metric", "value", "metrics": the row with
+    non-finite values as None} or None before the first. A tie keeps the earlier evaluation; a non-finite value
+    is never best. `saved` (a checkpoint's record) is taken when it tracked the same metric."""
+
+    def __init__(self, metric: str | None, saved: dict | None = None):
+        self.metric = metric
+        self.record = saved if metric and saved and saved["metric"] == metric else None
+        if metric and saved and self.record is None:
+            logging.warning("config.best_metric is now %r (was %r): the best is tracked anew", metric, saved["metric"])
+
+    def observe(self, row: dict) -> dict | None:
+        """The new `record` when the evaluation `row` beats the best so far, else None (always without a
+        metric). ValueError when the row has no such key."""
+        if not self.metric:
+            return None
+        key = self.metric.removeprefix("-")
+        sign = -1.0 if key != self.metric else 1.0
+        if key not in row:
+            shown = ", ".join(sorted(k for k in row if k not in ("step", "split")))
+            raise ValueError(f"config.best_metric={self.metric!r}: the evaluation has no {key!r}; it has: {shown}")
+        value = float(row[key])
+        if not math.isfinite(value) or (self.record is not None and sign * value <= sign * self.record["value"]):
+            return None
+        metrics = {
+            k: v if isinstance(v, (str, int)) else float(v) if math.isfinite(v) else None for k, v in row.items()
+        }
+        self.record = {"step": row["step"], "metric": self.metric, "value": value, "metrics": metrics}
+        return self.record
 
 
 class NonFiniteError(RuntimeError):

@@ -1,14 +1,20 @@
-"""ALBERT pretraining (MLM + SOP): the config, the task for the train loop, and `run`.
+"""ALBERT pretraining (MLM + SOP, or + NSP, or MLM alone: `data.sentence_objective`): the config, the task for
+the train loop, and `run`.
 
 `run(config, workdir)` does everything the demo shows: claim the work dir -> prepared data (`data.prepare`:
 streamed source, SentencePiece vocabulary, example shards; made into `<workdir>/data` unless
 `data.prepared_dir` holds them) -> the grain loader (`data.loader`) -> `loop.train` -> `final/`, optional HF
 export and fill-mask predictions.
+
+Every evaluation measures the one sentence-relation head (`sop_logits`) on both held-out sets, whatever the
+objective trained: `sop_*` on the `eval` split (SOP pairs, also the set of `mlm_*`) and `nsp_*` on `eval_nsp`
+(NSP pairs of the same documents; absent for a `tfrecord:` source), as the paper's Table 5 compares them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import cast
 
@@ -19,6 +25,7 @@ from ml_collections.config_dict import placeholder
 
 from albert_jax import experiment, flops, modeling
 from albert_jax.config import AlbertConfig
+from albert_jax.data.manifest import sentence_objective
 from albert_jax.training import export, initialization, loop, steps
 
 FINGERPRINT = ("seed", "batch_size", "model", "data", "optimizer", "total_steps", "init_from", "init_from_skip")
@@ -57,6 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
             short_seq_prob=0.1,
             ngram=3,
             dupe_factor=1,  # passes over the corpus with different masks
+            sentence_objective="sop",  # 'sop' (ALBERT), 'nsp' (BERT's next-sentence prediction) or 'none' (MLM only)
+            seed=placeholder(int),  # seed of the prepared data (vocabulary, split, examples); None: config.seed
             eval_fraction=0.02,  # share of documents held out for evaluation
             eval_batches=20,  # held-out batches per evaluation (at most)
         )
@@ -98,15 +107,17 @@ def demo_config() -> ml_collections.ConfigDict:
 
 def ablation_config(scale: str) -> ml_collections.ConfigDict:
     """The pretraining setup the paper's ablations share. 'paper': ALBERT-base dims, the paper's 125k
-    steps on tfds Wikipedia. 'demo': the demo's model (`demo_config`) for 150 steps, about a minute per cell
-    on a 2-core CPU."""
+    steps on tfds Wikipedia. 'demo': the demo's model (`demo_config`) for 300 steps, one to two minutes per run
+    on a 2-core CPU, evaluated once at the end on 5% of the documents held out (about a thousand pairs, so that
+    an accuracy's sampling error is near 0.015)."""
     if scale == "paper":
         return paper_config("base")
     if scale != "demo":
         raise ValueError(f"scale must be 'demo' or 'paper', got {scale!r}")
     c = demo_config()
-    c.total_steps, c.eval_every, c.checkpoint_every = 150, 150, 50
-    c.data.dupe_factor, c.optimizer.warmup_steps = 2, 15
+    c.total_steps, c.eval_every, c.checkpoint_every = 300, 300, 100
+    c.data.dupe_factor, c.optimizer.warmup_steps = 2, 30
+    c.data.eval_fraction, c.data.eval_batches = 0.05, 16
     return c
 
 
@@ -130,6 +141,7 @@ def check_source(spec: str) -> None:
 
 def validate(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> None:
     """Pretraining config errors caught before any compute."""
+    sentence_objective(config)
     experiment.check_max_seq_length(config, albert_config)
     if config.data.max_predictions_per_seq > config.data.max_seq_length:
         raise ValueError("config.data.max_predictions_per_seq cannot exceed config.data.max_seq_length")
@@ -140,7 +152,8 @@ def validate(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -> 
 # ---------------------------------------------------------------------------------------------------------
 def pretraining_stats(model: modeling.AlbertForPreTraining, params, batch, dropout_rng, deterministic: bool):
     """Per-example statistics [B] of the original ALBERT losses: summed masked-LM NLL, correct and
-    counted predictions (weighted), SOP NLL and correctness."""
+    counted predictions (weighted), and the sentence-relation head's (`sop_logits`) NLL and correctness on
+    `sentence_order_label`, named `sop_*` after the head whatever the pairs are (SOP or NSP)."""
     out = cast(
         modeling.AlbertForPreTrainingOutput,
         model.apply(
@@ -168,28 +181,55 @@ def pretraining_stats(model: modeling.AlbertForPreTraining, params, batch, dropo
     )
 
 
-def pretraining_loss(model: modeling.AlbertForPreTraining, params, batch, dropout_rng, deterministic: bool):
-    """The original ALBERT losses: MLM = weighted mean NLL over real predictions, SOP = mean NLL, total = sum.
+def pretraining_loss(
+    model: modeling.AlbertForPreTraining, params, batch, dropout_rng, deterministic: bool, objective: str = "sop"
+):
+    """The original ALBERT losses: MLM = weighted mean NLL over real predictions, sentence = mean NLL of the
+    batch's labels (SOP or NSP pairs: the same loss), total = their sum; for `objective` 'none' the total is
+    the MLM loss alone (the sentence head gets no gradient).
 
     Returns (loss, sums) where sums are additive statistics for `summarize_pretraining`.
     """
     stats = pretraining_stats(model, params, batch, dropout_rng, deterministic)
     sums = {k: jnp.sum(v) for k, v in stats.items()}
-    loss = sums["mlm_loss"] / (sums["mlm_count"] + 1e-5) + sums["sop_loss"] / sums["sop_count"]
+    loss = sums["mlm_loss"] / (sums["mlm_count"] + 1e-5)
+    if objective != "none":
+        loss = loss + sums["sop_loss"] / sums["sop_count"]
     return loss, sums
 
 
-def summarize_pretraining(sums: dict) -> dict:
-    """Additive sums -> loss, mlm_loss, sop_loss, mlm_accuracy, sop_accuracy."""
+def summarize_pretraining(sums: dict, objective: str = "sop") -> dict:
+    """Additive sums of a batch of `objective`'s pairs -> loss, mlm_loss, {objective}_loss, mlm_accuracy,
+    {objective}_accuracy (the sentence head's metrics named by the pairs: sop_* or nsp_*); for 'none' loss,
+    mlm_loss and mlm_accuracy only (loss = mlm_loss)."""
     mlm_loss = sums["mlm_loss"] / max(sums["mlm_count"], 1e-5)
-    sop_loss = sums["sop_loss"] / max(sums["sop_count"], 1)
-    return dict(
-        loss=float(mlm_loss + sop_loss),
-        mlm_loss=float(mlm_loss),
-        sop_loss=float(sop_loss),
-        mlm_accuracy=float(sums["mlm_correct"] / max(sums["mlm_count"], 1e-5)),
-        sop_accuracy=float(sums["sop_correct"] / max(sums["sop_count"], 1)),
-    )
+    mlm_accuracy = float(sums["mlm_correct"] / max(sums["mlm_count"], 1e-5))
+    if objective == "none":
+        return dict(loss=float(mlm_loss), mlm_loss=float(mlm_loss), mlm_accuracy=mlm_accuracy)
+    sentence_loss = sums["sop_loss"] / max(sums["sop_count"], 1)
+    return {
+        "loss": float(mlm_loss + sentence_loss),
+        "mlm_loss": float(mlm_loss),
+        f"{objective}_loss": float(sentence_loss),
+        "mlm_accuracy": mlm_accuracy,
+        f"{objective}_accuracy": float(sums["sop_correct"] / max(sums["sop_count"], 1)),
+    }
+
+
+def held_out_metrics(held_out: dict[str, dict], objective: str, predict: steps.Predict) -> dict:
+    """One evaluation row, `predict` running `pretraining_stats` over arrays [N, ...]: mlm_* and sop_* on the
+    held-out SOP pairs (`held_out['sop']`), nsp_* on the NSP pairs (`held_out['nsp']`, when the data has them),
+    `loss` = mlm_loss + the trained `objective`'s loss on its pairs (mlm_loss alone for 'none'), and
+    `num_examples` (SOP pairs)."""
+    measured = {
+        kind: summarize_pretraining({k: float(v.sum()) for k, v in predict(arrays).items()}, kind)
+        for kind, arrays in held_out.items()
+    }
+    row = dict(measured["sop"])
+    row["loss"] = row["mlm_loss"] + (measured[objective][f"{objective}_loss"] if objective != "none" else 0.0)
+    if "nsp" in measured:
+        row.update(nsp_loss=measured["nsp"]["nsp_loss"], nsp_accuracy=measured["nsp"]["nsp_accuracy"])
+    return dict(row, num_examples=len(held_out["sop"]["input_ids"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,9 +254,10 @@ def model_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig) -
     completes."""
     model = modeling.AlbertForPreTraining(albert_config)
     seq, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    objective = sentence_objective(config)
     return steps.Task(
-        loss_fn=lambda params, batch, rng, det: pretraining_loss(model, params, batch, rng, det),
-        summarize=summarize_pretraining,
+        loss_fn=lambda params, batch, rng, det: pretraining_loss(model, params, batch, rng, det, objective),
+        summarize=functools.partial(summarize_pretraining, objective=objective),
         init_params=lambda rng: modeling.boxed_params(model, rng, seq),
         train_batches=None,
         predict_fn=lambda params, batch: pretraining_stats(model, params, batch, jax.random.PRNGKey(0), True),
@@ -231,22 +272,22 @@ def build_task(config: ml_collections.ConfigDict, albert_config: AlbertConfig, w
     from albert_jax.tokenizer import AlbertTokenizer, check_vocab_size
 
     directory = prepare.ensure_prepared(config, workdir, albert_config.vocab_size)
-    tokenizer = AlbertTokenizer(os.path.join(directory, prepare.read_manifest(directory)["vocab_file"]))
+    manifest = prepare.read_manifest(directory)
+    tokenizer = AlbertTokenizer(os.path.join(directory, manifest["vocab_file"]))
     check_vocab_size(tokenizer, albert_config.vocab_size)
     micro = config.batch_size // config.optimizer.grad_accum_steps
     train_data = loader.PretrainingDataset(directory, "train", config.data, config.seed)
-    eval_data = loader.PretrainingDataset(directory, "eval", config.data, config.seed + 1)
-    n_eval = min(eval_data.size, config.data.eval_batches * loop.eval_batch_size(config))
-    eval_arrays = eval_data.first(n_eval) if n_eval else {}
-
-    def evaluate(predict):
-        stats = predict(eval_arrays)
-        return dict(summarize_pretraining({k: float(v.sum()) for k, v in stats.items()}), num_examples=n_eval)
-
+    limit = config.data.eval_batches * loop.eval_batch_size(config)
+    held_out = {}  # the held-out pairs by kind; each set's dynamic masks from a seed of its own
+    for offset, (kind, split) in enumerate((("sop", "eval"), ("nsp", "eval_nsp")), 1):
+        if limit and manifest["examples"].get(split):
+            data = loader.PretrainingDataset(directory, split, config.data, config.seed + offset)
+            held_out[kind] = data.first(min(data.size, limit))
+    evaluate = functools.partial(held_out_metrics, held_out, sentence_objective(config))
     task = dataclasses.replace(
         model_task(config, albert_config),
         train_batches=loader.PretrainingBatches(train_data, micro, workers=config.data.loader_workers),
-        evaluate=evaluate if n_eval else None,
+        evaluate=evaluate if held_out else None,
     )
     return task, tokenizer
 

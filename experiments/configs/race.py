@@ -7,7 +7,8 @@ batch 32, 12000 steps, 1000 warmup.
         --config.data.race_dir=RACE                 # tiny: from runs/demo
 
 Or --config.data.source=tfds (race/middle, race/high). Evaluation rows carry accuracy, accuracy_middle
-and accuracy_high. ALBERT-base-v2 (model card): RACE 66.8 accuracy.
+and accuracy_high; <workdir>/best/ holds the model of the evaluation with the best accuracy.
+ALBERT-base-v2 (model card): RACE 66.8 accuracy.
 """
 
 from albert_jax.experiment import parse_arg
@@ -21,6 +22,7 @@ def get_config(arg=None):
     c.optimizer.warmup_steps, c.optimizer.learning_rate, c.total_steps, c.batch_size = 1000, 1e-5, 12000, 32
     c.data.max_seq_length, c.data.max_qa_length = 512, 128
     c.eval_every, c.checkpoint_every = 2000, 1000
+    c.best_metric = "accuracy"
     if arg.runlocal:
         c.init_from = "runs/demo"
         c.total_steps, c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 40, 8, 10, 40, 40

@@ -9,7 +9,8 @@ doc_stride 128, questions of at most 64 tokens, AdamW, batch 48; v1.1 lr 5e-5, 3
 
 Or --config.data.source=tfds (squad/v1.1, squad/v2.0). Writes predictions.json, nbest_predictions.json
 and (v2.0) null_odds.json into the work dir; evaluation rows carry the official v2.0 script's keys
-(exact, f1, HasAns_*, NoAns_*, best_exact, best_f1 and their thresholds).
+(exact, f1, HasAns_*, NoAns_*, best_exact, best_f1 and their thresholds); <workdir>/best/ holds the model of
+the evaluation with the best F1 (set eval_every to evaluate more than at the end).
 
 ALBERT-base-v2 dev results (model card): SQuAD1.1 90.2/83.2, SQuAD2.0 82.1/79.3 (F1/EM).
 """
@@ -32,6 +33,7 @@ def get_config(arg=None):
     c.batch_size = 48
     c.data.max_seq_length, c.data.doc_stride, c.data.max_query_length = 384, 128, 64
     c.eval_every, c.checkpoint_every = 0, 1000
+    c.best_metric = "f1"
     if arg.runlocal:
         c.init_from = "runs/demo"
         c.total_steps, c.batch_size, c.log_every, c.checkpoint_every = 60, 16, 10, 30
