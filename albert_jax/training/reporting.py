@@ -1,8 +1,8 @@
 """The tables and plots of a sweep (`sweep`), assembled from whatever runs have finished, in the sweep's work dir:
 `results.csv` (a row per (cell, seed) run), `results.md` (a row per cell: every metric as mean ± std with its 95%
 Student-t confidence interval over seeds, then each cell's paired difference from the reference cell), and
-plots with 95% error bars: `accuracy_vs_params.png` (pretraining sweeps; `metrics.png`, metrics by cell,
-for fine-tuning sweeps) and `loss_curves.png` (training loss, mean over seeds)."""
+plots with 95% error bars: `accuracy_vs_params.png` (when the cells differ in parameter count; else `metrics.png`,
+metrics by cell) and `loss_curves.png` (training loss, mean over seeds)."""
 
 from __future__ import annotations
 
@@ -225,7 +225,8 @@ def _plot(rows: list[dict], names: list[str], metrics: Sequence[str], workdir: s
     from matplotlib.figure import Figure
 
     present = [n for n in names if any(r["cell"] == n for r in rows)]
-    by_params = any("parameters" in r for r in rows)
+    # parameters on the x axis when they tell the cells apart (not for fine-tuning sweeps or Table 5's cells)
+    by_params = len({r.get("parameters") for r in rows}) == len(present) and all("parameters" in r for r in rows)
     paths = {
         "metrics": os.path.join(workdir, "accuracy_vs_params.png" if by_params else "metrics.png"),
         "loss_curves": os.path.join(workdir, "loss_curves.png"),
